@@ -1,0 +1,198 @@
+//! Serde types that mirror the TOML file exactly. Nothing here is trusted
+//! yet: `super::validate` turns it into a [`super::Config`].
+
+use super::units::{ByteSize, Dur, PositiveDur};
+use crate::guard::Jitter;
+use crate::outcome::Effect;
+use serde::{de, Deserialize, Deserializer};
+use serde_spanned::Spanned;
+use std::collections::BTreeMap;
+
+#[derive(Deserialize, Debug)]
+#[serde(deny_unknown_fields)]
+pub struct File {
+    pub version: Option<Spanned<i64>>,
+    /// Where runs, breakers and escalations are kept: `sqlite:PATH`.
+    pub state: Option<Spanned<String>>,
+    /// Where compiled components are cached across starts.
+    pub cache_dir: Option<String>,
+    /// Seeds the jitter RNG, for reproducible runs.
+    pub seed: Option<u64>,
+    #[serde(default)]
+    pub engine: EngineSpec,
+    #[serde(default)]
+    pub defaults: Defaults,
+    #[serde(default)]
+    pub tools: BTreeMap<String, ToolSpec>,
+    #[serde(default)]
+    pub chains: BTreeMap<String, ChainSpec>,
+}
+
+#[derive(Deserialize, Debug, Default)]
+#[serde(deny_unknown_fields)]
+pub struct EngineSpec {
+    /// Use the pooling instance allocator (falls back when unavailable).
+    pub pooling: Option<bool>,
+    /// Epoch tick: the granularity of wasm deadlines.
+    pub tick: Option<PositiveDur>,
+}
+
+#[derive(Deserialize, Debug, Default)]
+#[serde(deny_unknown_fields)]
+pub struct Defaults {
+    #[serde(default)]
+    pub retry: RetrySpec,
+    #[serde(default)]
+    pub breaker: BreakerSpec,
+    /// One deadline covering every attempt of a chain call.
+    pub deadline: Option<PositiveDur>,
+    /// Per-attempt time limit for a tool.
+    pub timeout: Option<PositiveDur>,
+    /// Per-tool linear memory cap.
+    #[serde(default, deserialize_with = "memory")]
+    pub memory: Option<ByteSize>,
+    /// Largest output a tool may return.
+    #[serde(default, deserialize_with = "output_size")]
+    pub max_output: Option<ByteSize>,
+}
+
+/// Every field optional: a spec overrides only what it names.
+#[derive(Deserialize, Debug, Default, Clone)]
+#[serde(deny_unknown_fields)]
+pub struct RetrySpec {
+    /// Attempts per target, the first included (1 disables retries).
+    #[serde(default, deserialize_with = "attempts")]
+    pub attempts: Option<u32>,
+    pub base: Option<Dur>,
+    pub cap: Option<PositiveDur>,
+    pub jitter: Option<Jitter>,
+    /// The longest Retry-After the guard will wait; a longer one fails over.
+    pub max_retry_after: Option<Dur>,
+}
+
+#[derive(Deserialize, Debug, Default, Clone)]
+#[serde(deny_unknown_fields)]
+pub struct BreakerSpec {
+    /// Open after this many failures in a row (0 disables the trigger).
+    #[serde(default, deserialize_with = "count")]
+    pub consecutive_failures: Option<u32>,
+    /// Open when this share of calls in `window` failed (0 disables).
+    #[serde(default, deserialize_with = "rate")]
+    pub failure_rate: Option<f64>,
+    pub window: Option<PositiveDur>,
+    /// The failure rate counts only once the window holds this many calls.
+    #[serde(default, deserialize_with = "count")]
+    pub min_calls: Option<u32>,
+    pub open_for: Option<PositiveDur>,
+    /// Calls admitted at once while half-open.
+    #[serde(default, deserialize_with = "probes")]
+    pub half_open_probes: Option<u32>,
+    /// A probe that has not answered in this time counts as failed.
+    pub probe_timeout: Option<PositiveDur>,
+    /// Successful probes needed to close.
+    #[serde(default, deserialize_with = "probes")]
+    pub close_after: Option<u32>,
+}
+
+#[derive(Deserialize, Debug)]
+#[serde(deny_unknown_fields)]
+pub struct ToolSpec {
+    /// Path to the `.wasm` component, relative to the config file.
+    pub component: Spanned<String>,
+    /// Declares the tool's effect stricter than it describes itself.
+    pub effect: Option<Spanned<Effect>>,
+    #[serde(default)]
+    pub dirs: Vec<Spanned<DirSpec>>,
+    /// `"KEY"` passes the host's value through; `"KEY=value"` sets one.
+    #[serde(default)]
+    pub env: Vec<Spanned<String>>,
+    /// Origins the tool may reach over `wasi:http`.
+    #[serde(default)]
+    pub http: Vec<Spanned<String>>,
+    pub timeout: Option<PositiveDur>,
+    #[serde(default, deserialize_with = "memory")]
+    pub memory: Option<ByteSize>,
+    #[serde(default, deserialize_with = "output_size")]
+    pub max_output: Option<ByteSize>,
+    pub retry: Option<RetrySpec>,
+    pub breaker: Option<BreakerSpec>,
+}
+
+#[derive(Deserialize, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DirMode {
+    #[serde(rename = "ro")]
+    ReadOnly,
+    #[serde(rename = "rw")]
+    ReadWrite,
+}
+
+#[derive(Deserialize, Debug, Clone)]
+#[serde(deny_unknown_fields)]
+pub struct DirSpec {
+    pub host: String,
+    pub guest: String,
+    #[serde(default = "read_only")]
+    pub mode: DirMode,
+}
+
+fn read_only() -> DirMode {
+    DirMode::ReadOnly
+}
+
+#[derive(Deserialize, Debug)]
+#[serde(deny_unknown_fields)]
+pub struct ChainSpec {
+    /// Tools or other chains, tried in order.
+    pub targets: Spanned<Vec<Spanned<String>>>,
+    pub deadline: Option<PositiveDur>,
+    pub retry: Option<RetrySpec>,
+}
+
+fn bounded<'de, D: Deserializer<'de>>(d: D, lo: i64, hi: i64, what: &str) -> Result<Option<u32>, D::Error> {
+    let n = i64::deserialize(d)?;
+    if n < lo || n > hi {
+        return Err(de::Error::custom(format!("{what} must be between {lo} and {hi}, not {n}")));
+    }
+    Ok(Some(n as u32))
+}
+
+fn attempts<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u32>, D::Error> {
+    bounded(d, 1, 100, "attempts")
+}
+
+fn count<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u32>, D::Error> {
+    bounded(d, 0, 1_000_000, "count")
+}
+
+fn probes<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u32>, D::Error> {
+    bounded(d, 1, 1000, "probe count")
+}
+
+fn rate<'de, D: Deserializer<'de>>(d: D) -> Result<Option<f64>, D::Error> {
+    let r = f64::deserialize(d)?;
+    if !(0.0..=1.0).contains(&r) {
+        return Err(de::Error::custom(format!("failure_rate is a share between 0.0 and 1.0, not {r}")));
+    }
+    Ok(Some(r))
+}
+
+fn sized<'de, D: Deserializer<'de>>(d: D, lo: u64, hi: u64, what: &str) -> Result<Option<ByteSize>, D::Error> {
+    let s = ByteSize::deserialize(d)?;
+    if s.0 < lo || s.0 > hi {
+        return Err(de::Error::custom(format!(
+            "{what} {s} is outside {} to {}",
+            ByteSize(lo),
+            ByteSize(hi)
+        )));
+    }
+    Ok(Some(s))
+}
+
+fn memory<'de, D: Deserializer<'de>>(d: D) -> Result<Option<ByteSize>, D::Error> {
+    // wasm32 linear memory cannot exceed 4 GiB.
+    sized(d, ByteSize::MIB, 4 << 30, "memory")
+}
+
+fn output_size<'de, D: Deserializer<'de>>(d: D) -> Result<Option<ByteSize>, D::Error> {
+    sized(d, 1 << 10, 1 << 30, "max_output")
+}

@@ -1,0 +1,20 @@
+//! The library's error type: what can go wrong before a call can start.
+//! Failures of a call itself are not errors: they are in its
+//! [`crate::Outcome`].
+
+use crate::config::ConfigError;
+use crate::runtime::LoadError;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error(transparent)]
+    Load(#[from] LoadError),
+    #[error("unknown chain or tool `{name}`{hint}")]
+    UnknownChain { name: String, hint: String },
+    #[error("invalid input for `{chain}`: {message}")]
+    Input { chain: String, message: String },
+    #[error("cannot start the wasm engine: {0:#}")]
+    Engine(anyhow::Error),
+}

@@ -1,0 +1,344 @@
+//! A circuit breaker per target, with two triggers (consecutive failures,
+//! and a failure rate over a time window with a minimum number of calls)
+//! and a half-open state that admits a bounded number of probes, each with
+//! a timeout so a probe that never answers cannot keep the breaker stuck.
+//!
+//! Time is passed in (`tokio::time::Instant`), so tests with a paused
+//! clock drive it exactly.
+
+use serde::Serialize;
+use std::time::Duration;
+use tokio::time::Instant;
+
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct BreakerPolicy {
+    /// Open after this many failures in a row; 0 disables the trigger.
+    pub consecutive_failures: u32,
+    /// Open when the failed share of calls in `window` reaches this; 0
+    /// disables the trigger.
+    pub failure_rate: f64,
+    pub window: Duration,
+    pub min_calls: u32,
+    pub open_for: Duration,
+    pub half_open_probes: u32,
+    pub probe_timeout: Duration,
+    pub close_after: u32,
+}
+
+/// The breaker's state, as operators see it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum BreakerState {
+    Closed,
+    Open,
+    HalfOpen,
+}
+
+/// Permission to call the target; hand it back with the result.
+#[derive(Debug)]
+#[must_use = "report the call's result with Breaker::record"]
+pub struct Permit {
+    probe: Option<u64>,
+}
+
+impl Permit {
+    pub fn is_probe(&self) -> bool {
+        self.probe.is_some()
+    }
+}
+
+/// The breaker refused: the target is not called.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Rejected {
+    /// When the breaker will next admit a probe.
+    pub retry_in: Duration,
+    pub state: BreakerState,
+}
+
+const BUCKETS: usize = 10;
+
+#[derive(Debug, Clone, Copy, Default)]
+struct Bucket {
+    start: Option<Instant>,
+    ok: u32,
+    failed: u32,
+}
+
+#[derive(Debug)]
+enum State {
+    Closed,
+    Open { until: Instant },
+    HalfOpen { probes: Vec<(u64, Instant)>, successes: u32 },
+}
+
+#[derive(Debug)]
+pub struct Breaker {
+    policy: BreakerPolicy,
+    state: State,
+    consecutive: u32,
+    buckets: [Bucket; BUCKETS],
+    next_probe_id: u64,
+    opened_times: u64,
+}
+
+impl Breaker {
+    pub fn new(policy: BreakerPolicy) -> Self {
+        Breaker {
+            policy,
+            state: State::Closed,
+            consecutive: 0,
+            buckets: [Bucket::default(); BUCKETS],
+            next_probe_id: 0,
+            opened_times: 0,
+        }
+    }
+
+    pub fn policy(&self) -> &BreakerPolicy {
+        &self.policy
+    }
+
+    /// How many times this breaker has opened.
+    pub fn opened_times(&self) -> u64 {
+        self.opened_times
+    }
+
+    pub fn state(&mut self, now: Instant) -> BreakerState {
+        self.expire(now);
+        match self.state {
+            State::Closed => BreakerState::Closed,
+            State::Open { .. } => BreakerState::Open,
+            State::HalfOpen { .. } => BreakerState::HalfOpen,
+        }
+    }
+
+    /// Moves time-driven transitions forward: open -> half-open when the
+    /// open time is over; a half-open probe past its timeout fails.
+    fn expire(&mut self, now: Instant) {
+        if let State::Open { until } = self.state {
+            if now >= until {
+                self.state = State::HalfOpen { probes: Vec::new(), successes: 0 };
+            }
+        }
+        if let State::HalfOpen { probes, .. } = &self.state {
+            if probes.iter().any(|(_, started)| now.duration_since(*started) >= self.policy.probe_timeout) {
+                self.open(now);
+            }
+        }
+    }
+
+    fn open(&mut self, now: Instant) {
+        self.state = State::Open { until: now + self.policy.open_for };
+        self.opened_times += 1;
+        self.consecutive = 0;
+        self.buckets = [Bucket::default(); BUCKETS];
+    }
+
+    /// Asks to call the target now.
+    pub fn acquire(&mut self, now: Instant) -> Result<Permit, Rejected> {
+        self.expire(now);
+        let probes_allowed = self.policy.half_open_probes as usize;
+        match &mut self.state {
+            State::Closed => Ok(Permit { probe: None }),
+            State::Open { until } => {
+                Err(Rejected { retry_in: until.duration_since(now), state: BreakerState::Open })
+            }
+            State::HalfOpen { probes, .. } if probes.len() < probes_allowed => {
+                let id = self.next_probe_id;
+                self.next_probe_id += 1;
+                probes.push((id, now));
+                Ok(Permit { probe: Some(id) })
+            }
+            State::HalfOpen { probes, .. } => {
+                let oldest = probes.iter().map(|p| p.1).min().unwrap_or(now);
+                let retry_in = (oldest + self.policy.probe_timeout).duration_since(now);
+                Err(Rejected { retry_in, state: BreakerState::HalfOpen })
+            }
+        }
+    }
+
+    /// Reports how the permitted call went. `failed` is true only for
+    /// failures that count for the breaker (see
+    /// [`crate::FailureClass::counts_for_breaker`]).
+    pub fn record(&mut self, permit: Permit, failed: bool, now: Instant) {
+        self.expire(now);
+        if let Some(id) = permit.probe {
+            let close_after = self.policy.close_after;
+            let State::HalfOpen { probes, successes } = &mut self.state else {
+                return; // a stale probe: the breaker has moved on
+            };
+            let Some(pos) = probes.iter().position(|p| p.0 == id) else { return };
+            probes.remove(pos);
+            if failed {
+                self.open(now);
+            } else {
+                *successes += 1;
+                if *successes >= close_after {
+                    self.state = State::Closed;
+                    self.consecutive = 0;
+                    self.buckets = [Bucket::default(); BUCKETS];
+                }
+            }
+            return;
+        }
+        if !matches!(self.state, State::Closed) {
+            return; // a call admitted before the breaker opened
+        }
+        self.count(failed, now);
+        self.consecutive = if failed { self.consecutive + 1 } else { 0 };
+        let p = self.policy;
+        let by_streak = p.consecutive_failures > 0 && self.consecutive >= p.consecutive_failures;
+        let (ok, bad) = self.window_counts(now);
+        let total = ok + bad;
+        let by_rate = p.failure_rate > 0.0
+            && total >= p.min_calls.max(1)
+            && f64::from(bad) / f64::from(total) >= p.failure_rate;
+        if failed && (by_streak || by_rate) {
+            self.open(now);
+        }
+    }
+
+    fn bucket_len(&self) -> Duration {
+        (self.policy.window / BUCKETS as u32).max(Duration::from_millis(1))
+    }
+
+    fn count(&mut self, failed: bool, now: Instant) {
+        let len = self.bucket_len();
+        let fresh = |b: &Bucket| b.start.is_some_and(|s| now.duration_since(s) < len);
+        let idx = match self.buckets.iter().position(fresh) {
+            Some(i) => i,
+            None => {
+                // Reuse the oldest bucket for the new slice of time.
+                let i = (0..BUCKETS).min_by_key(|&i| self.buckets[i].start).unwrap_or(0);
+                self.buckets[i] = Bucket { start: Some(now), ok: 0, failed: 0 };
+                i
+            }
+        };
+        let b = &mut self.buckets[idx];
+        if failed {
+            b.failed += 1;
+        } else {
+            b.ok += 1;
+        }
+    }
+
+    fn window_counts(&self, now: Instant) -> (u32, u32) {
+        self.buckets
+            .iter()
+            .filter(|b| b.start.is_some_and(|s| now.duration_since(s) < self.policy.window))
+            .fold((0, 0), |(ok, bad), b| (ok + b.ok, bad + b.failed))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn policy() -> BreakerPolicy {
+        BreakerPolicy {
+            consecutive_failures: 3,
+            failure_rate: 0.0,
+            window: Duration::from_secs(10),
+            min_calls: 10,
+            open_for: Duration::from_secs(5),
+            half_open_probes: 1,
+            probe_timeout: Duration::from_secs(2),
+            close_after: 2,
+        }
+    }
+
+    fn call(b: &mut Breaker, failed: bool, now: Instant) {
+        let p = b.acquire(now).expect("admitted");
+        b.record(p, failed, now);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn opens_after_streak_and_fails_fast() {
+        let mut b = Breaker::new(policy());
+        let t = Instant::now();
+        call(&mut b, true, t);
+        call(&mut b, false, t); // a success resets the streak
+        call(&mut b, true, t);
+        call(&mut b, true, t);
+        assert_eq!(b.state(t), BreakerState::Closed);
+        call(&mut b, true, t);
+        assert_eq!(b.state(t), BreakerState::Open);
+        let r = b.acquire(t + Duration::from_secs(1)).unwrap_err();
+        assert_eq!(r.retry_in, Duration::from_secs(4));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn half_open_admits_bounded_probes_then_closes() {
+        let mut b = Breaker::new(policy());
+        let t = Instant::now();
+        for _ in 0..3 {
+            call(&mut b, true, t);
+        }
+        let t = t + Duration::from_secs(5);
+        assert_eq!(b.state(t), BreakerState::HalfOpen);
+        let probe = b.acquire(t).unwrap();
+        assert!(probe.is_probe());
+        assert!(b.acquire(t).is_err(), "only one probe at a time");
+        b.record(probe, false, t);
+        assert_eq!(b.state(t), BreakerState::HalfOpen, "close_after = 2");
+        call(&mut b, false, t);
+        assert_eq!(b.state(t), BreakerState::Closed);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn failed_probe_reopens_and_hung_probe_expires() {
+        let mut b = Breaker::new(policy());
+        let t = Instant::now();
+        for _ in 0..3 {
+            call(&mut b, true, t);
+        }
+        let t = t + Duration::from_secs(5);
+        call(&mut b, true, t);
+        assert_eq!(b.state(t), BreakerState::Open);
+        let t = t + Duration::from_secs(5);
+        let hung = b.acquire(t).unwrap();
+        // The probe never answers: after probe_timeout the breaker reopens
+        // instead of staying half-open with no slot free.
+        let t = t + Duration::from_secs(2);
+        assert_eq!(b.state(t), BreakerState::Open);
+        b.record(hung, false, t); // a late answer changes nothing
+        assert_eq!(b.state(t), BreakerState::Open);
+        assert_eq!(b.opened_times(), 3);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn failure_rate_needs_min_calls() {
+        let mut b = Breaker::new(BreakerPolicy {
+            consecutive_failures: 0,
+            failure_rate: 0.5,
+            min_calls: 6,
+            ..policy()
+        });
+        let t = Instant::now();
+        for i in 0..5 {
+            call(&mut b, i % 2 == 0, t); // F S F S F: 60% but only 5 calls
+        }
+        assert_eq!(b.state(t), BreakerState::Closed);
+        call(&mut b, true, t); // 4 of 6 failed
+        assert_eq!(b.state(t), BreakerState::Open);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn old_failures_leave_the_window() {
+        let mut b = Breaker::new(BreakerPolicy {
+            consecutive_failures: 0,
+            failure_rate: 0.5,
+            min_calls: 4,
+            ..policy()
+        });
+        let t = Instant::now();
+        for _ in 0..3 {
+            call(&mut b, true, t);
+        }
+        let later = t + Duration::from_secs(11);
+        for _ in 0..3 {
+            call(&mut b, false, later);
+        }
+        call(&mut b, true, later); // 1 of 4 in the window
+        assert_eq!(b.state(later), BreakerState::Closed);
+    }
+}

@@ -1,0 +1,23 @@
+//! The guards every call passes through, outermost first:
+//!
+//! 1. **deadline**: one deadline covers every attempt of a chain call;
+//! 2. **chain**: targets are tried in order; a failure that retries cannot
+//!    fix moves to the next target, and the outcome says so;
+//! 3. **breaker**: per target; an open breaker fails the target fast,
+//!    without running it;
+//! 4. **retry**: bounded attempts with jittered backoff; Retry-After is
+//!    honoured and never undercut;
+//! 5. **attempt timeout**: each attempt gets the target's timeout, cut to
+//!    what is left of the deadline.
+//!
+//! Only this layer retries: targets (tools, model clients) never do.
+
+mod backoff;
+mod breaker;
+mod chain;
+mod retry;
+
+pub use backoff::{Backoff, Jitter};
+pub use breaker::{Breaker, BreakerPolicy, BreakerState, Permit, Rejected};
+pub use chain::{Breakers, CallTarget, ChainRunner};
+pub use retry::{Decision, RetryPolicy};

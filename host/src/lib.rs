@@ -1,0 +1,151 @@
+//! Backstop runs AI-agent tools as sandboxed WebAssembly components and
+//! keeps agents working when tools fail.
+//!
+//! Every call goes through a chain of targets declared in TOML; each target
+//! has a circuit breaker and a retry policy, and one deadline covers the
+//! whole call (see [`guard`] for the order). Failures are classified
+//! ([`FailureClass`]) and the [`Outcome`] says who served the call, every
+//! attempt made, and whether a fallback served it (`degraded`).
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), backstop::Error> {
+//! let backstop = backstop::Backstop::load("backstop.toml").await?;
+//! let outcome = backstop.call("search", serde_json::json!({"query": "wasm"})).await?;
+//! if outcome.degraded {
+//!     eprintln!("served by fallback {:?}: {:?}", outcome.served_by, outcome.degraded_reason);
+//! }
+//! println!("{}", serde_json::to_string(&outcome.value).unwrap());
+//! # Ok(()) }
+//! ```
+
+pub mod config;
+pub mod demo;
+mod error;
+pub mod guard;
+pub mod outcome;
+pub mod runtime;
+pub mod testkit;
+
+pub use config::{Config, ConfigError};
+pub use error::Error;
+pub use outcome::{Attempt, CallError, Effect, EscalationReason, Failure, FailureClass, Outcome};
+
+use guard::{BreakerState, Breakers, CallTarget, ChainRunner};
+use rand::{rngs::StdRng, SeedableRng};
+use runtime::{Runtime, WasmTool};
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+
+/// A loaded configuration: its tools compiled and described, a breaker per
+/// target, ready to serve calls from many tasks at once.
+pub struct Backstop {
+    config: Config,
+    runtime: Arc<Runtime>,
+    tools: BTreeMap<String, Arc<WasmTool>>,
+    breakers: Breakers,
+    rng: Mutex<StdRng>,
+}
+
+impl Backstop {
+    /// Reads `path`, validates it, and loads every tool it declares.
+    pub async fn load(path: impl AsRef<Path>) -> Result<Backstop, Error> {
+        Self::from_config(Config::from_file(path)?).await
+    }
+
+    /// Loads every tool of `config`. Tools compile in parallel; compiled
+    /// code is cached in `config.cache_dir`.
+    pub async fn from_config(config: Config) -> Result<Backstop, Error> {
+        let runtime = Arc::new(Runtime::new(&config).map_err(Error::Engine)?);
+        let mut loading = tokio::task::JoinSet::new();
+        for tool in config.tools.values().cloned() {
+            let rt = runtime.clone();
+            loading.spawn(async move { WasmTool::load(&rt, &tool).await });
+        }
+        let mut tools = BTreeMap::new();
+        let mut first_error: Option<runtime::LoadError> = None;
+        while let Some(joined) = loading.join_next().await {
+            match joined.expect("tool loading task panicked") {
+                Ok(t) => {
+                    tools.insert(t.name().to_owned(), Arc::new(t));
+                }
+                // Report the error that comes first in the file, so the
+                // message does not depend on which compile finished first.
+                Err(e) => {
+                    if first_error.as_ref().is_none_or(|f| e.location.line < f.location.line) {
+                        first_error = Some(e);
+                    }
+                }
+            }
+        }
+        if let Some(e) = first_error {
+            return Err(e.into());
+        }
+        let breakers = Breakers::new(config.tools.values().map(|t| (t.name.clone(), t.breaker)));
+        let rng = match config.seed {
+            Some(seed) => StdRng::seed_from_u64(seed),
+            None => StdRng::from_os_rng(),
+        };
+        Ok(Backstop { config, runtime, tools, breakers, rng: Mutex::new(rng) })
+    }
+
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    pub fn runtime(&self) -> &Runtime {
+        &self.runtime
+    }
+
+    /// Loaded tools, by name.
+    pub fn tools(&self) -> impl Iterator<Item = &WasmTool> {
+        self.tools.values().map(|t| t.as_ref())
+    }
+
+    pub fn tool(&self, name: &str) -> Option<&WasmTool> {
+        self.tools.get(name).map(|t| t.as_ref())
+    }
+
+    pub fn breaker_state(&self, target: &str) -> Option<BreakerState> {
+        self.breakers.state(target)
+    }
+
+    /// How many times `target`'s breaker has opened since load.
+    pub fn breaker_opened(&self, target: &str) -> u64 {
+        self.breakers.opened_times(target)
+    }
+
+    /// Calls `chain` (or a single tool by name) with a new idempotency key.
+    pub async fn call(&self, chain: &str, input: serde_json::Value) -> Result<Outcome, Error> {
+        let key = format!("{:032x}", rand::random::<u128>());
+        self.call_with_key(chain, input, key).await
+    }
+
+    /// Calls `chain` with a caller-chosen idempotency key (for example one
+    /// stored in a journal, so a resumed call keeps its key).
+    pub async fn call_with_key(&self, chain: &str, input: serde_json::Value, key: String) -> Result<Outcome, Error> {
+        let plan = self.config.chain(chain).ok_or_else(|| Error::UnknownChain {
+            name: chain.to_owned(),
+            hint: match self.config.callable() {
+                names if names.is_empty() => " (the config declares none)".into(),
+                names => format!(" (known: {})", names.join(", ")),
+            },
+        })?;
+        let targets = plan
+            .targets
+            .iter()
+            .map(|t| {
+                let tool: Arc<dyn CallTarget> = self.tools[t].clone();
+                (tool, self.config.retry_policy(&plan.name, t))
+            })
+            .collect();
+        let runner = ChainRunner {
+            chain: &plan.name,
+            targets,
+            deadline: plan.deadline,
+            breakers: &self.breakers,
+            rng: &self.rng,
+        };
+        Ok(runner.run(&input, key).await)
+    }
+}

@@ -1,0 +1,301 @@
+//! What a call produced: the classified failure of one attempt, the record
+//! of every attempt, and the marked outcome of a whole chain call.
+
+use serde::{Deserialize, Serialize};
+use std::fmt;
+use std::time::Duration;
+
+/// What a call does to the world; decides what is safe to repeat.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Effect {
+    ReadOnly,
+    Idempotent,
+    SideEffect,
+    Irreversible,
+}
+
+impl Effect {
+    /// Whether repeating a call whose fate is unknown (after a timeout or
+    /// trap) is safe.
+    pub fn repeatable(self) -> bool {
+        matches!(self, Effect::ReadOnly | Effect::Idempotent)
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Effect::ReadOnly => "read-only",
+            Effect::Idempotent => "idempotent",
+            Effect::SideEffect => "side-effect",
+            Effect::Irreversible => "irreversible",
+        }
+    }
+}
+
+impl fmt::Display for Effect {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Why one attempt failed. The guards decide retry, breaker, fallback and
+/// escalation from this type alone, never from message text.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum FailureClass {
+    /// The input is wrong; repeating it cannot help.
+    InvalidInput,
+    /// A passing failure reported by the target.
+    Transient,
+    /// Asked too often; `Failure::retry_after` says how long to wait.
+    RateLimited,
+    /// The target's dependency is down.
+    Unavailable,
+    /// Will not work however often it is tried (includes auth and billing).
+    Permanent,
+    /// A person has to decide.
+    NeedsHuman,
+    /// The attempt ran out of time (epoch deadline or host timeout).
+    Timeout,
+    /// The guest trapped or panicked.
+    Trap,
+    /// The guest hit its memory cap.
+    ResourceExhausted,
+    /// The target answered something that breaks its contract (not JSON,
+    /// a confidence outside 0..1, an output over the size limit).
+    MalformedOutput,
+    /// The target's breaker refused the call; the target was not run.
+    CircuitOpen,
+    /// The call's overall deadline passed before this target could run.
+    DeadlineExceeded,
+}
+
+impl FailureClass {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FailureClass::InvalidInput => "invalid-input",
+            FailureClass::Transient => "transient",
+            FailureClass::RateLimited => "rate-limited",
+            FailureClass::Unavailable => "unavailable",
+            FailureClass::Permanent => "permanent",
+            FailureClass::NeedsHuman => "needs-human",
+            FailureClass::Timeout => "timeout",
+            FailureClass::Trap => "trap",
+            FailureClass::ResourceExhausted => "resource-exhausted",
+            FailureClass::MalformedOutput => "malformed-output",
+            FailureClass::CircuitOpen => "circuit-open",
+            FailureClass::DeadlineExceeded => "deadline-exceeded",
+        }
+    }
+
+    /// Whether the target may have stopped half way, leaving its effect
+    /// unknown (as opposed to the target saying itself what happened).
+    pub fn fate_unknown(self) -> bool {
+        matches!(self, FailureClass::Timeout | FailureClass::Trap)
+    }
+
+    /// Whether this failure says something about the target's health and so
+    /// counts toward its breaker. Bad input, permanent refusals and
+    /// requests for a person do not.
+    pub fn counts_for_breaker(self) -> bool {
+        matches!(
+            self,
+            FailureClass::Transient
+                | FailureClass::RateLimited
+                | FailureClass::Unavailable
+                | FailureClass::Timeout
+                | FailureClass::Trap
+                | FailureClass::ResourceExhausted
+                | FailureClass::MalformedOutput
+        )
+    }
+}
+
+impl fmt::Display for FailureClass {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// One classified failure of one attempt.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Failure {
+    pub class: FailureClass,
+    pub message: String,
+    /// For `RateLimited`: the wait the target asked for, if it said.
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        with = "opt_millis",
+        rename = "retry_after_ms"
+    )]
+    pub retry_after: Option<Duration>,
+}
+
+impl Failure {
+    pub fn new(class: FailureClass, message: impl Into<String>) -> Self {
+        Failure { class, message: message.into(), retry_after: None }
+    }
+
+    pub fn rate_limited(message: impl Into<String>, retry_after: Option<Duration>) -> Self {
+        Failure { class: FailureClass::RateLimited, message: message.into(), retry_after }
+    }
+}
+
+impl fmt::Display for Failure {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.class, self.message)?;
+        if let Some(wait) = self.retry_after {
+            write!(f, " (retry after {} ms)", wait.as_millis())?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for Failure {}
+
+/// Why a call needs a person (or a supervisor agent).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum EscalationReason {
+    RetriesExhausted,
+    AmbiguousState,
+    LowConfidence,
+    NeedsHuman,
+    ApprovalRequired,
+    CircuitOpen,
+}
+
+impl EscalationReason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EscalationReason::RetriesExhausted => "retries-exhausted",
+            EscalationReason::AmbiguousState => "ambiguous-state",
+            EscalationReason::LowConfidence => "low-confidence",
+            EscalationReason::NeedsHuman => "needs-human",
+            EscalationReason::ApprovalRequired => "approval-required",
+            EscalationReason::CircuitOpen => "circuit-open",
+        }
+    }
+}
+
+impl fmt::Display for EscalationReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// One attempt on one target, as the outcome reports it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Attempt {
+    pub target: String,
+    /// 1-based attempt number on this target.
+    pub attempt: u32,
+    /// `ok`, or the failure class.
+    pub class: String,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub message: String,
+    /// How long the attempt ran.
+    pub elapsed_ms: u64,
+    /// The wait before the next attempt on this target (0 when the chain
+    /// moved on or stopped).
+    pub delay_ms: u64,
+    /// What the guard did next: `done`, `retry`, `fail-over`, `stop`.
+    pub then: String,
+}
+
+/// Why nothing could serve a call.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct CallError {
+    pub class: FailureClass,
+    pub message: String,
+    /// Set when the failure needs a person.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub escalate: Option<EscalationReason>,
+}
+
+/// The marked result of a call through a chain: a fallback is never
+/// silent.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Outcome {
+    pub ok: bool,
+    pub chain: String,
+    /// The call's idempotency key, the same across every attempt.
+    pub key: String,
+    #[serde(default)]
+    pub value: Option<serde_json::Value>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub confidence: Option<f64>,
+    /// The target that produced `value`.
+    pub served_by: Option<String>,
+    /// True when a target other than the chain's first served the call.
+    pub degraded: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub degraded_reason: Option<String>,
+    pub attempts: Vec<Attempt>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<CallError>,
+    pub elapsed_ms: u64,
+}
+
+impl fmt::Display for Outcome {
+    /// The readable form `backstop call` prints.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for a in &self.attempts {
+            write!(f, "  {} #{}: {}", a.target, a.attempt, a.class)?;
+            if !a.message.is_empty() {
+                write!(f, " ({})", a.message)?;
+            }
+            match a.then.as_str() {
+                "retry" => writeln!(f, " -> retry in {} ms", a.delay_ms)?,
+                "fail-over" => writeln!(f, " -> fall back")?,
+                "stop" => writeln!(f, " -> stop")?,
+                _ => writeln!(f, " [{} ms]", a.elapsed_ms)?,
+            }
+        }
+        match (&self.served_by, &self.error) {
+            (Some(by), _) => {
+                write!(f, "served by {by}")?;
+                if self.degraded {
+                    write!(
+                        f,
+                        " (DEGRADED: {})",
+                        self.degraded_reason.as_deref().unwrap_or("fallback")
+                    )?;
+                }
+                if let Some(c) = self.confidence {
+                    write!(f, ", confidence {c:.2}")?;
+                }
+                writeln!(f, " in {} ms", self.elapsed_ms)?;
+                if let Some(v) = &self.value {
+                    write!(f, "{v}")?;
+                }
+                Ok(())
+            }
+            (None, Some(e)) => {
+                write!(f, "FAILED: {}: {}", e.class, e.message)?;
+                if let Some(r) = e.escalate {
+                    write!(f, " [escalate: {r}]")?;
+                }
+                Ok(())
+            }
+            (None, None) => write!(f, "no result"),
+        }
+    }
+}
+
+mod opt_millis {
+    use serde::{Deserialize, Deserializer, Serializer};
+    use std::time::Duration;
+
+    pub fn serialize<S: Serializer>(d: &Option<Duration>, s: S) -> Result<S::Ok, S::Error> {
+        match d {
+            Some(d) => s.serialize_u64(d.as_millis() as u64),
+            None => s.serialize_none(),
+        }
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+        Ok(Option::<u64>::deserialize(d)?.map(Duration::from_millis))
+    }
+}

@@ -1,0 +1,11 @@
+//! Host bindings generated from `wit/tool.wit`.
+
+wasmtime::component::bindgen!({
+    world: "tool",
+    path: "../wit",
+    imports: { default: async },
+    exports: { default: async },
+});
+
+pub use backstop::tool::host::Level;
+pub use backstop::tool::types::{CallContext, Effect as WitEffect};

@@ -1,0 +1,155 @@
+//! `fault`: a test tool whose input chooses how it misbehaves, so every
+//! recovery path of the host can be driven through a real component.
+//!
+//! Input: `{"mode": "...", ...}`; see `describe` for the schema.
+
+use serde_json::{json, Value};
+use std::io::Write;
+
+wit_bindgen::generate!({ world: "tool", path: "../../wit" });
+
+use backstop::tool::host::{context, log, Level};
+use backstop::tool::types::{Effect, RateLimit};
+
+struct Fault;
+
+const SCHEMA: &str = r#"{
+  "type": "object",
+  "properties": {
+    "mode": {"enum": ["echo", "fail", "sleep", "spin", "alloc", "trap", "panic",
+                      "read", "env", "context", "bad-json", "record"]},
+    "class": {"enum": ["invalid-input", "transient", "rate-limited", "unavailable",
+                       "permanent", "needs-human"]},
+    "times": {"type": "integer", "minimum": 0,
+              "description": "fail only the first N attempts, then echo"},
+    "retry_after_ms": {"type": "integer", "minimum": 0},
+    "ms": {"type": "integer", "minimum": 0},
+    "path": {"type": "string"},
+    "key": {"type": "string"},
+    "value": {},
+    "confidence": {"type": "number"}
+  },
+  "required": ["mode"]
+}"#;
+
+fn invalid(msg: impl Into<String>) -> ToolError {
+    ToolError::InvalidInput(msg.into())
+}
+
+fn ok(value: Value, confidence: Option<f64>) -> Result<Output, ToolError> {
+    Ok(Output { value: value.to_string(), confidence })
+}
+
+fn classified(class: &str, message: String, retry_after_ms: Option<u64>) -> ToolError {
+    match class {
+        "invalid-input" => ToolError::InvalidInput(message),
+        "rate-limited" => ToolError::RateLimited(RateLimit { message, retry_after_ms }),
+        "unavailable" => ToolError::Unavailable(message),
+        "permanent" => ToolError::Permanent(message),
+        "needs-human" => ToolError::NeedsHuman(message),
+        _ => ToolError::Transient(message),
+    }
+}
+
+impl Guest for Fault {
+    fn describe() -> ToolInfo {
+        ToolInfo {
+            name: "fault".into(),
+            description: "Test tool: fails, stalls, loops, allocates or traps as its input asks."
+                .into(),
+            input_schema: SCHEMA.into(),
+            output_schema: None,
+            effect: Effect::ReadOnly,
+        }
+    }
+
+    fn invoke(input: String) -> Result<Output, ToolError> {
+        let input: Value =
+            serde_json::from_str(&input).map_err(|e| invalid(format!("input is not JSON: {e}")))?;
+        let ctx = context();
+        let mode = input["mode"].as_str().unwrap_or("echo");
+        let confidence = input["confidence"].as_f64();
+        let echo = || {
+            json!({
+                "echo": input.get("value").cloned().unwrap_or(Value::Null),
+                "attempt": ctx.attempt,
+                "key": ctx.idempotency_key,
+                "tool": ctx.tool_name,
+            })
+        };
+        match mode {
+            "echo" => ok(echo(), confidence),
+            "fail" => {
+                let class = input["class"].as_str().unwrap_or("transient");
+                match input["times"].as_u64() {
+                    Some(times) if u64::from(ctx.attempt) > times => ok(echo(), confidence),
+                    _ => {
+                        log(Level::Warn, "injecting failure", &[("class".into(), class.into())]);
+                        Err(classified(
+                            class,
+                            format!("injected {class} failure on attempt {}", ctx.attempt),
+                            input["retry_after_ms"].as_u64(),
+                        ))
+                    }
+                }
+            }
+            "sleep" => {
+                let ms = input["ms"].as_u64().unwrap_or(100);
+                std::thread::sleep(std::time::Duration::from_millis(ms));
+                ok(echo(), confidence)
+            }
+            "spin" => {
+                let mut n: u64 = 0;
+                loop {
+                    n = std::hint::black_box(n.wrapping_add(1));
+                }
+            }
+            "alloc" => {
+                let mut hoard: Vec<Vec<u8>> = Vec::new();
+                loop {
+                    // Touch every page so the memory is really committed.
+                    hoard.push(vec![1u8; 1 << 20]);
+                    std::hint::black_box(&hoard);
+                }
+            }
+            "trap" => core::arch::wasm32::unreachable(),
+            "panic" => panic!("fault tool asked to panic"),
+            "read" => {
+                let path = input["path"].as_str().ok_or_else(|| invalid("`path` is required"))?;
+                match std::fs::read_to_string(path) {
+                    Ok(text) => ok(json!({ "path": path, "text": text }), confidence),
+                    Err(e) => Err(ToolError::Permanent(format!("cannot read {path}: {e}"))),
+                }
+            }
+            "env" => {
+                let key = input["key"].as_str().ok_or_else(|| invalid("`key` is required"))?;
+                ok(json!({ "key": key, "value": std::env::var(key).ok() }), confidence)
+            }
+            "context" => ok(
+                json!({
+                    "key": ctx.idempotency_key,
+                    "attempt": ctx.attempt,
+                    "deadline_ms": ctx.deadline_ms,
+                    "tool": ctx.tool_name,
+                }),
+                confidence,
+            ),
+            "bad-json" => Ok(Output { value: "this is not json".into(), confidence }),
+            "record" => {
+                // A side effect the tests can count: one line per execution.
+                let path = input["path"].as_str().ok_or_else(|| invalid("`path` is required"))?;
+                let mut file = std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(path)
+                    .map_err(|e| ToolError::Unavailable(format!("cannot open {path}: {e}")))?;
+                writeln!(file, "{}", ctx.idempotency_key)
+                    .map_err(|e| ToolError::Transient(format!("cannot write {path}: {e}")))?;
+                ok(echo(), confidence)
+            }
+            other => Err(invalid(format!("unknown mode `{other}`"))),
+        }
+    }
+}
+
+export!(Fault);
