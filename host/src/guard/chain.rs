@@ -122,9 +122,9 @@ impl ChainRunner<'_> {
                         let f = Failure::new(
                             FailureClass::CircuitOpen,
                             format!(
-                                "breaker {}; next probe in {}",
+                                "breaker {}; next probe in {:.1}s",
                                 if rejected.state == BreakerState::Open { "open" } else { "half-open, probe in flight" },
-                                humantime::format_duration(Duration::from_millis(millis(rejected.retry_in)))
+                                rejected.retry_in.as_secs_f64()
                             ),
                         );
                         attempts.push(Attempt {

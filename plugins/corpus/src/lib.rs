@@ -90,6 +90,14 @@ impl Guest for Corpus {
                 }
             }
         }
+        if hits.is_empty() {
+            // Nothing here answers the query: let the chain try elsewhere.
+            return Err(ToolError::Permanent(format!(
+                "no document among {} matches `{}`",
+                files.len(),
+                q.query
+            )));
+        }
         hits.sort_by(|a, b| b.0.total_cmp(&a.0).then_with(|| a.1.cmp(&b.1)));
         hits.truncate(q.limit);
         log(
@@ -97,7 +105,7 @@ impl Guest for Corpus {
             "corpus search",
             &[("files".into(), files.len().to_string()), ("hits".into(), hits.len().to_string())],
         );
-        let confidence = hits.first().map(|h| h.0).unwrap_or(0.0);
+        let confidence = hits[0].0;
         let results: Vec<_> = hits
             .into_iter()
             .map(|(score, file, snippet)| json!({"file": file, "snippet": snippet, "score": score}))

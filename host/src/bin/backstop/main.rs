@@ -1,1 +1,79 @@
-fn main() {}
+//! `backstop`: a thin shell over the `backstop` library. Only this file
+//! decides exit codes: 0 success, 1 bad config or usage, 2 a call that
+//! nothing could serve.
+
+mod commands;
+
+use clap::{Parser, Subcommand};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+#[derive(Parser)]
+#[command(name = "backstop", version, about = "Run agent tools as sandboxed WASM components behind retries, breakers and fallback chains")]
+struct Cli {
+    /// Config file.
+    #[arg(short, long, global = true, default_value = backstop::config::DEFAULT_FILE)]
+    config: PathBuf,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Validate the config and load every tool; exit 1 on any error.
+    Check,
+    /// List tools: what they say about themselves and what they may touch.
+    Tools {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Call a chain (or a single tool) and print the marked outcome.
+    Call {
+        chain: String,
+        /// The input, as JSON.
+        #[arg(long, short)]
+        input: String,
+        /// Print one JSON object instead of the readable form.
+        #[arg(long)]
+        json: bool,
+        /// Idempotency key (default: a new random key).
+        #[arg(long)]
+        key: Option<String>,
+    },
+    /// Run the offline demo on the embedded defaults.
+    Demo {
+        /// Where the built plugins are.
+        #[arg(long, default_value = "plugins/dist")]
+        plugins: PathBuf,
+        /// Working directory for the demo's files.
+        #[arg(long, default_value = ".backstop/demo")]
+        dir: PathBuf,
+    },
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("BACKSTOP_LOG").unwrap_or_else(|_| "error".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    match rt.block_on(commands::run(cli.command, &cli.config)) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e}");
+            for cause in e.chain().skip(1) {
+                eprintln!("  caused by: {cause}");
+            }
+            ExitCode::from(1)
+        }
+    }
+}
