@@ -58,8 +58,8 @@ impl Backstop {
     pub async fn from_config(config: Config) -> Result<Backstop, Error> {
         let runtime = Arc::new(Runtime::new(&config).map_err(Error::Engine)?);
         let mut loading = tokio::task::JoinSet::new();
-        for tool in config.tools.values().cloned() {
-            let rt = runtime.clone();
+        for tool in config.tools.values() {
+            let (rt, tool) = (runtime.clone(), tool.clone());
             loading.spawn(async move { WasmTool::load(&rt, &tool).await });
         }
         let mut tools = BTreeMap::new();
@@ -72,7 +72,10 @@ impl Backstop {
                 // Report the error that comes first in the file, so the
                 // message does not depend on which compile finished first.
                 Err(e) => {
-                    if first_error.as_ref().is_none_or(|f| e.location.line < f.location.line) {
+                    if first_error
+                        .as_ref()
+                        .is_none_or(|f| e.location.line < f.location.line)
+                    {
                         first_error = Some(e);
                     }
                 }
@@ -86,7 +89,13 @@ impl Backstop {
             Some(seed) => StdRng::seed_from_u64(seed),
             None => StdRng::from_os_rng(),
         };
-        Ok(Backstop { config, runtime, tools, breakers, rng: Mutex::new(rng) })
+        Ok(Backstop {
+            config,
+            runtime,
+            tools,
+            breakers,
+            rng: Mutex::new(rng),
+        })
     }
 
     pub fn config(&self) -> &Config {
@@ -123,14 +132,22 @@ impl Backstop {
 
     /// Calls `chain` with a caller-chosen idempotency key (for example one
     /// stored in a journal, so a resumed call keeps its key).
-    pub async fn call_with_key(&self, chain: &str, input: serde_json::Value, key: String) -> Result<Outcome, Error> {
-        let plan = self.config.chain(chain).ok_or_else(|| Error::UnknownChain {
-            name: chain.to_owned(),
-            hint: match self.config.callable() {
-                names if names.is_empty() => " (the config declares none)".into(),
-                names => format!(" (known: {})", names.join(", ")),
-            },
-        })?;
+    pub async fn call_with_key(
+        &self,
+        chain: &str,
+        input: serde_json::Value,
+        key: String,
+    ) -> Result<Outcome, Error> {
+        let plan = self
+            .config
+            .chain(chain)
+            .ok_or_else(|| Error::UnknownChain {
+                name: chain.to_owned(),
+                hint: match self.config.callable() {
+                    names if names.is_empty() => " (the config declares none)".into(),
+                    names => format!(" (known: {})", names.join(", ")),
+                },
+            })?;
         let targets = plan
             .targets
             .iter()

@@ -36,7 +36,12 @@ impl Reply {
     }
 
     pub fn status(status: u16) -> Reply {
-        Reply { status, headers: Vec::new(), body: String::new(), delay: Duration::ZERO }
+        Reply {
+            status,
+            headers: Vec::new(),
+            body: String::new(),
+            delay: Duration::ZERO,
+        }
     }
 
     pub fn header(mut self, name: &str, value: &str) -> Reply {
@@ -75,11 +80,17 @@ impl ScriptedServer {
     pub async fn start(fallback: Reply) -> std::io::Result<ScriptedServer> {
         let listener = TcpListener::bind("127.0.0.1:0").await?;
         let addr = listener.local_addr()?;
-        let state = Arc::new(Mutex::new(State { script: VecDeque::new(), fallback, arrivals: Vec::new() }));
+        let state = Arc::new(Mutex::new(State {
+            script: VecDeque::new(),
+            fallback,
+            arrivals: Vec::new(),
+        }));
         let shared = state.clone();
         let task = tokio::spawn(async move {
             loop {
-                let Ok((stream, _)) = listener.accept().await else { continue };
+                let Ok((stream, _)) = listener.accept().await else {
+                    continue;
+                };
                 let state = shared.clone();
                 tokio::spawn(async move {
                     let service = service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
@@ -87,8 +98,15 @@ impl ScriptedServer {
                         async move {
                             let reply = {
                                 let mut s = state.lock().unwrap();
-                                let path = req.uri().path_and_query().map(|p| p.to_string()).unwrap_or_default();
-                                s.arrivals.push(Arrival { at: Instant::now(), path });
+                                let path = req
+                                    .uri()
+                                    .path_and_query()
+                                    .map(|p| p.to_string())
+                                    .unwrap_or_default();
+                                s.arrivals.push(Arrival {
+                                    at: Instant::now(),
+                                    path,
+                                });
                                 s.script.pop_front().unwrap_or_else(|| s.fallback.clone())
                             };
                             tokio::time::sleep(reply.delay).await;
@@ -96,7 +114,9 @@ impl ScriptedServer {
                             for (k, v) in &reply.headers {
                                 resp = resp.header(k, v);
                             }
-                            Ok::<_, Infallible>(resp.body(Full::new(Bytes::from(reply.body))).unwrap())
+                            Ok::<_, Infallible>(
+                                resp.body(Full::new(Bytes::from(reply.body))).unwrap(),
+                            )
                         }
                     });
                     let _ = hyper::server::conn::http1::Builder::new()

@@ -118,7 +118,11 @@ impl Config {
     pub fn from_file(path: impl AsRef<Path>) -> Result<Config, ConfigError> {
         let path = path.as_ref();
         let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
-            location: Location { file: path.to_owned(), line: 0, col: 0 },
+            location: Location {
+                file: path.to_owned(),
+                line: 0,
+                col: 0,
+            },
             key: "(file)".into(),
             message: format!("cannot read config file: {e}"),
         })?;
@@ -129,8 +133,17 @@ impl Config {
     /// Parses `text` as if read from `name`, resolving relative paths
     /// against `base`.
     #[allow(clippy::should_implement_trait)]
-    pub fn from_str(text: &str, name: impl AsRef<Path>, base: &Path) -> Result<Config, ConfigError> {
-        Loader { text, file: name.as_ref().to_owned(), base: base.to_owned() }.load()
+    pub fn from_str(
+        text: &str,
+        name: impl AsRef<Path>,
+        base: &Path,
+    ) -> Result<Config, ConfigError> {
+        Loader {
+            text,
+            file: name.as_ref().to_owned(),
+            base: base.to_owned(),
+        }
+        .load()
     }
 
     /// The retry policy for `target` when called through `chain`: the
@@ -162,7 +175,11 @@ impl Config {
 
     /// Names that can be called: chains and tools.
     pub fn callable(&self) -> Vec<String> {
-        self.chains.keys().chain(self.tools.keys()).cloned().collect()
+        self.chains
+            .keys()
+            .chain(self.tools.keys())
+            .cloned()
+            .collect()
     }
 }
 
@@ -184,7 +201,9 @@ fn resolve_retry(spec: &RetrySpec) -> Result<RetryPolicy, String> {
     Ok(RetryPolicy {
         attempts: spec.attempts.unwrap_or(5),
         backoff: Backoff::new(base, cap, spec.jitter.unwrap_or(Jitter::Full))?,
-        max_retry_after: spec.max_retry_after.map_or(Duration::from_secs(60), |d| d.0),
+        max_retry_after: spec
+            .max_retry_after
+            .map_or(Duration::from_secs(60), |d| d.0),
     })
 }
 
@@ -195,7 +214,10 @@ fn resolve_breaker(defaults: &BreakerSpec, over: Option<&BreakerSpec>) -> Breake
         a.or(b).map_or(Duration::from_secs(v), |d| d.0)
     };
     BreakerPolicy {
-        consecutive_failures: o.consecutive_failures.or(d.consecutive_failures).unwrap_or(5),
+        consecutive_failures: o
+            .consecutive_failures
+            .or(d.consecutive_failures)
+            .unwrap_or(5),
         failure_rate: o.failure_rate.or(d.failure_rate).unwrap_or(0.5),
         window: dur(o.window, d.window, 60),
         min_calls: o.min_calls.or(d.min_calls).unwrap_or(20),
@@ -217,16 +239,34 @@ impl Loader<'_> {
         let before = &self.text[..offset.min(self.text.len())];
         let line = before.matches('\n').count() + 1;
         let col = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
-        Location { file: self.file.clone(), line, col }
+        Location {
+            file: self.file.clone(),
+            line,
+            col,
+        }
     }
 
-    fn err(&self, offset: usize, key: impl Into<String>, message: impl Into<String>) -> ConfigError {
-        ConfigError { location: self.at(offset), key: key.into(), message: message.into() }
+    fn err(
+        &self,
+        offset: usize,
+        key: impl Into<String>,
+        message: impl Into<String>,
+    ) -> ConfigError {
+        ConfigError {
+            location: self.at(offset),
+            key: key.into(),
+            message: message.into(),
+        }
     }
 
     fn parse(&self) -> Result<schema::File, ConfigError> {
-        let de = toml::Deserializer::parse(self.text)
-            .map_err(|e| self.err(e.span().map_or(0, |s| s.start), "(syntax)", e.message().trim()))?;
+        let de = toml::Deserializer::parse(self.text).map_err(|e| {
+            self.err(
+                e.span().map_or(0, |s| s.start),
+                "(syntax)",
+                e.message().trim(),
+            )
+        })?;
         serde_path_to_error::deserialize(de).map_err(|e| {
             let key = e.path().to_string();
             let inner = e.into_inner();
@@ -248,12 +288,23 @@ impl Loader<'_> {
         let file = self.parse()?;
         if let Some(v) = &file.version {
             if *v.get_ref() != 1 {
-                return Err(self.err(v.span().start, "version", format!("unsupported version {}; this Backstop reads version 1", v.get_ref())));
+                return Err(self.err(
+                    v.span().start,
+                    "version",
+                    format!(
+                        "unsupported version {}; this Backstop reads version 1",
+                        v.get_ref()
+                    ),
+                ));
             }
         }
         if let Some(state) = &file.state {
             if !state.get_ref().starts_with("sqlite:") || state.get_ref().len() <= "sqlite:".len() {
-                return Err(self.err(state.span().start, "state", "expected `sqlite:PATH`, such as \"sqlite:.backstop/state.db\""));
+                return Err(self.err(
+                    state.span().start,
+                    "state",
+                    "expected `sqlite:PATH`, such as \"sqlite:.backstop/state.db\"",
+                ));
             }
         }
         let defaults = &file.defaults;
@@ -272,15 +323,27 @@ impl Loader<'_> {
             let key = format!("chains.{}", name.get_ref());
             check_name(&self, name, &key)?;
             if tools.contains_key(name.get_ref()) {
-                return Err(self.err(name.span().start, key, format!("`{}` is already a tool; chains and tools share one namespace", name.get_ref())));
+                return Err(self.err(
+                    name.span().start,
+                    key,
+                    format!(
+                        "`{}` is already a tool; chains and tools share one namespace",
+                        name.get_ref()
+                    ),
+                ));
             }
             if spec.targets.get_ref().is_empty() {
-                return Err(self.err(spec.targets.span().start, format!("{key}.targets"), "a chain needs at least one target"));
+                return Err(self.err(
+                    spec.targets.span().start,
+                    format!("{key}.targets"),
+                    "a chain needs at least one target",
+                ));
             }
             if let Some(r) = &spec.retry {
                 let mut merged = default_retry.clone();
                 merge_retry(&mut merged, r);
-                resolve_retry(&merged).map_err(|m| self.err(name.span().start, format!("{key}.retry"), m))?;
+                resolve_retry(&merged)
+                    .map_err(|m| self.err(name.span().start, format!("{key}.retry"), m))?;
             }
         }
 
@@ -301,15 +364,23 @@ impl Loader<'_> {
         })
     }
 
-    fn tool(&self, name: &Spanned<String>, spec: &schema::ToolSpec, defaults: &schema::Defaults) -> Result<ToolConfig, ConfigError> {
+    fn tool(
+        &self,
+        name: &Spanned<String>,
+        spec: &schema::ToolSpec,
+        defaults: &schema::Defaults,
+    ) -> Result<ToolConfig, ConfigError> {
         let key = format!("tools.{}", name.get_ref());
-        check_name(&self, name, &key)?;
+        check_name(self, name, &key)?;
         let component = self.path(spec.component.get_ref());
         if !component.is_file() {
             return Err(self.err(
                 spec.component.span().start,
                 format!("{key}.component"),
-                format!("component file {} does not exist (build the plugins first: plugins/build.sh)", component.display()),
+                format!(
+                    "component file {} does not exist (build the plugins first: plugins/build.sh)",
+                    component.display()
+                ),
             ));
         }
         let mut dirs = Vec::new();
@@ -317,12 +388,27 @@ impl Loader<'_> {
             let host = self.path(&d.get_ref().host);
             let k = format!("{key}.dirs[{i}]");
             if !host.is_dir() {
-                return Err(self.err(d.span().start, k, format!("directory {} does not exist", host.display())));
+                return Err(self.err(
+                    d.span().start,
+                    k,
+                    format!("directory {} does not exist", host.display()),
+                ));
             }
             if !d.get_ref().guest.starts_with('/') {
-                return Err(self.err(d.span().start, k, format!("guest path `{}` must be absolute, such as \"/data\"", d.get_ref().guest)));
+                return Err(self.err(
+                    d.span().start,
+                    k,
+                    format!(
+                        "guest path `{}` must be absolute, such as \"/data\"",
+                        d.get_ref().guest
+                    ),
+                ));
             }
-            dirs.push(DirGrant { host, guest: d.get_ref().guest.clone(), writable: d.get_ref().mode == DirMode::ReadWrite });
+            dirs.push(DirGrant {
+                host,
+                guest: d.get_ref().guest.clone(),
+                writable: d.get_ref().mode == DirMode::ReadWrite,
+            });
         }
         let mut env = Vec::new();
         for (i, e) in spec.env.iter().enumerate() {
@@ -331,31 +417,51 @@ impl Loader<'_> {
                 None => (e.get_ref().clone(), None),
             };
             if k.is_empty() || !k.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
-                return Err(self.err(e.span().start, format!("{key}.env[{i}]"), format!("`{k}` is not an environment variable name")));
+                return Err(self.err(
+                    e.span().start,
+                    format!("{key}.env[{i}]"),
+                    format!("`{k}` is not an environment variable name"),
+                ));
             }
             env.push(EnvGrant { key: k, value: v });
         }
         let mut http = Vec::new();
         for (i, o) in spec.http.iter().enumerate() {
-            http.push(Origin::parse(o.get_ref()).map_err(|m| self.err(o.span().start, format!("{key}.http[{i}]"), m))?);
+            http.push(
+                Origin::parse(o.get_ref())
+                    .map_err(|m| self.err(o.span().start, format!("{key}.http[{i}]"), m))?,
+            );
         }
         let mut retry = defaults.retry.clone();
         if let Some(r) = &spec.retry {
             merge_retry(&mut retry, r);
-            resolve_retry(&retry).map_err(|m| self.err(name.span().start, format!("{key}.retry"), m))?;
+            resolve_retry(&retry)
+                .map_err(|m| self.err(name.span().start, format!("{key}.retry"), m))?;
         }
         Ok(ToolConfig {
             name: name.get_ref().clone(),
             component,
             component_at: self.at(spec.component.span().start),
             effect: spec.effect.as_ref().map(|e| *e.get_ref()),
-            effect_at: self.at(spec.effect.as_ref().map_or(name.span().start, |e| e.span().start)),
+            effect_at: self.at(spec
+                .effect
+                .as_ref()
+                .map_or(name.span().start, |e| e.span().start)),
             dirs,
             env,
             http,
-            timeout: spec.timeout.or(defaults.timeout).map_or(Duration::from_secs(30), |d| d.0),
-            memory: spec.memory.or(defaults.memory).unwrap_or(ByteSize(256 << 20)),
-            max_output: spec.max_output.or(defaults.max_output).unwrap_or(ByteSize(1 << 20)),
+            timeout: spec
+                .timeout
+                .or(defaults.timeout)
+                .map_or(Duration::from_secs(30), |d| d.0),
+            memory: spec
+                .memory
+                .or(defaults.memory)
+                .unwrap_or(ByteSize(256 << 20)),
+            max_output: spec
+                .max_output
+                .or(defaults.max_output)
+                .unwrap_or(ByteSize(1 << 20)),
             breaker: resolve_breaker(&defaults.breaker, spec.breaker.as_ref()),
             retry: spec.retry.clone().unwrap_or_default(),
         })
@@ -363,9 +469,18 @@ impl Loader<'_> {
 
     /// Resolves chain targets to tools, following nested chains, and
     /// rejects unknown targets and cycles.
-    fn flatten(&self, file: &schema::File, tools: &BTreeMap<String, ToolConfig>) -> Result<BTreeMap<String, ChainConfig>, ConfigError> {
-        let specs: BTreeMap<&str, &schema::ChainSpec> = file.chains.iter().map(|(k, v)| (k.as_str(), v)).collect();
-        let known: Vec<&str> = specs.keys().copied().chain(tools.keys().map(String::as_str)).collect();
+    fn flatten(
+        &self,
+        file: &schema::File,
+        tools: &BTreeMap<String, ToolConfig>,
+    ) -> Result<BTreeMap<String, ChainConfig>, ConfigError> {
+        let specs: BTreeMap<&str, &schema::ChainSpec> =
+            file.chains.iter().map(|(k, v)| (k.as_str(), v)).collect();
+        let known: Vec<&str> = specs
+            .keys()
+            .copied()
+            .chain(tools.keys().map(String::as_str))
+            .collect();
         let mut out = BTreeMap::new();
         for (name, spec) in &specs {
             let mut targets = Vec::new();
@@ -378,7 +493,10 @@ impl Loader<'_> {
                 ChainConfig {
                     name: name.to_string(),
                     targets,
-                    deadline: spec.deadline.or(file.defaults.deadline).map_or(DEFAULT_DEADLINE, |d| d.0),
+                    deadline: spec
+                        .deadline
+                        .or(file.defaults.deadline)
+                        .map_or(DEFAULT_DEADLINE, |d| d.0),
                     retry: spec.retry.clone().unwrap_or_default(),
                 },
             );
@@ -405,13 +523,18 @@ impl Loader<'_> {
             } else if let Some(inner) = specs.get(target) {
                 if stack.iter().any(|s| s == target) {
                     stack.push(target.to_owned());
-                    return Err(self.err(t.span().start, key, format!("chains form a cycle: {}", stack.join(" -> "))));
+                    return Err(self.err(
+                        t.span().start,
+                        key,
+                        format!("chains form a cycle: {}", stack.join(" -> ")),
+                    ));
                 }
                 stack.push(target.to_owned());
                 self.expand(target, inner, specs, tools, known, stack, out)?;
                 stack.pop();
             } else {
-                let mut msg = format!("unknown target `{target}`: not a tool or chain in this file");
+                let mut msg =
+                    format!("unknown target `{target}`: not a tool or chain in this file");
                 if let Some(s) = closest(target, known.iter().copied()) {
                     msg.push_str(&format!(" (did you mean `{s}`?)"));
                 }
@@ -438,10 +561,15 @@ fn closest<'a>(word: &str, known: impl Iterator<Item = &'a str>) -> Option<&'a s
 /// Adds "did you mean" to serde's unknown-field and unknown-variant
 /// messages, which list the expected names between backticks.
 fn with_suggestion(message: &str) -> String {
-    let Some(rest) = message.strip_prefix("unknown field `").or_else(|| message.strip_prefix("unknown variant `")) else {
+    let Some(rest) = message
+        .strip_prefix("unknown field `")
+        .or_else(|| message.strip_prefix("unknown variant `"))
+    else {
         return message.to_owned();
     };
-    let Some((word, expected)) = rest.split_once('`') else { return message.to_owned() };
+    let Some((word, expected)) = rest.split_once('`') else {
+        return message.to_owned();
+    };
     let candidates: Vec<&str> = expected.split('`').skip(1).step_by(2).collect();
     match closest(word, candidates.into_iter()) {
         Some(s) => format!("{message} (did you mean `{s}`?)"),

@@ -148,10 +148,17 @@ pub struct ChainSpec {
     pub retry: Option<RetrySpec>,
 }
 
-fn bounded<'de, D: Deserializer<'de>>(d: D, lo: i64, hi: i64, what: &str) -> Result<Option<u32>, D::Error> {
+fn bounded<'de, D: Deserializer<'de>>(
+    d: D,
+    lo: i64,
+    hi: i64,
+    what: &str,
+) -> Result<Option<u32>, D::Error> {
     let n = i64::deserialize(d)?;
     if n < lo || n > hi {
-        return Err(de::Error::custom(format!("{what} must be between {lo} and {hi}, not {n}")));
+        return Err(de::Error::custom(format!(
+            "{what} must be between {lo} and {hi}, not {n}"
+        )));
     }
     Ok(Some(n as u32))
 }
@@ -171,12 +178,19 @@ fn probes<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u32>, D::Error> {
 fn rate<'de, D: Deserializer<'de>>(d: D) -> Result<Option<f64>, D::Error> {
     let r = f64::deserialize(d)?;
     if !(0.0..=1.0).contains(&r) {
-        return Err(de::Error::custom(format!("failure_rate is a share between 0.0 and 1.0, not {r}")));
+        return Err(de::Error::custom(format!(
+            "failure_rate is a share between 0.0 and 1.0, not {r}"
+        )));
     }
     Ok(Some(r))
 }
 
-fn sized<'de, D: Deserializer<'de>>(d: D, lo: u64, hi: u64, what: &str) -> Result<Option<ByteSize>, D::Error> {
+fn sized<'de, D: Deserializer<'de>>(
+    d: D,
+    lo: u64,
+    hi: u64,
+    what: &str,
+) -> Result<Option<ByteSize>, D::Error> {
     let s = ByteSize::deserialize(d)?;
     if s.0 < lo || s.0 > hi {
         return Err(de::Error::custom(format!(

@@ -28,7 +28,10 @@ fn target_overrides_chain_overrides_defaults() {
     ))
     .unwrap();
     assert_eq!(c.retry_policy("c", "a").attempts, 2);
-    assert_eq!(c.retry_policy("c", "a").backoff.base(), Duration::from_millis(20));
+    assert_eq!(
+        c.retry_policy("c", "a").backoff.base(),
+        Duration::from_millis(20)
+    );
     assert_eq!(c.retry_policy("c", "b").attempts, 3);
     assert_eq!(c.retry_policy("b", "b").attempts, 4);
 }
@@ -52,7 +55,11 @@ fn unknown_key_has_location_and_suggestion() {
     assert_eq!((e.location.line, e.location.col), (3, 1), "{e}");
     assert_eq!(e.key, "tools.a.timout");
     assert!(e.message.contains("did you mean `timeout`"), "{e}");
-    assert!(e.to_string().starts_with("test.toml:3:1: tools.a.timout: unknown field `timout`"), "{e}");
+    assert!(
+        e.to_string()
+            .starts_with("test.toml:3:1: tools.a.timout: unknown field `timout`"),
+        "{e}"
+    );
 }
 
 #[test]
@@ -65,17 +72,24 @@ fn bad_duration_names_key() {
 
 #[test]
 fn unknown_target_suggests() {
-    let e = err(&format!("{TOOL}[chains.c]\ntargets = [\"a\", \"aa\", \"x\"]\n"));
+    let e = err(&format!(
+        "{TOOL}[chains.c]\ntargets = [\"a\", \"aa\", \"x\"]\n"
+    ));
     assert!(e.key == "chains.c.targets[1]", "{e}");
     assert!(e.message.contains("did you mean `a`"), "{e}");
 }
 
 #[test]
 fn cycle_is_reported() {
-    let e = err(&format!("{TOOL}[chains.x]\ntargets = [\"y\"]\n[chains.y]\ntargets = [\"a\", \"x\"]\n"));
+    let e = err(&format!(
+        "{TOOL}[chains.x]\ntargets = [\"y\"]\n[chains.y]\ntargets = [\"a\", \"x\"]\n"
+    ));
     assert!(e.message.contains("cycle: x -> y -> x"), "{e}");
     // The edge that closes the cycle.
-    assert_eq!((e.key.as_str(), e.location.line), ("chains.y.targets[1]", 6));
+    assert_eq!(
+        (e.key.as_str(), e.location.line),
+        ("chains.y.targets[1]", 6)
+    );
 }
 
 #[test]
@@ -84,7 +98,10 @@ fn empty_chain_and_missing_component() {
     assert!(e.message.contains("at least one target"), "{e}");
     assert_eq!(e.key, "chains.x.targets");
     let e = err("[tools.a]\ncomponent = \"missing.wasm\"\n");
-    assert_eq!((e.key.as_str(), e.location.line, e.location.col), ("tools.a.component", 2, 13));
+    assert_eq!(
+        (e.key.as_str(), e.location.line, e.location.col),
+        ("tools.a.component", 2, 13)
+    );
     assert!(e.message.contains("does not exist"), "{e}");
 }
 
@@ -97,15 +114,37 @@ fn syntax_error_has_location() {
 
 #[test]
 fn bad_values() {
-    assert!(err(&format!("{TOOL}memory = \"12 parsecs\"\n")).message.contains("unit"));
-    assert!(err(&format!("{TOOL}memory = \"8GiB\"\n")).message.contains("outside"));
-    assert!(err(&format!("{TOOL}retry = {{ attempts = 0 }}\n")).message.contains("between 1 and 100"));
-    assert!(err(&format!("{TOOL}timeout = \"0s\"\n")).message.contains("longer than zero"));
-    assert!(err(&format!("{TOOL}http = [\"ftp://x\"]\n")).message.contains("http and https"));
-    assert!(err(&format!("{TOOL}effect = \"sideeffect\"\n")).message.contains("did you mean `side-effect`"));
-    assert!(err(&format!("{TOOL}retry = {{ base = \"2s\", cap = \"1s\" }}\n")).message.contains("above its cap"));
+    assert!(err(&format!("{TOOL}memory = \"12 parsecs\"\n"))
+        .message
+        .contains("unit"));
+    assert!(err(&format!("{TOOL}memory = \"8GiB\"\n"))
+        .message
+        .contains("outside"));
+    assert!(err(&format!("{TOOL}retry = {{ attempts = 0 }}\n"))
+        .message
+        .contains("between 1 and 100"));
+    assert!(err(&format!("{TOOL}timeout = \"0s\"\n"))
+        .message
+        .contains("longer than zero"));
+    assert!(err(&format!("{TOOL}http = [\"ftp://x\"]\n"))
+        .message
+        .contains("http and https"));
+    assert!(err(&format!("{TOOL}effect = \"sideeffect\"\n"))
+        .message
+        .contains("did you mean `side-effect`"));
+    assert!(err(&format!(
+        "{TOOL}retry = {{ base = \"2s\", cap = \"1s\" }}\n"
+    ))
+    .message
+    .contains("above its cap"));
     assert!(err("version = 2\n").message.contains("unsupported version"));
-    assert!(err("[tools.Bad]\ncomponent = \"t.wasm\"\n").message.contains("lowercase"));
-    assert!(err(&format!("{TOOL}[chains.a]\ntargets = [\"a\"]\n")).message.contains("namespace"));
-    assert!(err("state = \"postgres://x\"\n").message.contains("sqlite:"));
+    assert!(err("[tools.Bad]\ncomponent = \"t.wasm\"\n")
+        .message
+        .contains("lowercase"));
+    assert!(err(&format!("{TOOL}[chains.a]\ntargets = [\"a\"]\n"))
+        .message
+        .contains("namespace"));
+    assert!(err("state = \"postgres://x\"\n")
+        .message
+        .contains("sqlite:"));
 }

@@ -23,7 +23,9 @@ impl<'de> Deserialize<'de> for Dur {
 fn parse_duration(text: &str) -> Result<Duration, String> {
     let trimmed = text.trim();
     if trimmed.starts_with('-') {
-        return Err(format!("duration `{text}` is negative; write a length such as \"500ms\" or \"2s\""));
+        return Err(format!(
+            "duration `{text}` is negative; write a length such as \"500ms\" or \"2s\""
+        ));
     }
     let d = humantime::parse_duration(trimmed).map_err(|e| {
         format!("`{text}` is not a duration ({e}); write a number and a unit, such as \"500ms\", \"2s\" or \"1m\"")
@@ -60,11 +62,11 @@ impl ByteSize {
 impl fmt::Display for ByteSize {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let b = self.0;
-        if b >= 1 << 30 && b % (1 << 30) == 0 {
+        if b >= 1 << 30 && b.is_multiple_of(1 << 30) {
             write!(f, "{}GiB", b >> 30)
-        } else if b >= 1 << 20 && b % (1 << 20) == 0 {
+        } else if b >= 1 << 20 && b.is_multiple_of(1 << 20) {
             write!(f, "{}MiB", b >> 20)
-        } else if b >= 1 << 10 && b % (1 << 10) == 0 {
+        } else if b >= 1 << 10 && b.is_multiple_of(1 << 10) {
             write!(f, "{}KiB", b >> 10)
         } else {
             write!(f, "{b}B")
@@ -93,7 +95,9 @@ fn parse_size(text: &str) -> Result<u64, String> {
     let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
     let (num, unit) = t.split_at(split);
     let hint = "write a size such as \"64MiB\", \"512KiB\" or \"1GiB\"";
-    let n: u64 = num.parse().map_err(|_| format!("`{text}` is not a size; {hint}"))?;
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("`{text}` is not a size; {hint}"))?;
     let mult: u64 = match unit.trim() {
         "" | "B" => 1,
         "KiB" => 1 << 10,
@@ -104,13 +108,16 @@ fn parse_size(text: &str) -> Result<u64, String> {
         "GB" => 1_000_000_000,
         other => return Err(format!("unknown size unit `{other}` in `{text}`; {hint}")),
     };
-    n.checked_mul(mult).ok_or_else(|| format!("size `{text}` is too large"))
+    n.checked_mul(mult)
+        .ok_or_else(|| format!("size `{text}` is too large"))
 }
 
 /// Checks a name used as a TOML key for tools, models, chains and agents.
 pub fn check_name(name: &str) -> Result<(), String> {
     let ok = name.chars().next().is_some_and(|c| c.is_ascii_lowercase())
-        && name.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_' || c == '-')
+        && name
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_' || c == '-')
         && name.len() <= 64;
     if ok {
         Ok(())
@@ -133,7 +140,8 @@ pub struct Origin {
 
 impl Origin {
     pub fn parse(text: &str) -> Result<Origin, String> {
-        let hint = "write an origin such as \"https://api.example.com\" or \"http://127.0.0.1:8080\"";
+        let hint =
+            "write an origin such as \"https://api.example.com\" or \"http://127.0.0.1:8080\"";
         let (scheme, rest) = text
             .split_once("://")
             .ok_or_else(|| format!("`{text}` is not an origin; {hint}"))?;
@@ -148,14 +156,23 @@ impl Origin {
             Some((h, "*")) => (h, None),
             Some((h, p)) => (
                 h,
-                Some(p.parse::<u16>().map_err(|_| format!("`{text}`: port `{p}` is not a number"))?),
+                Some(
+                    p.parse::<u16>()
+                        .map_err(|_| format!("`{text}`: port `{p}` is not a number"))?,
+                ),
             ),
             None => (rest, Some(if scheme == "https" { 443 } else { 80 })),
         };
-        if host.is_empty() || (host.contains('*') && !(host.starts_with("*.") && host[2..].find('*').is_none())) {
+        if host.is_empty()
+            || (host.contains('*') && !(host.starts_with("*.") && host[2..].find('*').is_none()))
+        {
             return Err(format!("`{text}`: bad host; {hint}"));
         }
-        Ok(Origin { scheme, host: host.to_ascii_lowercase(), port })
+        Ok(Origin {
+            scheme,
+            host: host.to_ascii_lowercase(),
+            port,
+        })
     }
 
     /// Whether a request to `scheme://host:port` is allowed by this origin.

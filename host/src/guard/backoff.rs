@@ -58,7 +58,10 @@ impl Backoff {
     /// retry): `min(cap, base * 2^retry)`.
     pub fn ceiling(&self, retry: u32) -> Duration {
         let factor = 1u32.checked_shl(retry.min(31)).unwrap_or(u32::MAX);
-        self.base.checked_mul(factor).unwrap_or(self.cap).min(self.cap)
+        self.base
+            .checked_mul(factor)
+            .unwrap_or(self.cap)
+            .min(self.cap)
     }
 
     /// The wait before retry number `retry`, given the previous wait (used
@@ -132,7 +135,9 @@ mod tests {
         let b = Backoff::new(ms(10), ms(500), Jitter::Full).unwrap();
         let run = |seed| {
             let mut rng = StdRng::seed_from_u64(seed);
-            (0..5).map(|n| b.delay(n, Duration::ZERO, &mut rng)).collect::<Vec<_>>()
+            (0..5)
+                .map(|n| b.delay(n, Duration::ZERO, &mut rng))
+                .collect::<Vec<_>>()
         };
         assert_eq!(run(1), run(1));
         assert_ne!(run(1), run(2));

@@ -67,8 +67,13 @@ struct Bucket {
 #[derive(Debug)]
 enum State {
     Closed,
-    Open { until: Instant },
-    HalfOpen { probes: Vec<(u64, Instant)>, successes: u32 },
+    Open {
+        until: Instant,
+    },
+    HalfOpen {
+        probes: Vec<(u64, Instant)>,
+        successes: u32,
+    },
 }
 
 #[derive(Debug)]
@@ -116,18 +121,26 @@ impl Breaker {
     fn expire(&mut self, now: Instant) {
         if let State::Open { until } = self.state {
             if now >= until {
-                self.state = State::HalfOpen { probes: Vec::new(), successes: 0 };
+                self.state = State::HalfOpen {
+                    probes: Vec::new(),
+                    successes: 0,
+                };
             }
         }
         if let State::HalfOpen { probes, .. } = &self.state {
-            if probes.iter().any(|(_, started)| now.duration_since(*started) >= self.policy.probe_timeout) {
+            if probes
+                .iter()
+                .any(|(_, started)| now.duration_since(*started) >= self.policy.probe_timeout)
+            {
                 self.open(now);
             }
         }
     }
 
     fn open(&mut self, now: Instant) {
-        self.state = State::Open { until: now + self.policy.open_for };
+        self.state = State::Open {
+            until: now + self.policy.open_for,
+        };
         self.opened_times += 1;
         self.consecutive = 0;
         self.buckets = [Bucket::default(); BUCKETS];
@@ -139,9 +152,10 @@ impl Breaker {
         let probes_allowed = self.policy.half_open_probes as usize;
         match &mut self.state {
             State::Closed => Ok(Permit { probe: None }),
-            State::Open { until } => {
-                Err(Rejected { retry_in: until.duration_since(now), state: BreakerState::Open })
-            }
+            State::Open { until } => Err(Rejected {
+                retry_in: until.duration_since(now),
+                state: BreakerState::Open,
+            }),
             State::HalfOpen { probes, .. } if probes.len() < probes_allowed => {
                 let id = self.next_probe_id;
                 self.next_probe_id += 1;
@@ -151,7 +165,10 @@ impl Breaker {
             State::HalfOpen { probes, .. } => {
                 let oldest = probes.iter().map(|p| p.1).min().unwrap_or(now);
                 let retry_in = (oldest + self.policy.probe_timeout).duration_since(now);
-                Err(Rejected { retry_in, state: BreakerState::HalfOpen })
+                Err(Rejected {
+                    retry_in,
+                    state: BreakerState::HalfOpen,
+                })
             }
         }
     }
@@ -166,7 +183,9 @@ impl Breaker {
             let State::HalfOpen { probes, successes } = &mut self.state else {
                 return; // a stale probe: the breaker has moved on
             };
-            let Some(pos) = probes.iter().position(|p| p.0 == id) else { return };
+            let Some(pos) = probes.iter().position(|p| p.0 == id) else {
+                return;
+            };
             probes.remove(pos);
             if failed {
                 self.open(now);
@@ -208,8 +227,14 @@ impl Breaker {
             Some(i) => i,
             None => {
                 // Reuse the oldest bucket for the new slice of time.
-                let i = (0..BUCKETS).min_by_key(|&i| self.buckets[i].start).unwrap_or(0);
-                self.buckets[i] = Bucket { start: Some(now), ok: 0, failed: 0 };
+                let i = (0..BUCKETS)
+                    .min_by_key(|&i| self.buckets[i].start)
+                    .unwrap_or(0);
+                self.buckets[i] = Bucket {
+                    start: Some(now),
+                    ok: 0,
+                    failed: 0,
+                };
                 i
             }
         };
@@ -224,7 +249,10 @@ impl Breaker {
     fn window_counts(&self, now: Instant) -> (u32, u32) {
         self.buckets
             .iter()
-            .filter(|b| b.start.is_some_and(|s| now.duration_since(s) < self.policy.window))
+            .filter(|b| {
+                b.start
+                    .is_some_and(|s| now.duration_since(s) < self.policy.window)
+            })
             .fold((0, 0), |(ok, bad), b| (ok + b.ok, bad + b.failed))
     }
 }

@@ -3,7 +3,9 @@
 
 use super::breaker::{Breaker, BreakerPolicy, BreakerState, Permit, Rejected};
 use super::retry::{Decision, RetryPolicy};
-use crate::outcome::{Attempt, CallError, EscalationReason, Effect, Failure, FailureClass, Outcome};
+use crate::outcome::{
+    Attempt, CallError, Effect, EscalationReason, Failure, FailureClass, Outcome,
+};
 use crate::runtime::{CallCtx, ToolOutput};
 use rand::rngs::StdRng;
 use std::collections::HashMap;
@@ -35,8 +37,13 @@ pub struct Breakers {
 
 impl Breakers {
     pub fn new(policies: impl IntoIterator<Item = (String, BreakerPolicy)>) -> Self {
-        let map = policies.into_iter().map(|(k, p)| (k, Breaker::new(p))).collect();
-        Breakers { map: Mutex::new(map) }
+        let map = policies
+            .into_iter()
+            .map(|(k, p)| (k, Breaker::new(p)))
+            .collect();
+        Breakers {
+            map: Mutex::new(map),
+        }
     }
 
     fn with<R>(&self, target: &str, f: impl FnOnce(&mut Breaker) -> R) -> Option<R> {
@@ -103,7 +110,10 @@ impl ChainRunner<'_> {
                 if remaining.is_zero() {
                     let f = Failure::new(
                         FailureClass::DeadlineExceeded,
-                        format!("call deadline of {} passed", humantime::format_duration(self.deadline)),
+                        format!(
+                            "call deadline of {} passed",
+                            humantime::format_duration(self.deadline)
+                        ),
                     );
                     attempts.push(Attempt {
                         target: name.clone(),
@@ -114,7 +124,13 @@ impl ChainRunner<'_> {
                         delay_ms: 0,
                         then: "stop".into(),
                     });
-                    return self.failed(started, key, attempts, f, Some(EscalationReason::RetriesExhausted));
+                    return self.failed(
+                        started,
+                        key,
+                        attempts,
+                        f,
+                        Some(EscalationReason::RetriesExhausted),
+                    );
                 }
                 let permit = match self.breakers.acquire(&name, now) {
                     Ok(p) => p,
@@ -123,7 +139,11 @@ impl ChainRunner<'_> {
                             FailureClass::CircuitOpen,
                             format!(
                                 "breaker {}; next probe in {:.1}s",
-                                if rejected.state == BreakerState::Open { "open" } else { "half-open, probe in flight" },
+                                if rejected.state == BreakerState::Open {
+                                    "open"
+                                } else {
+                                    "half-open, probe in flight"
+                                },
                                 rejected.retry_in.as_secs_f64()
                             ),
                         );
@@ -148,11 +168,18 @@ impl ChainRunner<'_> {
                         timeout = timeout.min(p.probe_timeout);
                     }
                 }
-                let ctx = CallCtx { key: key.clone(), attempt, timeout };
+                let ctx = CallCtx {
+                    key: key.clone(),
+                    attempt,
+                    timeout,
+                };
                 let t0 = Instant::now();
                 let result = target.call(input, &ctx).await;
                 let elapsed = t0.elapsed();
-                let failed = result.as_ref().err().is_some_and(|f| f.class.counts_for_breaker());
+                let failed = result
+                    .as_ref()
+                    .err()
+                    .is_some_and(|f| f.class.counts_for_breaker());
                 self.breakers.record(&name, permit, failed, Instant::now());
                 let failure = match result {
                     Ok(out) => {
@@ -174,7 +201,8 @@ impl ChainRunner<'_> {
                             confidence: out.confidence,
                             served_by: Some(name),
                             degraded,
-                            degraded_reason: degraded.then(|| format!("fallback: {}", passed_over.join("; "))),
+                            degraded_reason: degraded
+                                .then(|| format!("fallback: {}", passed_over.join("; "))),
                             attempts,
                             error: None,
                             elapsed_ms: millis(started.elapsed()),
@@ -185,7 +213,14 @@ impl ChainRunner<'_> {
                 let remaining = deadline.saturating_duration_since(Instant::now());
                 let decision = {
                     let mut rng = self.rng.lock().unwrap_or_else(|p| p.into_inner());
-                    policy.decide(&failure, target.effect(), attempt, previous_delay, remaining, &mut *rng)
+                    policy.decide(
+                        &failure,
+                        target.effect(),
+                        attempt,
+                        previous_delay,
+                        remaining,
+                        &mut *rng,
+                    )
                 };
                 let mut record = Attempt {
                     target: name.clone(),
@@ -223,10 +258,19 @@ impl ChainRunner<'_> {
                 }
             }
         }
-        let last = last.unwrap_or_else(|| Failure::new(FailureClass::Permanent, "the chain has no targets"));
-        let reason = if all_open { EscalationReason::CircuitOpen } else { EscalationReason::RetriesExhausted };
+        let last = last
+            .unwrap_or_else(|| Failure::new(FailureClass::Permanent, "the chain has no targets"));
+        let reason = if all_open {
+            EscalationReason::CircuitOpen
+        } else {
+            EscalationReason::RetriesExhausted
+        };
         let summary = Failure {
-            message: format!("every target failed ({}); last: {}", passed_over.join("; "), last.message),
+            message: format!(
+                "every target failed ({}); last: {}",
+                passed_over.join("; "),
+                last.message
+            ),
             ..last
         };
         self.failed(started, key, attempts, summary, Some(reason))
@@ -250,7 +294,11 @@ impl ChainRunner<'_> {
             degraded: false,
             degraded_reason: None,
             attempts,
-            error: Some(CallError { class: f.class, message: f.message, escalate }),
+            error: Some(CallError {
+                class: f.class,
+                message: f.message,
+                escalate,
+            }),
             elapsed_ms: millis(started.elapsed()),
         }
     }

@@ -1,7 +1,7 @@
 //! Whether to retry a failed attempt, and after how long.
 
 use super::backoff::Backoff;
-use crate::outcome::{EscalationReason, Effect, Failure, FailureClass};
+use crate::outcome::{Effect, EscalationReason, Failure, FailureClass};
 use rand::Rng;
 use std::time::Duration;
 
@@ -68,7 +68,9 @@ impl RetryPolicy {
             delay = delay.max(asked);
         }
         if delay >= remaining {
-            return Decision::FailOver(Some("no time left before the deadline for another attempt".into()));
+            return Decision::FailOver(Some(
+                "no time left before the deadline for another attempt".into(),
+            ));
         }
         Decision::Retry(delay)
     }
@@ -83,14 +85,26 @@ mod tests {
     fn policy() -> RetryPolicy {
         RetryPolicy {
             attempts: 3,
-            backoff: Backoff::new(Duration::from_millis(100), Duration::from_secs(1), Jitter::Full).unwrap(),
+            backoff: Backoff::new(
+                Duration::from_millis(100),
+                Duration::from_secs(1),
+                Jitter::Full,
+            )
+            .unwrap(),
             max_retry_after: Duration::from_secs(5),
         }
     }
 
     fn decide(f: Failure, effect: Effect, attempt: u32) -> Decision {
         let mut rng = StdRng::seed_from_u64(1);
-        policy().decide(&f, effect, attempt, Duration::ZERO, Duration::from_secs(60), &mut rng)
+        policy().decide(
+            &f,
+            effect,
+            attempt,
+            Duration::ZERO,
+            Duration::from_secs(60),
+            &mut rng,
+        )
     }
 
     #[test]
@@ -98,20 +112,50 @@ mod tests {
         use FailureClass::*;
         let ro = Effect::ReadOnly;
         let fx = Effect::SideEffect;
-        assert!(matches!(decide(Failure::new(Transient, ""), ro, 1), Decision::Retry(_)));
-        assert!(matches!(decide(Failure::new(Transient, ""), fx, 1), Decision::Retry(_)));
-        assert!(matches!(decide(Failure::new(Timeout, ""), ro, 1), Decision::Retry(_)));
-        assert!(matches!(decide(Failure::new(Trap, ""), Effect::Idempotent, 1), Decision::Retry(_)));
-        assert_eq!(decide(Failure::new(Timeout, ""), fx, 1), Decision::Stop(EscalationReason::AmbiguousState));
+        assert!(matches!(
+            decide(Failure::new(Transient, ""), ro, 1),
+            Decision::Retry(_)
+        ));
+        assert!(matches!(
+            decide(Failure::new(Transient, ""), fx, 1),
+            Decision::Retry(_)
+        ));
+        assert!(matches!(
+            decide(Failure::new(Timeout, ""), ro, 1),
+            Decision::Retry(_)
+        ));
+        assert!(matches!(
+            decide(Failure::new(Trap, ""), Effect::Idempotent, 1),
+            Decision::Retry(_)
+        ));
+        assert_eq!(
+            decide(Failure::new(Timeout, ""), fx, 1),
+            Decision::Stop(EscalationReason::AmbiguousState)
+        );
         assert_eq!(
             decide(Failure::new(Trap, ""), Effect::Irreversible, 1),
             Decision::Stop(EscalationReason::AmbiguousState)
         );
-        assert_eq!(decide(Failure::new(InvalidInput, ""), ro, 1), Decision::FailOver(None));
-        assert_eq!(decide(Failure::new(Unavailable, ""), ro, 1), Decision::FailOver(None));
-        assert_eq!(decide(Failure::new(Permanent, ""), ro, 1), Decision::FailOver(None));
-        assert_eq!(decide(Failure::new(NeedsHuman, ""), ro, 1), Decision::Stop(EscalationReason::NeedsHuman));
-        assert!(matches!(decide(Failure::new(Transient, ""), ro, 3), Decision::FailOver(Some(_))));
+        assert_eq!(
+            decide(Failure::new(InvalidInput, ""), ro, 1),
+            Decision::FailOver(None)
+        );
+        assert_eq!(
+            decide(Failure::new(Unavailable, ""), ro, 1),
+            Decision::FailOver(None)
+        );
+        assert_eq!(
+            decide(Failure::new(Permanent, ""), ro, 1),
+            Decision::FailOver(None)
+        );
+        assert_eq!(
+            decide(Failure::new(NeedsHuman, ""), ro, 1),
+            Decision::Stop(EscalationReason::NeedsHuman)
+        );
+        assert!(matches!(
+            decide(Failure::new(Transient, ""), ro, 3),
+            Decision::FailOver(Some(_))
+        ));
     }
 
     #[test]
@@ -122,14 +166,23 @@ mod tests {
             other => panic!("expected a retry, got {other:?}"),
         }
         let too_long = Failure::rate_limited("", Some(Duration::from_secs(30)));
-        assert!(matches!(decide(too_long, Effect::ReadOnly, 1), Decision::FailOver(Some(m)) if m.contains("max_retry_after")));
+        assert!(
+            matches!(decide(too_long, Effect::ReadOnly, 1), Decision::FailOver(Some(m)) if m.contains("max_retry_after"))
+        );
     }
 
     #[test]
     fn no_retry_past_the_deadline() {
         let mut rng = StdRng::seed_from_u64(1);
         let f = Failure::rate_limited("", Some(Duration::from_secs(2)));
-        let d = policy().decide(&f, Effect::ReadOnly, 1, Duration::ZERO, Duration::from_secs(1), &mut rng);
+        let d = policy().decide(
+            &f,
+            Effect::ReadOnly,
+            1,
+            Duration::ZERO,
+            Duration::from_secs(1),
+            &mut rng,
+        );
         assert!(matches!(d, Decision::FailOver(Some(m)) if m.contains("deadline")));
     }
 }

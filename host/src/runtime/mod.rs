@@ -19,10 +19,12 @@ use wasmtime::{Engine, InstanceAllocationStrategy, PoolingAllocationConfig};
 
 /// Why a tool could not be loaded; names the tool and where it is declared.
 #[derive(Debug, thiserror::Error)]
-#[error("{location}: tools.{tool}.component: {message}")]
+#[error("{location}: {key}: {message}")]
 pub struct LoadError {
     pub tool: String,
     pub location: Location,
+    /// The TOML key at fault, such as `tools.search.component`.
+    pub key: String,
     pub message: String,
 }
 
@@ -76,12 +78,20 @@ impl Runtime {
     /// asked and this machine can reserve its memory; otherwise instances
     /// are allocated on demand.
     pub fn new(config: &Config) -> anyhow::Result<Runtime> {
-        let max_memory = config.tools.values().map(|t| t.memory.0).max().unwrap_or(256 << 20);
+        let max_memory = config
+            .tools
+            .values()
+            .map(|t| t.memory.0)
+            .max()
+            .unwrap_or(256 << 20);
         let (engine, pooling) = build_engine(&config.engine, max_memory)?;
         let mut linker = Linker::new(&engine);
         wasmtime_wasi::p2::add_to_linker_async(&mut linker)?;
         wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut linker)?;
-        bindings::Tool::add_to_linker::<_, wasmtime::component::HasSelf<HostState>>(&mut linker, |s| s)?;
+        bindings::Tool::add_to_linker::<_, wasmtime::component::HasSelf<HostState>>(
+            &mut linker,
+            |s| s,
+        )?;
         let ticker = Ticker::start(engine.clone(), config.engine.tick);
         Ok(Runtime {
             engine,
@@ -106,26 +116,37 @@ impl Runtime {
     /// where it came from.
     pub fn compile(&self, path: &Path) -> anyhow::Result<(Component, String, CompileSource)> {
         use sha2::Digest;
-        let bytes = std::fs::read(path).map_err(|e| anyhow::anyhow!("cannot read {}: {e}", path.display()))?;
+        let bytes = std::fs::read(path)
+            .map_err(|e| anyhow::anyhow!("cannot read {}: {e}", path.display()))?;
         let digest = hex::encode(sha2::Sha256::digest(&bytes));
         let mut h = std::collections::hash_map::DefaultHasher::new();
         self.engine.precompile_compatibility_hash().hash(&mut h);
-        let cached = self.cache_dir.join(format!("{digest}-{:016x}.cwasm", h.finish()));
-        if cached.is_file() {
+        let cached = self
+            .cache_dir
+            .join(format!("{digest}-{:016x}.cwasm", h.finish()));
+        // Read into memory rather than mmap: a cache file truncated by
+        // another process while mapped would kill this one with SIGBUS.
+        if let Ok(serialized) = std::fs::read(&cached) {
             // SAFETY: the file was written by `Component::serialize` of an
             // engine with this compatibility hash, into the operator's cache
             // directory, which is as trusted as this binary. A damaged file
             // fails wasmtime's header checks and is recompiled below.
-            match unsafe { Component::deserialize_file(&self.engine, &cached) } {
+            match unsafe { Component::deserialize(&self.engine, &serialized) } {
                 Ok(c) => return Ok((c, digest, CompileSource::Cache)),
-                Err(e) => tracing::warn!(file = %cached.display(), "ignoring unreadable compiled cache entry: {e:#}"),
+                Err(e) => {
+                    tracing::warn!(file = %cached.display(), "ignoring unreadable compiled cache entry: {e:#}")
+                }
             }
         }
         if bytes.len() >= 8 && bytes[..4] == *b"\0asm" && bytes[4..8] == [1, 0, 0, 0] {
             anyhow::bail!("{} is a core wasm module, not a component; build it for wasm32-wasip2 or wrap it with `wasm-tools component new`", path.display());
         }
-        let component = Component::new(&self.engine, &bytes)
-            .map_err(|e| anyhow::anyhow!("{} is not a valid WebAssembly component: {e:#}", path.display()))?;
+        let component = Component::new(&self.engine, &bytes).map_err(|e| {
+            anyhow::anyhow!(
+                "{} is not a valid WebAssembly component: {e:#}",
+                path.display()
+            )
+        })?;
         if let Err(e) = self.store_cache(&component, &cached) {
             tracing::warn!(dir = %self.cache_dir.display(), "cannot write the compiled-code cache: {e:#}");
         }

@@ -35,7 +35,12 @@ pub struct MemoryLimiter {
 }
 
 impl ResourceLimiter for MemoryLimiter {
-    fn memory_growing(&mut self, _current: usize, desired: usize, _max: Option<usize>) -> wasmtime::Result<bool> {
+    fn memory_growing(
+        &mut self,
+        _current: usize,
+        desired: usize,
+        _max: Option<usize>,
+    ) -> wasmtime::Result<bool> {
         if desired > self.cap {
             self.hit_cap = true;
             return Ok(false);
@@ -43,7 +48,12 @@ impl ResourceLimiter for MemoryLimiter {
         Ok(true)
     }
 
-    fn table_growing(&mut self, _current: usize, desired: usize, _max: Option<usize>) -> wasmtime::Result<bool> {
+    fn table_growing(
+        &mut self,
+        _current: usize,
+        desired: usize,
+        _max: Option<usize>,
+    ) -> wasmtime::Result<bool> {
         Ok(desired <= 1_000_000)
     }
 }
@@ -58,7 +68,9 @@ impl HttpGate {
     fn allowed(&self, uri: &http::Uri) -> bool {
         let scheme = uri.scheme_str().unwrap_or("https");
         let Some(host) = uri.host() else { return false };
-        let port = uri.port_u16().unwrap_or(if scheme == "http" { 80 } else { 443 });
+        let port = uri
+            .port_u16()
+            .unwrap_or(if scheme == "http" { 80 } else { 443 });
         self.origins.iter().any(|o| o.allows(scheme, host, port))
     }
 }
@@ -103,13 +115,23 @@ pub struct HostState {
 impl HostState {
     /// A sandbox holding exactly the tool's grants: its directories, its
     /// env keys, no sockets, no inherited stdio; stderr is captured.
-    pub fn new(tool: &ToolConfig, origins: Arc<Vec<Origin>>, call: CallInfo, stderr: MemoryOutputPipe) -> anyhow::Result<Self> {
+    pub fn new(
+        tool: &ToolConfig,
+        origins: Arc<Vec<Origin>>,
+        call: CallInfo,
+        stderr: MemoryOutputPipe,
+    ) -> anyhow::Result<Self> {
         let mut b = WasiCtx::builder();
         b.stderr(stderr);
         for d in &tool.dirs {
-            let perms = if d.writable { FsPerms::ReadWrite } else { FsPerms::ReadOnly };
-            b.preopened_dir(&d.host, &d.guest, perms)
-                .map_err(|e| anyhow::anyhow!("cannot open granted directory {}: {e}", d.host.display()))?;
+            let perms = if d.writable {
+                FsPerms::ReadWrite
+            } else {
+                FsPerms::ReadOnly
+            };
+            b.preopened_dir(&d.host, &d.guest, perms).map_err(|e| {
+                anyhow::anyhow!("cannot open granted directory {}: {e}", d.host.display())
+            })?;
         }
         for e in &tool.env {
             let value = match &e.value {
@@ -120,13 +142,21 @@ impl HostState {
                 b.env(&e.key, v);
             }
         }
-        b.allow_tcp(false).allow_udp(false).allow_ip_name_lookup(false);
+        b.allow_tcp(false)
+            .allow_udp(false)
+            .allow_ip_name_lookup(false);
         Ok(HostState {
             wasi: b.build(),
             http: WasiHttpCtx::new(),
             table: ResourceTable::new(),
-            gate: HttpGate { tool: tool.name.clone(), origins },
-            limiter: MemoryLimiter { cap: tool.memory.0 as usize, hit_cap: false },
+            gate: HttpGate {
+                tool: tool.name.clone(),
+                origins,
+            },
+            limiter: MemoryLimiter {
+                cap: tool.memory.0 as usize,
+                hit_cap: false,
+            },
             call,
             logs: 0,
         })
@@ -141,13 +171,20 @@ impl HostState {
 
 impl WasiView for HostState {
     fn ctx(&mut self) -> WasiCtxView<'_> {
-        WasiCtxView { ctx: &mut self.wasi, table: &mut self.table }
+        WasiCtxView {
+            ctx: &mut self.wasi,
+            table: &mut self.table,
+        }
     }
 }
 
 impl WasiHttpView for HostState {
     fn http(&mut self) -> WasiHttpCtxView<'_> {
-        WasiHttpCtxView { ctx: &mut self.http, table: &mut self.table, hooks: &mut self.gate }
+        WasiHttpCtxView {
+            ctx: &mut self.http,
+            table: &mut self.table,
+            hooks: &mut self.gate,
+        }
     }
 }
 
@@ -175,15 +212,29 @@ impl bindings::backstop::tool::host::Host for HostState {
             return;
         }
         let message = clip(message);
-        let fields: Vec<String> = fields.into_iter().take(32).map(|(k, v)| format!("{}={}", clip(k), clip(v))).collect();
+        let fields: Vec<String> = fields
+            .into_iter()
+            .take(32)
+            .map(|(k, v)| format!("{}={}", clip(k), clip(v)))
+            .collect();
         let fields = fields.join(" ");
         let (tool, attempt) = (&self.call.tool, self.call.attempt);
         match level {
-            Level::Trace => tracing::trace!(target: "backstop::tool", tool, attempt, fields, "{message}"),
-            Level::Debug => tracing::debug!(target: "backstop::tool", tool, attempt, fields, "{message}"),
-            Level::Info => tracing::info!(target: "backstop::tool", tool, attempt, fields, "{message}"),
-            Level::Warn => tracing::warn!(target: "backstop::tool", tool, attempt, fields, "{message}"),
-            Level::Error => tracing::error!(target: "backstop::tool", tool, attempt, fields, "{message}"),
+            Level::Trace => {
+                tracing::trace!(target: "backstop::tool", tool, attempt, fields, "{message}")
+            }
+            Level::Debug => {
+                tracing::debug!(target: "backstop::tool", tool, attempt, fields, "{message}")
+            }
+            Level::Info => {
+                tracing::info!(target: "backstop::tool", tool, attempt, fields, "{message}")
+            }
+            Level::Warn => {
+                tracing::warn!(target: "backstop::tool", tool, attempt, fields, "{message}")
+            }
+            Level::Error => {
+                tracing::error!(target: "backstop::tool", tool, attempt, fields, "{message}")
+            }
         }
     }
 

@@ -74,21 +74,26 @@ impl WasmTool {
         let fail = |message: String| LoadError {
             tool: config.name.clone(),
             location: config.component_at.clone(),
+            key: format!("tools.{}.component", config.name),
             message,
         };
         let path = config.component.clone();
         // Compiling a large component takes seconds of CPU: keep it off
         // the async workers.
         let compiling = rt.clone();
-        let (component, digest, source) = tokio::task::spawn_blocking(move || compiling.compile(&path))
-            .await
-            .map_err(|e| fail(format!("compiler task failed: {e}")))?
-            .map_err(|e| fail(format!("{e:#}")))?;
+        let (component, digest, source) =
+            tokio::task::spawn_blocking(move || compiling.compile(&path))
+                .await
+                .map_err(|e| fail(format!("compiler task failed: {e}")))?
+                .map_err(|e| fail(format!("{e:#}")))?;
         let instance_pre = rt.linker.instantiate_pre(&component).map_err(|e| {
             fail(format!("does not implement world `backstop:tool/tool` (imports something the host does not offer): {e:#}"))
         })?;
-        let pre = ToolPre::new(instance_pre)
-            .map_err(|e| fail(format!("does not implement world `backstop:tool/tool`: {e:#}")))?;
+        let pre = ToolPre::new(instance_pre).map_err(|e| {
+            fail(format!(
+                "does not implement world `backstop:tool/tool`: {e:#}"
+            ))
+        })?;
         let mut tool = WasmTool {
             config: config.clone(),
             description: ToolDescription {
@@ -107,15 +112,25 @@ impl WasmTool {
             tick: rt.tick,
             instantiations: AtomicU64::new(0),
         };
-        let info = tool.describe().await.map_err(|f| fail(format!("`describe` failed: {f}")))?;
+        let info = tool
+            .describe()
+            .await
+            .map_err(|f| fail(format!("`describe` failed: {f}")))?;
         let schema = |what: &str, text: &str| {
-            serde_json::from_str::<serde_json::Value>(text)
-                .map_err(|e| fail(format!("`describe` returned an {what} that is not JSON: {e}")))
+            serde_json::from_str::<serde_json::Value>(text).map_err(|e| {
+                fail(format!(
+                    "`describe` returned an {what} that is not JSON: {e}"
+                ))
+            })
         };
         let declared = Effect::from(info.effect);
         tool.description = ToolDescription {
             input_schema: schema("input schema", &info.input_schema)?,
-            output_schema: info.output_schema.as_deref().map(|s| schema("output schema", s)).transpose()?,
+            output_schema: info
+                .output_schema
+                .as_deref()
+                .map(|s| schema("output schema", s))
+                .transpose()?,
             name: info.name,
             description: info.description,
             effect: declared,
@@ -125,6 +140,7 @@ impl WasmTool {
                 return Err(LoadError {
                     tool: config.name.clone(),
                     location: config.effect_at.clone(),
+                    key: format!("tools.{}.effect", config.name),
                     message: format!(
                         "the tool describes itself as {declared}; the config may only declare a stricter effect, not {op}"
                     ),
@@ -178,7 +194,12 @@ impl WasmTool {
     }
 
     async fn describe(&self) -> Result<bindings::ToolInfo, Failure> {
-        let call = CallInfo { tool: self.config.name.clone(), key: String::new(), attempt: 0, deadline: far_deadline() };
+        let call = CallInfo {
+            tool: self.config.name.clone(),
+            key: String::new(),
+            attempt: 0,
+            deadline: far_deadline(),
+        };
         let (mut store, stderr) = self.store(call)?;
         let timeout = self.config.timeout;
         self.arm(&mut store, timeout);
@@ -187,7 +208,10 @@ impl WasmTool {
             tool.call_describe(&mut store).await
         };
         match tokio::time::timeout(timeout + self.tick * 2, run).await {
-            Err(_) => Err(Failure::new(FailureClass::Timeout, "describe did not return in time")),
+            Err(_) => Err(Failure::new(
+                FailureClass::Timeout,
+                "describe did not return in time",
+            )),
             Ok(Err(e)) => Err(classify_trap(e, &store, &stderr, timeout)),
             Ok(Ok(info)) => Ok(info),
         }
@@ -221,7 +245,10 @@ impl WasmTool {
         match result {
             Err(_) => Err(Failure::new(
                 FailureClass::Timeout,
-                format!("no answer within {} (blocked in a host call)", humantime::format_duration(ctx.timeout)),
+                format!(
+                    "no answer within {} (blocked in a host call)",
+                    humantime::format_duration(ctx.timeout)
+                ),
             )),
             Ok(Err(e)) => Err(classify_trap(e, &store, &stderr, ctx.timeout)),
             Ok(Ok(Err(e))) => Err(classify_tool_error(e)),
@@ -246,7 +273,10 @@ impl WasmTool {
                 return Err(malformed(format!("confidence {c} is outside 0.0 to 1.0")));
             }
         }
-        Ok(ToolOutput { value, confidence: out.confidence })
+        Ok(ToolOutput {
+            value,
+            confidence: out.confidence,
+        })
     }
 }
 
@@ -264,7 +294,9 @@ fn classify_tool_error(e: bindings::ToolError) -> Failure {
     match e {
         E::InvalidInput(m) => Failure::new(FailureClass::InvalidInput, m),
         E::Transient(m) => Failure::new(FailureClass::Transient, m),
-        E::RateLimited(r) => Failure::rate_limited(r.message, r.retry_after_ms.map(Duration::from_millis)),
+        E::RateLimited(r) => {
+            Failure::rate_limited(r.message, r.retry_after_ms.map(Duration::from_millis))
+        }
         E::Unavailable(m) => Failure::new(FailureClass::Unavailable, m),
         E::Permanent(m) => Failure::new(FailureClass::Permanent, m),
         E::NeedsHuman(m) => Failure::new(FailureClass::NeedsHuman, m),
@@ -272,10 +304,31 @@ fn classify_tool_error(e: bindings::ToolError) -> Failure {
 }
 
 /// Classifies an error raised while instantiating or running the guest.
-fn classify_trap(e: wasmtime::Error, store: &Store<HostState>, stderr: &MemoryOutputPipe, timeout: Duration) -> Failure {
-    let said = String::from_utf8_lossy(&stderr.contents()).trim().to_string();
-    let tail: String = said.lines().rev().take(3).collect::<Vec<_>>().into_iter().rev().collect::<Vec<_>>().join(" | ");
-    let with_tail = |m: String| if tail.is_empty() { m } else { format!("{m}; stderr: {tail}") };
+fn classify_trap(
+    e: wasmtime::Error,
+    store: &Store<HostState>,
+    stderr: &MemoryOutputPipe,
+    timeout: Duration,
+) -> Failure {
+    let said = String::from_utf8_lossy(&stderr.contents())
+        .trim()
+        .to_string();
+    let tail: String = said
+        .lines()
+        .rev()
+        .take(3)
+        .collect::<Vec<_>>()
+        .into_iter()
+        .rev()
+        .collect::<Vec<_>>()
+        .join(" | ");
+    let with_tail = |m: String| {
+        if tail.is_empty() {
+            m
+        } else {
+            format!("{m}; stderr: {tail}")
+        }
+    };
     if store.data().limiter.hit_cap {
         return Failure::new(
             FailureClass::ResourceExhausted,
@@ -285,9 +338,14 @@ fn classify_trap(e: wasmtime::Error, store: &Store<HostState>, stderr: &MemoryOu
     match e.downcast_ref::<Trap>() {
         Some(Trap::Interrupt) => Failure::new(
             FailureClass::Timeout,
-            format!("stopped at its {} deadline", humantime::format_duration(timeout)),
+            format!(
+                "stopped at its {} deadline",
+                humantime::format_duration(timeout)
+            ),
         ),
-        Some(Trap::StackOverflow) => Failure::new(FailureClass::Trap, with_tail("stack overflow".into())),
+        Some(Trap::StackOverflow) => {
+            Failure::new(FailureClass::Trap, with_tail("stack overflow".into()))
+        }
         Some(t) => Failure::new(FailureClass::Trap, with_tail(format!("guest trapped: {t}"))),
         None => Failure::new(FailureClass::Trap, with_tail(format!("{e:#}"))),
     }
@@ -310,7 +368,8 @@ impl crate::guard::CallTarget for WasmTool {
         &'a self,
         input: &'a serde_json::Value,
         ctx: &'a CallCtx,
-    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<ToolOutput, Failure>> + Send + 'a>> {
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<ToolOutput, Failure>> + Send + 'a>>
+    {
         Box::pin(async move { self.invoke(&input.to_string(), ctx).await })
     }
 }

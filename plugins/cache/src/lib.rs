@@ -30,13 +30,15 @@ impl Guest for Cache {
             .as_str()
             .ok_or_else(|| ToolError::InvalidInput("`query` (string) is required".into()))?
             .to_lowercase();
-        let text = std::fs::read_to_string(FILE)
-            .map_err(|e| ToolError::Unavailable(format!("cache file {FILE} is not readable: {e}")))?;
-        let answers: Map<String, Value> = serde_json::from_str(&text)
-            .map_err(|e| ToolError::Permanent(format!("cache file {FILE} is not a JSON object: {e}")))?;
-        let hit = answers
-            .iter()
-            .find(|(topic, _)| query.contains(&topic.to_lowercase()) || topic.to_lowercase().contains(&query));
+        let text = std::fs::read_to_string(FILE).map_err(|e| {
+            ToolError::Unavailable(format!("cache file {FILE} is not readable: {e}"))
+        })?;
+        let answers: Map<String, Value> = serde_json::from_str(&text).map_err(|e| {
+            ToolError::Permanent(format!("cache file {FILE} is not a JSON object: {e}"))
+        })?;
+        let hit = answers.iter().find(|(topic, _)| {
+            query.contains(&topic.to_lowercase()) || topic.to_lowercase().contains(&query)
+        });
         match hit {
             Some((topic, answer)) => Ok(Output {
                 value: json!({ "results": [{ "file": "cache", "snippet": answer, "topic": topic }], "stale": true })

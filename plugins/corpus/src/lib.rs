@@ -16,8 +16,8 @@ use backstop::tool::types::Effect;
 const ROOT: &str = "/data";
 const MAX_FILES: usize = 10_000;
 
+// Unknown fields are ignored: in a chain, one input goes to every target.
 #[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
 struct Query {
     query: String,
     #[serde(default = "default_limit")]
@@ -45,7 +45,10 @@ fn collect(dir: &Path, out: &mut Vec<PathBuf>) -> std::io::Result<()> {
         }
         if path.is_dir() {
             collect(&path, out)?;
-        } else if matches!(path.extension().and_then(|e| e.to_str()), Some("txt" | "md")) {
+        } else if matches!(
+            path.extension().and_then(|e| e.to_str()),
+            Some("txt" | "md")
+        ) {
             out.push(path);
         }
     }
@@ -58,15 +61,18 @@ impl Guest for Corpus {
             name: "corpus".into(),
             description: "Search a local document collection; returns the best matching paragraphs with their file."
                 .into(),
-            input_schema: r#"{"type":"object","properties":{"query":{"type":"string","minLength":1},"limit":{"type":"integer","minimum":1,"maximum":20}},"required":["query"],"additionalProperties":false}"#.into(),
+            input_schema: r#"{"type":"object","properties":{"query":{"type":"string","minLength":1},"limit":{"type":"integer","minimum":1,"maximum":20}},"required":["query"]}"#.into(),
             output_schema: Some(r#"{"type":"object","properties":{"results":{"type":"array","items":{"type":"object","properties":{"file":{"type":"string"},"snippet":{"type":"string"},"score":{"type":"number"}}}}},"required":["results"]}"#.into()),
             effect: Effect::ReadOnly,
         }
     }
 
     fn invoke(input: String) -> Result<Output, ToolError> {
-        let q: Query = serde_json::from_str(&input)
-            .map_err(|e| ToolError::InvalidInput(format!("expected {{\"query\": string, \"limit\"?: 1-20}}: {e}")))?;
+        let q: Query = serde_json::from_str(&input).map_err(|e| {
+            ToolError::InvalidInput(format!(
+                "expected {{\"query\": string, \"limit\"?: 1-20}}: {e}"
+            ))
+        })?;
         let wanted = terms(&q.query);
         if wanted.is_empty() || !(1..=20).contains(&q.limit) {
             return Err(ToolError::InvalidInput(
@@ -79,13 +85,19 @@ impl Guest for Corpus {
         })?;
         let mut hits = Vec::new();
         for file in &files {
-            let Ok(text) = std::fs::read_to_string(file) else { continue };
+            let Ok(text) = std::fs::read_to_string(file) else {
+                continue;
+            };
             for para in text.split("\n\n").map(str::trim).filter(|p| !p.is_empty()) {
                 let have = terms(para);
                 let matched = wanted.iter().filter(|t| have.contains(t)).count();
                 if matched > 0 {
                     let score = matched as f64 / wanted.len() as f64;
-                    let rel = file.strip_prefix(ROOT).unwrap_or(file).display().to_string();
+                    let rel = file
+                        .strip_prefix(ROOT)
+                        .unwrap_or(file)
+                        .display()
+                        .to_string();
                     hits.push((score, rel, para.chars().take(400).collect::<String>()));
                 }
             }
@@ -103,14 +115,20 @@ impl Guest for Corpus {
         log(
             Level::Info,
             "corpus search",
-            &[("files".into(), files.len().to_string()), ("hits".into(), hits.len().to_string())],
+            &[
+                ("files".into(), files.len().to_string()),
+                ("hits".into(), hits.len().to_string()),
+            ],
         );
         let confidence = hits[0].0;
         let results: Vec<_> = hits
             .into_iter()
             .map(|(score, file, snippet)| json!({"file": file, "snippet": snippet, "score": score}))
             .collect();
-        Ok(Output { value: json!({ "results": results }).to_string(), confidence: Some(confidence) })
+        Ok(Output {
+            value: json!({ "results": results }).to_string(),
+            confidence: Some(confidence),
+        })
     }
 }
 

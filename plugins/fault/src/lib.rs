@@ -1,7 +1,8 @@
 //! `fault`: a test tool whose input chooses how it misbehaves, so every
 //! recovery path of the host can be driven through a real component.
 //!
-//! Input: `{"mode": "...", ...}`; see `describe` for the schema.
+//! Input: `{"mode": "...", ...}`, or `{"<tool name>": {"mode": ...}, ...}`
+//! to give each fault tool in a chain its own behaviour; see `describe`.
 
 use serde_json::{json, Value};
 use std::io::Write;
@@ -37,13 +38,19 @@ fn invalid(msg: impl Into<String>) -> ToolError {
 }
 
 fn ok(value: Value, confidence: Option<f64>) -> Result<Output, ToolError> {
-    Ok(Output { value: value.to_string(), confidence })
+    Ok(Output {
+        value: value.to_string(),
+        confidence,
+    })
 }
 
 fn classified(class: &str, message: String, retry_after_ms: Option<u64>) -> ToolError {
     match class {
         "invalid-input" => ToolError::InvalidInput(message),
-        "rate-limited" => ToolError::RateLimited(RateLimit { message, retry_after_ms }),
+        "rate-limited" => ToolError::RateLimited(RateLimit {
+            message,
+            retry_after_ms,
+        }),
         "unavailable" => ToolError::Unavailable(message),
         "permanent" => ToolError::Permanent(message),
         "needs-human" => ToolError::NeedsHuman(message),
@@ -59,7 +66,13 @@ impl Guest for Fault {
                 .into(),
             input_schema: SCHEMA.into(),
             output_schema: None,
-            effect: Effect::ReadOnly,
+            // Tests declare other effects through the granted env key.
+            effect: match std::env::var("FAULT_EFFECT").as_deref() {
+                Ok("idempotent") => Effect::Idempotent,
+                Ok("side-effect") => Effect::SideEffect,
+                Ok("irreversible") => Effect::Irreversible,
+                _ => Effect::ReadOnly,
+            },
         }
     }
 
@@ -67,6 +80,12 @@ impl Guest for Fault {
         let input: Value =
             serde_json::from_str(&input).map_err(|e| invalid(format!("input is not JSON: {e}")))?;
         let ctx = context();
+        // A chain passes one input to every target: `{"<tool name>": {...}}`
+        // gives each fault tool of the chain its own behaviour.
+        let input = match input.get(&ctx.tool_name) {
+            Some(own) => own.clone(),
+            None => input,
+        };
         let mode = input["mode"].as_str().unwrap_or("echo");
         let confidence = input["confidence"].as_f64();
         let echo = || {
@@ -84,7 +103,11 @@ impl Guest for Fault {
                 match input["times"].as_u64() {
                     Some(times) if u64::from(ctx.attempt) > times => ok(echo(), confidence),
                     _ => {
-                        log(Level::Warn, "injecting failure", &[("class".into(), class.into())]);
+                        log(
+                            Level::Warn,
+                            "injecting failure",
+                            &[("class".into(), class.into())],
+                        );
                         Err(classified(
                             class,
                             format!("injected {class} failure on attempt {}", ctx.attempt),
@@ -115,15 +138,22 @@ impl Guest for Fault {
             "trap" => core::arch::wasm32::unreachable(),
             "panic" => panic!("fault tool asked to panic"),
             "read" => {
-                let path = input["path"].as_str().ok_or_else(|| invalid("`path` is required"))?;
+                let path = input["path"]
+                    .as_str()
+                    .ok_or_else(|| invalid("`path` is required"))?;
                 match std::fs::read_to_string(path) {
                     Ok(text) => ok(json!({ "path": path, "text": text }), confidence),
                     Err(e) => Err(ToolError::Permanent(format!("cannot read {path}: {e}"))),
                 }
             }
             "env" => {
-                let key = input["key"].as_str().ok_or_else(|| invalid("`key` is required"))?;
-                ok(json!({ "key": key, "value": std::env::var(key).ok() }), confidence)
+                let key = input["key"]
+                    .as_str()
+                    .ok_or_else(|| invalid("`key` is required"))?;
+                ok(
+                    json!({ "key": key, "value": std::env::var(key).ok() }),
+                    confidence,
+                )
             }
             "context" => ok(
                 json!({
@@ -134,10 +164,15 @@ impl Guest for Fault {
                 }),
                 confidence,
             ),
-            "bad-json" => Ok(Output { value: "this is not json".into(), confidence }),
+            "bad-json" => Ok(Output {
+                value: "this is not json".into(),
+                confidence,
+            }),
             "record" => {
                 // A side effect the tests can count: one line per execution.
-                let path = input["path"].as_str().ok_or_else(|| invalid("`path` is required"))?;
+                let path = input["path"]
+                    .as_str()
+                    .ok_or_else(|| invalid("`path` is required"))?;
                 let mut file = std::fs::OpenOptions::new()
                     .create(true)
                     .append(true)

@@ -8,7 +8,12 @@ pub async fn run(command: Command, config: &Path) -> anyhow::Result<ExitCode> {
     match command {
         Command::Check => check(config).await,
         Command::Tools { json } => tools(config, json).await,
-        Command::Call { chain, input, json, key } => call(config, &chain, &input, json, key).await,
+        Command::Call {
+            chain,
+            input,
+            json,
+            key,
+        } => call(config, &chain, &input, json, key).await,
         Command::Demo { plugins, dir } => {
             backstop::demo::run(&mut std::io::stdout(), &plugins, &dir).await?;
             Ok(ExitCode::SUCCESS)
@@ -24,7 +29,11 @@ async fn check(config: &Path) -> anyhow::Result<ExitCode> {
         config.display(),
         c.tools.len(),
         c.chains.len(),
-        if b.runtime().pooling() { "" } else { " (pooling allocator unavailable)" }
+        if b.runtime().pooling() {
+            ""
+        } else {
+            " (pooling allocator unavailable)"
+        }
     );
     for (name, chain) in &c.chains {
         println!("  chain {name}: {}", chain.targets.join(" -> "));
@@ -63,22 +72,59 @@ async fn tools(config: &Path, json: bool) -> anyhow::Result<ExitCode> {
         let c = t.config();
         let d = t.description();
         writeln!(out, "{} [{}] {}", t.name(), t.effect(), d.description)?;
-        writeln!(out, "  component {} (sha256 {})", c.component.display(), &t.digest()[..12])?;
-        writeln!(out, "  limits    timeout {}, memory {}", humantime::format_duration(c.timeout), c.memory)?;
+        writeln!(
+            out,
+            "  component {} (sha256 {})",
+            c.component.display(),
+            &t.digest()[..12]
+        )?;
+        writeln!(
+            out,
+            "  limits    timeout {}, memory {}",
+            humantime::format_duration(c.timeout),
+            c.memory
+        )?;
         let dirs: Vec<String> = c
             .dirs
             .iter()
-            .map(|d| format!("{} -> {} ({})", d.host.display(), d.guest, if d.writable { "rw" } else { "ro" }))
+            .map(|d| {
+                format!(
+                    "{} -> {} ({})",
+                    d.host.display(),
+                    d.guest,
+                    if d.writable { "rw" } else { "ro" }
+                )
+            })
             .collect();
-        let none = |v: Vec<String>| if v.is_empty() { "none".to_string() } else { v.join(", ") };
+        let none = |v: Vec<String>| {
+            if v.is_empty() {
+                "none".to_string()
+            } else {
+                v.join(", ")
+            }
+        };
         writeln!(out, "  dirs      {}", none(dirs))?;
-        writeln!(out, "  env       {}", none(c.env.iter().map(|e| e.key.clone()).collect()))?;
-        writeln!(out, "  http      {}", none(c.http.iter().map(|o| o.to_string()).collect()))?;
+        writeln!(
+            out,
+            "  env       {}",
+            none(c.env.iter().map(|e| e.key.clone()).collect())
+        )?;
+        writeln!(
+            out,
+            "  http      {}",
+            none(c.http.iter().map(|o| o.to_string()).collect())
+        )?;
     }
     Ok(ExitCode::SUCCESS)
 }
 
-async fn call(config: &Path, chain: &str, input: &str, json: bool, key: Option<String>) -> anyhow::Result<ExitCode> {
+async fn call(
+    config: &Path,
+    chain: &str,
+    input: &str,
+    json: bool,
+    key: Option<String>,
+) -> anyhow::Result<ExitCode> {
     let input: serde_json::Value =
         serde_json::from_str(input).map_err(|e| anyhow::anyhow!("--input is not JSON: {e}"))?;
     let b = Backstop::load(config).await?;
@@ -91,5 +137,9 @@ async fn call(config: &Path, chain: &str, input: &str, json: bool, key: Option<S
     } else {
         println!("{outcome}");
     }
-    Ok(if outcome.ok { ExitCode::SUCCESS } else { ExitCode::from(2) })
+    Ok(if outcome.ok {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(2)
+    })
 }

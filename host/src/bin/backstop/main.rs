@@ -9,7 +9,11 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 #[derive(Parser)]
-#[command(name = "backstop", version, about = "Run agent tools as sandboxed WASM components behind retries, breakers and fallback chains")]
+#[command(
+    name = "backstop",
+    version,
+    about = "Run agent tools as sandboxed WASM components behind retries, breakers and fallback chains"
+)]
 struct Cli {
     /// Config file.
     #[arg(short, long, global = true, default_value = backstop::config::DEFAULT_FILE)]
@@ -54,12 +58,16 @@ enum Command {
 fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("BACKSTOP_LOG").unwrap_or_else(|_| "error".into()),
+            tracing_subscriber::EnvFilter::try_from_env("BACKSTOP_LOG")
+                .unwrap_or_else(|_| "error".into()),
         )
         .with_writer(std::io::stderr)
         .init();
     let cli = Cli::parse();
-    let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("error: cannot start the async runtime: {e}");

@@ -1,0 +1,148 @@
+//! The `backstop` binary: exit codes, readable and JSON output.
+
+use crate::common::{tempdir, write_config, PRELUDE};
+use std::process::Command;
+
+fn backstop(config: &std::path::Path, args: &[&str]) -> (i32, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_backstop"))
+        .arg("-c")
+        .arg(config)
+        .args(args)
+        .output()
+        .unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+fn config() -> String {
+    format!(
+        r#"{PRELUDE}
+[tools.flaky]
+component = "{{plugins}}/fault.wasm"
+
+[tools.corpus]
+component = "{{plugins}}/corpus.wasm"
+dirs = [{{ host = "{{dir}}/docs", guest = "/data", mode = "ro" }}]
+env = ["LANG=C"]
+
+[chains.main]
+targets = ["flaky", "corpus"]
+"#
+    )
+}
+
+fn setup() -> (tempfile::TempDir, std::path::PathBuf) {
+    let dir = tempdir();
+    std::fs::create_dir_all(dir.path().join("docs")).unwrap();
+    std::fs::write(
+        dir.path().join("docs/a.md"),
+        "Breakers stop calls to failing services.",
+    )
+    .unwrap();
+    let path = write_config(dir.path(), &config());
+    (dir, path)
+}
+
+#[test]
+fn check_accepts_a_good_config_and_rejects_a_bad_one_with_its_location() {
+    let (dir, path) = setup();
+    let (code, out, _) = backstop(&path, &["check"]);
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("ok: 2 tool(s), 1 chain(s)"), "{out}");
+    assert!(out.contains("chain main: flaky -> corpus"), "{out}");
+
+    let bad = write_config(
+        dir.path(),
+        &config().replace(
+            "targets = [\"flaky\", \"corpus\"]",
+            "targets = [\"flaky\", \"corpsu\"]",
+        ),
+    );
+    let (code, _, err) = backstop(&bad, &["check"]);
+    assert_eq!(code, 1);
+    assert!(err.contains("backstop.toml:25:21:"), "{err}");
+    assert!(
+        err.contains("chains.main.targets[1]: unknown target `corpsu`"),
+        "{err}"
+    );
+    assert!(err.contains("did you mean `corpus`"), "{err}");
+    assert!(!err.contains("panicked"), "{err}");
+
+    let missing = dir.path().join("nope.toml");
+    let (code, _, err) = backstop(&missing, &["check"]);
+    assert_eq!(code, 1);
+    assert!(
+        err.contains("nope.toml") && err.contains("cannot read config file"),
+        "{err}"
+    );
+}
+
+#[test]
+fn tools_lists_description_and_grants() {
+    let (_dir, path) = setup();
+    let (code, out, _) = backstop(&path, &["tools"]);
+    assert_eq!(code, 0);
+    assert!(
+        out.contains("corpus [read-only] Search a local document collection"),
+        "{out}"
+    );
+    assert!(out.contains("/docs -> /data (ro)"), "{out}");
+    assert!(out.contains("env       LANG"), "{out}");
+    let (_, json, _) = backstop(&path, &["tools", "--json"]);
+    let v: serde_json::Value = serde_json::from_str(&json).unwrap();
+    let corpus = v
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["name"] == "corpus")
+        .unwrap();
+    assert_eq!(corpus["grants"]["dirs"][0]["guest"], "/data");
+    assert_eq!(corpus["describe"]["input_schema"]["required"][0], "query");
+}
+
+#[test]
+fn call_prints_the_marked_outcome() {
+    let (_dir, path) = setup();
+    let input = r#"{"flaky": {"mode": "fail", "class": "unavailable"}, "query": "breakers"}"#;
+    let (code, out, _) = backstop(&path, &["call", "main", "--input", input, "--json"]);
+    assert_eq!(code, 0, "{out}");
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["ok"], true);
+    assert_eq!(v["served_by"], "corpus");
+    assert_eq!(v["degraded"], true);
+    assert_eq!(v["attempts"].as_array().unwrap().len(), 2);
+    assert_eq!(v["attempts"][0]["class"], "unavailable");
+    assert!(v["value"]["results"][0]["snippet"]
+        .as_str()
+        .unwrap()
+        .contains("Breakers"));
+
+    let (code, out, _) = backstop(&path, &["call", "main", "--input", input]);
+    assert_eq!(code, 0);
+    assert!(out.contains("flaky #1: unavailable"), "{out}");
+    assert!(
+        out.contains("served by corpus (DEGRADED: fallback: flaky: unavailable)"),
+        "{out}"
+    );
+
+    let none = r#"{"mode": "fail", "class": "permanent", "query": "zebras"}"#;
+    let (code, out, _) = backstop(&path, &["call", "main", "--input", none, "--json"]);
+    assert_eq!(code, 2);
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["ok"], false);
+    assert_eq!(v["error"]["class"], "permanent");
+    assert_eq!(v["error"]["escalate"], "retries-exhausted");
+
+    let (code, _, err) = backstop(&path, &["call", "nosuch", "--input", "{}"]);
+    assert_eq!(code, 1);
+    assert!(
+        err.contains("unknown chain or tool `nosuch` (known: main, corpus, flaky)"),
+        "{err}"
+    );
+    let (code, _, err) = backstop(&path, &["call", "main", "--input", "{oops"]);
+    assert_eq!(code, 1);
+    assert!(err.contains("--input is not JSON"), "{err}");
+}

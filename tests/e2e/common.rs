@@ -1,0 +1,93 @@
+use backstop::{Backstop, Config, Outcome};
+use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
+
+pub fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_owned()
+}
+
+/// The built plugins. The first test to ask builds them (incrementally)
+/// with the same script the README uses, so tests never see stale tools.
+pub fn plugins() -> &'static Path {
+    static DIST: OnceLock<PathBuf> = OnceLock::new();
+    DIST.get_or_init(|| {
+        let script = root().join("plugins/build.sh");
+        let out = std::process::Command::new("bash")
+            .arg(&script)
+            .env_remove("CARGO_TARGET_DIR")
+            .env_remove("RUSTFLAGS")
+            .env_remove("CARGO_ENCODED_RUSTFLAGS")
+            .output()
+            .expect("run plugins/build.sh");
+        assert!(
+            out.status.success(),
+            "plugins/build.sh failed (is the wasm32-wasip2 target installed? `rustup target add wasm32-wasip2`):\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        root().join("plugins/dist")
+    })
+}
+
+/// A compiled-code cache shared by tests, so each component compiles once.
+pub fn shared_cache() -> PathBuf {
+    root().join("target/e2e-cache")
+}
+
+/// A fresh directory for one test, removed when dropped.
+pub fn tempdir() -> tempfile::TempDir {
+    let base = root().join("target/e2e-tmp");
+    std::fs::create_dir_all(&base).unwrap();
+    tempfile::tempdir_in(base).unwrap()
+}
+
+/// Fills `{plugins}`, `{cache}` and `{dir}` in a config and writes it to
+/// `dir/backstop.toml`.
+pub fn write_config(dir: &Path, text: &str) -> PathBuf {
+    let text = text
+        .replace("{plugins}", &plugins().display().to_string())
+        .replace("{cache}", &shared_cache().display().to_string())
+        .replace("{dir}", &dir.display().to_string());
+    let path = dir.join("backstop.toml");
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+pub async fn load(dir: &Path, text: &str) -> Backstop {
+    let path = write_config(dir, text);
+    let config = Config::from_file(&path).unwrap_or_else(|e| panic!("{e}"));
+    Backstop::from_config(config)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// Settings most tests share: seeded jitter, fast backoff.
+pub const PRELUDE: &str = r#"
+version = 1
+seed = 42
+cache_dir = "{cache}"
+
+[defaults.retry]
+attempts = 3
+base = "10ms"
+cap = "100ms"
+
+[defaults.breaker]
+consecutive_failures = 3
+failure_rate = 0.0
+open_for = "300ms"
+"#;
+
+/// `attempts` as (target, class, then) triples, for compact assertions.
+pub fn trail(o: &Outcome) -> Vec<(String, String, String)> {
+    o.attempts
+        .iter()
+        .map(|a| (a.target.clone(), a.class.clone(), a.then.clone()))
+        .collect()
+}
+
+pub fn t(target: &str, class: &str, then: &str) -> (String, String, String) {
+    (target.into(), class.into(), then.into())
+}

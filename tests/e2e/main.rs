@@ -1,0 +1,8 @@
+//! End-to-end tests: real components built from `plugins/`, a real engine,
+//! real HTTP on 127.0.0.1, the real `backstop` binary.
+
+mod cli;
+mod common;
+mod guards;
+mod loading;
+mod sandbox;
