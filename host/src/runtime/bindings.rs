@@ -7,5 +7,5 @@ wasmtime::component::bindgen!({
     exports: { default: async },
 });
 
-pub use backstop::tool::host::Level;
-pub use backstop::tool::types::{CallContext, Effect as WitEffect};
+pub use self::backstop::tool::host::Level;
+pub use self::backstop::tool::types::{CallContext, Effect as WitEffect};
