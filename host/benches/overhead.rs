@@ -9,7 +9,9 @@
 //! - `guard/*`: the guard layer alone around a target that returns at once,
 //!   and one breaker acquire + record, to compare with other libraries.
 
-use backstop::guard::{Backoff, Breaker, BreakerPolicy, Breakers, CallTarget, ChainRunner, Jitter, RetryPolicy};
+use backstop::guard::{
+    Backoff, Breaker, BreakerPolicy, Breakers, CallTarget, ChainRunner, Jitter, RetryPolicy,
+};
 use backstop::runtime::{CallCtx, ToolOutput};
 use backstop::{Backstop, Config, Effect, Failure};
 use criterion::{criterion_group, criterion_main, Criterion};
@@ -37,7 +39,12 @@ impl CallTarget for Instant0 {
         _input: &'a serde_json::Value,
         _ctx: &'a CallCtx,
     ) -> Pin<Box<dyn Future<Output = Result<ToolOutput, Failure>> + Send + 'a>> {
-        Box::pin(async { Ok(ToolOutput { value: serde_json::Value::Null, confidence: None }) })
+        Box::pin(async {
+            Ok(ToolOutput {
+                value: serde_json::Value::Null,
+                confidence: None,
+            })
+        })
     }
 }
 
@@ -55,7 +62,10 @@ fn policy() -> BreakerPolicy {
 }
 
 fn benches(c: &mut Criterion) {
-    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();
     let fault = root.join("plugins/dist/fault.wasm");
     assert!(fault.is_file(), "run plugins/build.sh first");
@@ -69,14 +79,20 @@ fn benches(c: &mut Criterion) {
     let tool = b.tool("fault").unwrap();
     let input = serde_json::json!({"mode": "echo", "value": 1});
     let input_text = input.to_string();
-    let ctx = CallCtx { key: "k".into(), attempt: 1, timeout: Duration::from_secs(5) };
+    let ctx = CallCtx {
+        key: "k".into(),
+        attempt: 1,
+        timeout: Duration::from_secs(5),
+    };
 
     let mut g = c.benchmark_group("wasm");
     g.bench_function("unguarded_invoke", |bn| {
-        bn.to_async(&rt).iter(|| async { tool.invoke(&input_text, &ctx).await.unwrap() })
+        bn.to_async(&rt)
+            .iter(|| async { tool.invoke(&input_text, &ctx).await.unwrap() })
     });
     g.bench_function("guarded_call", |bn| {
-        bn.to_async(&rt).iter(|| async { assert!(b.call("fault", input.clone()).await.unwrap().ok) })
+        bn.to_async(&rt)
+            .iter(|| async { assert!(b.call("fault", input.clone()).await.unwrap().ok) })
     });
     g.finish();
 
@@ -85,12 +101,23 @@ fn benches(c: &mut Criterion) {
     let rng = Mutex::new(StdRng::seed_from_u64(1));
     let retry = RetryPolicy {
         attempts: 5,
-        backoff: Backoff::new(Duration::from_secs(1), Duration::from_secs(60), Jitter::Full).unwrap(),
+        backoff: Backoff::new(
+            Duration::from_secs(1),
+            Duration::from_secs(60),
+            Jitter::Full,
+        )
+        .unwrap(),
         max_retry_after: Duration::from_secs(60),
     };
     let target: Arc<dyn CallTarget> = Arc::new(Instant0);
     g.bench_function("chain_around_noop_target", |bn| {
-        bn.to_async(tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap()).iter(|| async {
+        bn.to_async(
+            tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap(),
+        )
+        .iter(|| async {
             let runner = ChainRunner {
                 chain: "noop",
                 targets: vec![(target.clone(), retry)],
@@ -98,7 +125,9 @@ fn benches(c: &mut Criterion) {
                 breakers: &breakers,
                 rng: &rng,
             };
-            runner.run(&serde_json::Value::Null, String::from("k")).await
+            runner
+                .run(&serde_json::Value::Null, String::from("k"))
+                .await
         })
     });
     let mut breaker = Breaker::new(policy());

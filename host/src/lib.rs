@@ -22,6 +22,7 @@ pub mod config;
 pub mod demo;
 mod error;
 pub mod guard;
+pub mod models;
 pub mod outcome;
 pub mod runtime;
 pub mod testkit;
@@ -43,6 +44,7 @@ pub struct Backstop {
     config: Config,
     runtime: Arc<Runtime>,
     tools: BTreeMap<String, Arc<WasmTool>>,
+    models: BTreeMap<String, Arc<models::ModelTarget>>,
     breakers: Breakers,
     rng: Mutex<StdRng>,
 }
@@ -84,7 +86,24 @@ impl Backstop {
         if let Some(e) = first_error {
             return Err(e.into());
         }
-        let breakers = Breakers::new(config.tools.values().map(|t| (t.name.clone(), t.breaker)));
+        let client = models::http_client();
+        let models = config
+            .models
+            .values()
+            .map(|m| {
+                (
+                    m.name.clone(),
+                    Arc::new(models::ModelTarget::new(m.clone(), client.clone())),
+                )
+            })
+            .collect();
+        let breakers = Breakers::new(
+            config
+                .tools
+                .values()
+                .map(|t| (t.name.clone(), t.breaker))
+                .chain(config.models.values().map(|m| (m.name.clone(), m.breaker))),
+        );
         let rng = match config.seed {
             Some(seed) => StdRng::seed_from_u64(seed),
             None => StdRng::from_os_rng(),
@@ -93,6 +112,7 @@ impl Backstop {
             config,
             runtime,
             tools,
+            models,
             breakers,
             rng: Mutex::new(rng),
         })
@@ -113,6 +133,18 @@ impl Backstop {
 
     pub fn tool(&self, name: &str) -> Option<&WasmTool> {
         self.tools.get(name).map(|t| t.as_ref())
+    }
+
+    /// Configured models, by name.
+    pub fn models(&self) -> impl Iterator<Item = &models::ModelTarget> {
+        self.models.values().map(|m| m.as_ref())
+    }
+
+    /// Asks a model chain (or one model) with a single user prompt.
+    pub async fn ask(&self, chain: &str, prompt: &str) -> Result<Outcome, Error> {
+        let request = serde_json::to_value(models::ChatRequest::prompt(prompt))
+            .expect("a request serializes");
+        self.call(chain, request).await
     }
 
     pub fn breaker_state(&self, target: &str) -> Option<BreakerState> {
@@ -152,8 +184,11 @@ impl Backstop {
             .targets
             .iter()
             .map(|t| {
-                let tool: Arc<dyn CallTarget> = self.tools[t].clone();
-                (tool, self.config.retry_policy(&plan.name, t))
+                let target: Arc<dyn CallTarget> = match self.tools.get(t) {
+                    Some(tool) => tool.clone(),
+                    None => self.models[t].clone(),
+                };
+                (target, self.config.retry_policy(&plan.name, t))
             })
             .collect();
         let runner = ChainRunner {

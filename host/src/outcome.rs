@@ -68,6 +68,9 @@ pub enum FailureClass {
     CircuitOpen,
     /// The call's overall deadline passed before this target could run.
     DeadlineExceeded,
+    /// A streamed answer broke after output began: restarted on the next
+    /// target rather than retried in place.
+    StreamBroken,
 }
 
 impl FailureClass {
@@ -85,6 +88,7 @@ impl FailureClass {
             FailureClass::MalformedOutput => "malformed-output",
             FailureClass::CircuitOpen => "circuit-open",
             FailureClass::DeadlineExceeded => "deadline-exceeded",
+            FailureClass::StreamBroken => "stream-broken",
         }
     }
 
@@ -107,6 +111,7 @@ impl FailureClass {
                 | FailureClass::Trap
                 | FailureClass::ResourceExhausted
                 | FailureClass::MalformedOutput
+                | FailureClass::StreamBroken
         )
     }
 }

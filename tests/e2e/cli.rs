@@ -51,7 +51,10 @@ fn check_accepts_a_good_config_and_rejects_a_bad_one_with_its_location() {
     let (dir, path) = setup();
     let (code, out, _) = backstop(&path, &["check"]);
     assert_eq!(code, 0, "{out}");
-    assert!(out.contains("ok: 2 tool(s), 1 chain(s)"), "{out}");
+    assert!(
+        out.contains("ok: 2 tool(s), 0 model(s), 1 chain(s)"),
+        "{out}"
+    );
     assert!(out.contains("chain main: flaky -> corpus"), "{out}");
 
     let bad = write_config(

@@ -5,4 +5,5 @@ mod cli;
 mod common;
 mod guards;
 mod loading;
+mod models;
 mod sandbox;

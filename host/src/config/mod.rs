@@ -81,7 +81,23 @@ pub struct ToolConfig {
     retry: RetrySpec,
 }
 
-/// A chain, resolved: nested chains flattened into their tools.
+/// A model, resolved.
+#[derive(Clone, Debug)]
+pub struct ModelConfig {
+    pub name: String,
+    pub provider: crate::models::Provider,
+    pub model: String,
+    pub api_key_env: Option<String>,
+    pub base_url: String,
+    pub timeout: Duration,
+    pub max_tokens: u32,
+    pub stream: bool,
+    pub label: Option<String>,
+    pub breaker: BreakerPolicy,
+    retry: RetrySpec,
+}
+
+/// A chain, resolved: nested chains flattened into their tools or models.
 #[derive(Clone, Debug)]
 pub struct ChainConfig {
     pub name: String,
@@ -107,6 +123,7 @@ pub struct Config {
     pub seed: Option<u64>,
     pub engine: EngineConfig,
     pub tools: BTreeMap<String, ToolConfig>,
+    pub models: BTreeMap<String, ModelConfig>,
     pub chains: BTreeMap<String, ChainConfig>,
     default_retry: RetrySpec,
     default_deadline: Duration,
@@ -157,20 +174,32 @@ impl Config {
         if let Some(t) = self.tools.get(target) {
             merge_retry(&mut spec, &t.retry);
         }
+        if let Some(m) = self.models.get(target) {
+            merge_retry(&mut spec, &m.retry);
+        }
         resolve_retry(&spec).expect("validated at load")
     }
 
-    /// A chain by name; a tool's name is a chain of that one tool.
+    /// A chain by name; a tool's or model's name is a chain of that one
+    /// target.
     pub fn chain(&self, name: &str) -> Option<ChainConfig> {
         if let Some(c) = self.chains.get(name) {
             return Some(c.clone());
         }
-        self.tools.get(name).map(|t| ChainConfig {
-            name: t.name.clone(),
-            targets: vec![t.name.clone()],
+        (self.tools.contains_key(name) || self.models.contains_key(name)).then(|| ChainConfig {
+            name: name.to_owned(),
+            targets: vec![name.to_owned()],
             deadline: self.default_deadline,
             retry: RetrySpec::default(),
         })
+    }
+
+    /// Whether a chain's targets are models (chains never mix the two).
+    pub fn is_model_chain(&self, chain: &ChainConfig) -> bool {
+        chain
+            .targets
+            .first()
+            .is_some_and(|t| self.models.contains_key(t))
     }
 
     /// Names that can be called: chains and tools.
@@ -178,6 +207,7 @@ impl Config {
         self.chains
             .keys()
             .chain(self.tools.keys())
+            .chain(self.models.keys())
             .cloned()
             .collect()
     }
@@ -318,16 +348,32 @@ impl Loader<'_> {
             tools.insert(name.get_ref().clone(), self.tool(&name, spec, defaults)?);
         }
 
+        let mut models = BTreeMap::new();
+        for (name, spec) in &file.models {
+            let name = Spanned::new(spec.model.span(), name.clone());
+            if tools.contains_key(name.get_ref()) {
+                return Err(self.err(
+                    name.span().start,
+                    format!("models.{}", name.get_ref()),
+                    format!(
+                        "`{}` is already a tool; tools, models and chains share one namespace",
+                        name.get_ref()
+                    ),
+                ));
+            }
+            models.insert(name.get_ref().clone(), self.model(&name, spec, defaults)?);
+        }
+
         for (name, spec) in &file.chains {
             let name = &Spanned::new(spec.targets.span(), name.clone());
             let key = format!("chains.{}", name.get_ref());
             check_name(&self, name, &key)?;
-            if tools.contains_key(name.get_ref()) {
+            if tools.contains_key(name.get_ref()) || models.contains_key(name.get_ref()) {
                 return Err(self.err(
                     name.span().start,
                     key,
                     format!(
-                        "`{}` is already a tool; chains and tools share one namespace",
+                        "`{}` is already a tool or model; tools, models and chains share one namespace",
                         name.get_ref()
                     ),
                 ));
@@ -347,7 +393,7 @@ impl Loader<'_> {
             }
         }
 
-        let chains = self.flatten(&file, &tools)?;
+        let chains = self.flatten(&file, &tools, &models)?;
         Ok(Config {
             path: self.file.clone(),
             state: file.state.map(|s| s.into_inner()),
@@ -358,6 +404,7 @@ impl Loader<'_> {
                 tick: file.engine.tick.map_or(Duration::from_millis(10), |t| t.0),
             },
             tools,
+            models,
             chains,
             default_retry,
             default_deadline: file.defaults.deadline.map_or(DEFAULT_DEADLINE, |d| d.0),
@@ -467,27 +514,113 @@ impl Loader<'_> {
         })
     }
 
-    /// Resolves chain targets to tools, following nested chains, and
+    fn model(
+        &self,
+        name: &Spanned<String>,
+        spec: &schema::ModelSpec,
+        defaults: &schema::Defaults,
+    ) -> Result<ModelConfig, ConfigError> {
+        use crate::models::Provider;
+        let key = format!("models.{}", name.get_ref());
+        check_name(self, name, &key)?;
+        let provider = *spec.provider.get_ref();
+        let base_url = match &spec.base_url {
+            Some(u) => {
+                let text = u.get_ref().trim_end_matches('/');
+                if !(text.starts_with("http://") || text.starts_with("https://")) {
+                    return Err(self.err(
+                        u.span().start,
+                        format!("{key}.base_url"),
+                        format!("`{text}` is not an http(s) URL"),
+                    ));
+                }
+                text.to_owned()
+            }
+            None => match provider {
+                Provider::Anthropic => "https://api.anthropic.com".to_owned(),
+                Provider::Openai => "https://api.openai.com/v1".to_owned(),
+            },
+        };
+        if let Some(var) = &spec.api_key_env {
+            let v = var.get_ref();
+            if v.is_empty() || !v.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
+                return Err(self.err(
+                    var.span().start,
+                    format!("{key}.api_key_env"),
+                    format!("`{v}` is not an environment variable name"),
+                ));
+            }
+        } else if spec.base_url.is_none() {
+            return Err(self.err(
+                spec.provider.span().start,
+                format!("{key}.api_key_env"),
+                "a hosted provider needs `api_key_env` (the variable holding the key); set `base_url` for a local server without one",
+            ));
+        }
+        let mut retry = defaults.retry.clone();
+        if let Some(r) = &spec.retry {
+            merge_retry(&mut retry, r);
+            resolve_retry(&retry)
+                .map_err(|m| self.err(name.span().start, format!("{key}.retry"), m))?;
+        }
+        Ok(ModelConfig {
+            name: name.get_ref().clone(),
+            provider,
+            model: spec.model.get_ref().clone(),
+            api_key_env: spec.api_key_env.as_ref().map(|v| v.get_ref().clone()),
+            base_url,
+            timeout: spec.timeout.map_or(Duration::from_secs(120), |d| d.0),
+            max_tokens: spec.max_tokens.unwrap_or(1024),
+            stream: spec.stream.unwrap_or(false),
+            label: spec.label.clone(),
+            breaker: resolve_breaker(&defaults.breaker, spec.breaker.as_ref()),
+            retry: spec.retry.clone().unwrap_or_default(),
+        })
+    }
+
+    /// Resolves chain targets to tools or models, following nested chains, and
     /// rejects unknown targets and cycles.
     fn flatten(
         &self,
         file: &schema::File,
         tools: &BTreeMap<String, ToolConfig>,
+        models: &BTreeMap<String, ModelConfig>,
     ) -> Result<BTreeMap<String, ChainConfig>, ConfigError> {
         let specs: BTreeMap<&str, &schema::ChainSpec> =
             file.chains.iter().map(|(k, v)| (k.as_str(), v)).collect();
+        let leaves: BTreeSet<&str> = tools
+            .keys()
+            .chain(models.keys())
+            .map(String::as_str)
+            .collect();
         let known: Vec<&str> = specs
             .keys()
             .copied()
-            .chain(tools.keys().map(String::as_str))
+            .chain(leaves.iter().copied())
             .collect();
         let mut out = BTreeMap::new();
         for (name, spec) in &specs {
             let mut targets = Vec::new();
             let mut stack = vec![name.to_string()];
-            self.expand(name, spec, &specs, tools, &known, &mut stack, &mut targets)?;
+            self.expand(
+                name,
+                spec,
+                &specs,
+                &leaves,
+                &known,
+                &mut stack,
+                &mut targets,
+            )?;
             let mut seen = BTreeSet::new();
             targets.retain(|t| seen.insert(t.clone()));
+            let is_model = |t: &String| models.contains_key(t);
+            if targets.iter().any(is_model) && !targets.iter().all(is_model) {
+                return Err(self.err(
+                    spec.targets.span().start,
+                    format!("chains.{name}.targets"),
+                    "a chain's targets must be all tools or all models: they take different inputs",
+                ));
+            }
             out.insert(
                 name.to_string(),
                 ChainConfig {
@@ -510,7 +643,7 @@ impl Loader<'_> {
         name: &str,
         spec: &schema::ChainSpec,
         specs: &BTreeMap<&str, &schema::ChainSpec>,
-        tools: &BTreeMap<String, ToolConfig>,
+        leaves: &BTreeSet<&str>,
         known: &[&str],
         stack: &mut Vec<String>,
         out: &mut Vec<String>,
@@ -518,7 +651,7 @@ impl Loader<'_> {
         for (i, t) in spec.targets.get_ref().iter().enumerate() {
             let target = t.get_ref().as_str();
             let key = format!("chains.{name}.targets[{i}]");
-            if tools.contains_key(target) {
+            if leaves.contains(target) {
                 out.push(target.to_owned());
             } else if let Some(inner) = specs.get(target) {
                 if stack.iter().any(|s| s == target) {
@@ -530,7 +663,7 @@ impl Loader<'_> {
                     ));
                 }
                 stack.push(target.to_owned());
-                self.expand(target, inner, specs, tools, known, stack, out)?;
+                self.expand(target, inner, specs, leaves, known, stack, out)?;
                 stack.pop();
             } else {
                 let mut msg =

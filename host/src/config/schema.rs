@@ -25,7 +25,34 @@ pub struct File {
     #[serde(default)]
     pub tools: BTreeMap<String, ToolSpec>,
     #[serde(default)]
+    pub models: BTreeMap<String, ModelSpec>,
+    #[serde(default)]
     pub chains: BTreeMap<String, ChainSpec>,
+}
+
+#[derive(Deserialize, Debug)]
+#[serde(deny_unknown_fields)]
+pub struct ModelSpec {
+    pub provider: Spanned<crate::models::Provider>,
+    pub model: Spanned<String>,
+    /// The environment variable holding the API key. Required unless
+    /// `base_url` points at a server that needs none.
+    pub api_key_env: Option<Spanned<String>>,
+    pub base_url: Option<Spanned<String>>,
+    /// Per-attempt limit for the whole request, streamed or not.
+    pub timeout: Option<PositiveDur>,
+    #[serde(default, deserialize_with = "tokens")]
+    pub max_tokens: Option<u32>,
+    /// Stream the answer (server-sent events).
+    pub stream: Option<bool>,
+    /// Shown by `backstop models`, for example "scripted local model".
+    pub label: Option<String>,
+    pub retry: Option<RetrySpec>,
+    pub breaker: Option<BreakerSpec>,
+}
+
+fn tokens<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u32>, D::Error> {
+    bounded(d, 1, 1_000_000, "max_tokens")
 }
 
 #[derive(Deserialize, Debug, Default)]

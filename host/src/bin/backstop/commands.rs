@@ -14,6 +14,12 @@ pub async fn run(command: Command, config: &Path) -> anyhow::Result<ExitCode> {
             json,
             key,
         } => call(config, &chain, &input, json, key).await,
+        Command::Ask {
+            chain,
+            prompt,
+            system,
+            json,
+        } => ask(config, &chain, &prompt, system, json).await,
         Command::Demo { plugins, dir } => {
             backstop::demo::run(&mut std::io::stdout(), &plugins, &dir).await?;
             Ok(ExitCode::SUCCESS)
@@ -25,9 +31,10 @@ async fn check(config: &Path) -> anyhow::Result<ExitCode> {
     let b = Backstop::load(config).await?;
     let c = b.config();
     println!(
-        "{}: ok: {} tool(s), {} chain(s){}",
+        "{}: ok: {} tool(s), {} model(s), {} chain(s){}",
         config.display(),
         c.tools.len(),
+        c.models.len(),
         c.chains.len(),
         if b.runtime().pooling() {
             ""
@@ -136,6 +143,35 @@ async fn call(
         println!("{}", serde_json::to_string(&outcome)?);
     } else {
         println!("{outcome}");
+    }
+    Ok(if outcome.ok {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(2)
+    })
+}
+
+async fn ask(
+    config: &Path,
+    chain: &str,
+    prompt: &str,
+    system: Option<String>,
+    json: bool,
+) -> anyhow::Result<ExitCode> {
+    let b = Backstop::load(config).await?;
+    let mut request = backstop::models::ChatRequest::prompt(prompt);
+    request.system = system;
+    let outcome = b.call(chain, serde_json::to_value(&request)?).await?;
+    if json {
+        println!("{}", serde_json::to_string(&outcome)?);
+    } else {
+        // The attempts and the verdict, then the answer's text alone.
+        let mut readable = outcome.clone();
+        readable.value = None;
+        println!("{readable}");
+        if let Some(text) = outcome.value.as_ref().and_then(|v| v["text"].as_str()) {
+            println!("\n{text}");
+        }
     }
     Ok(if outcome.ok {
         ExitCode::SUCCESS

@@ -44,6 +44,18 @@ enum Command {
         #[arg(long)]
         key: Option<String>,
     },
+    /// Ask a model chain (or one model) a question and print the marked
+    /// outcome.
+    Ask {
+        chain: String,
+        prompt: String,
+        /// A system prompt.
+        #[arg(long)]
+        system: Option<String>,
+        /// Print one JSON object instead of the readable form.
+        #[arg(long)]
+        json: bool,
+    },
     /// Run the offline demo on the embedded defaults.
     Demo {
         /// Where the built plugins are.
