@@ -18,10 +18,12 @@
 //! # Ok(()) }
 //! ```
 
+pub mod agent;
 pub mod config;
 pub mod demo;
 mod error;
 pub mod guard;
+pub mod journal;
 pub mod models;
 pub mod outcome;
 pub mod runtime;
@@ -47,6 +49,7 @@ pub struct Backstop {
     models: BTreeMap<String, Arc<models::ModelTarget>>,
     breakers: Breakers,
     rng: Mutex<StdRng>,
+    journal: std::sync::OnceLock<Arc<journal::SqliteJournal>>,
 }
 
 impl Backstop {
@@ -115,6 +118,7 @@ impl Backstop {
             models,
             breakers,
             rng: Mutex::new(rng),
+            journal: std::sync::OnceLock::new(),
         })
     }
 
@@ -133,6 +137,16 @@ impl Backstop {
 
     pub fn tool(&self, name: &str) -> Option<&WasmTool> {
         self.tools.get(name).map(|t| t.as_ref())
+    }
+
+    /// The state store named by the config (`state`, by default
+    /// `.backstop/state.db` beside the config), opened on first use.
+    pub fn journal(&self) -> Result<Arc<journal::SqliteJournal>, journal::StoreError> {
+        if let Some(j) = self.journal.get() {
+            return Ok(j.clone());
+        }
+        let j = Arc::new(journal::SqliteJournal::open(&self.config.state_path)?);
+        Ok(self.journal.get_or_init(|| j).clone())
     }
 
     /// Configured models, by name.

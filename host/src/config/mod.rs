@@ -4,11 +4,13 @@
 //! [`Config::from_file`] reads a file; [`Config::from_str`] parses text
 //! (tests need no disk, except for component paths, which must exist).
 
+pub mod agents;
 mod schema;
 pub mod units;
 
 use crate::guard::{Backoff, BreakerPolicy, Jitter, RetryPolicy};
 use crate::outcome::Effect;
+pub use agents::{AgentConfig, AgentKind, Step, StepAction};
 use schema::{BreakerSpec, DirMode, RetrySpec};
 use serde_spanned::Spanned;
 use std::collections::{BTreeMap, BTreeSet};
@@ -118,13 +120,18 @@ pub struct EngineConfig {
 pub struct Config {
     /// The file it came from (or the name given to [`Config::from_str`]).
     pub path: PathBuf,
+    /// SHA-256 of the file's text: a resumed run refuses a changed config.
+    pub digest: String,
     pub state: Option<String>,
+    /// The SQLite file runs are journaled in.
+    pub state_path: PathBuf,
     pub cache_dir: PathBuf,
     pub seed: Option<u64>,
     pub engine: EngineConfig,
     pub tools: BTreeMap<String, ToolConfig>,
     pub models: BTreeMap<String, ModelConfig>,
     pub chains: BTreeMap<String, ChainConfig>,
+    pub agents: BTreeMap<String, AgentConfig>,
     default_retry: RetrySpec,
     default_deadline: Duration,
 }
@@ -394,9 +401,26 @@ impl Loader<'_> {
         }
 
         let chains = self.flatten(&file, &tools, &models)?;
+        let mut agents = BTreeMap::new();
+        for (name, spec) in &file.agents {
+            agents.insert(
+                name.clone(),
+                self.agent(name, spec, &tools, &models, &chains)?,
+            );
+        }
+        let state_path = match &file.state {
+            Some(s) => self.path(&s.get_ref()["sqlite:".len()..]),
+            None => self.path(".backstop/state.db"),
+        };
+        let digest = {
+            use sha2::Digest;
+            hex::encode(sha2::Sha256::digest(self.text.as_bytes()))
+        };
         Ok(Config {
             path: self.file.clone(),
+            digest,
             state: file.state.map(|s| s.into_inner()),
+            state_path,
             cache_dir: self.path(file.cache_dir.as_deref().unwrap_or(".backstop/cache")),
             seed: file.seed,
             engine: EngineConfig {
@@ -406,6 +430,7 @@ impl Loader<'_> {
             tools,
             models,
             chains,
+            agents,
             default_retry,
             default_deadline: file.defaults.deadline.map_or(DEFAULT_DEADLINE, |d| d.0),
         })
@@ -576,6 +601,135 @@ impl Loader<'_> {
             breaker: resolve_breaker(&defaults.breaker, spec.breaker.as_ref()),
             retry: spec.retry.clone().unwrap_or_default(),
         })
+    }
+
+    fn agent(
+        &self,
+        name: &str,
+        spec: &schema::AgentSpec,
+        tools: &BTreeMap<String, ToolConfig>,
+        models: &BTreeMap<String, ModelConfig>,
+        chains: &BTreeMap<String, ChainConfig>,
+    ) -> Result<AgentConfig, ConfigError> {
+        let key = format!("agents.{name}");
+        let anchor = spec
+            .model
+            .as_ref()
+            .map(|m| m.span().start)
+            .or_else(|| spec.steps.first().map(|s| s.span().start))
+            .unwrap_or(0);
+        units::check_name(name).map_err(|m| self.err(anchor, &key, m))?;
+        // Whether `target` names a tool chain (false) or a model chain (true).
+        let kind_of = |target: &str| -> Option<bool> {
+            if tools.contains_key(target) {
+                Some(false)
+            } else if models.contains_key(target) {
+                Some(true)
+            } else {
+                chains
+                    .get(target)
+                    .map(|c| c.targets.first().is_some_and(|t| models.contains_key(t)))
+            }
+        };
+        let known: Vec<&str> = tools
+            .keys()
+            .chain(models.keys())
+            .chain(chains.keys())
+            .map(String::as_str)
+            .collect();
+        let unknown = |what: &str, target: &str| {
+            let mut m = format!("unknown {what} `{target}`");
+            if let Some(s) = closest(target, known.iter().copied()) {
+                m.push_str(&format!(" (did you mean `{s}`?)"));
+            }
+            m
+        };
+        match (&spec.model, spec.steps.is_empty()) {
+            (Some(model), true) => {
+                match kind_of(model.get_ref()) {
+                    Some(true) => {}
+                    Some(false) => return Err(self.err(model.span().start, format!("{key}.model"), format!("`{}` is a tool chain, not a model chain", model.get_ref()))),
+                    None => return Err(self.err(model.span().start, format!("{key}.model"), unknown("model chain", model.get_ref()))),
+                }
+                let mut list = Vec::new();
+                for (i, t) in spec.tools.iter().enumerate() {
+                    match kind_of(t.get_ref()) {
+                        Some(false) => list.push(t.get_ref().clone()),
+                        Some(true) => return Err(self.err(t.span().start, format!("{key}.tools[{i}]"), format!("`{}` is a model chain, not a tool chain", t.get_ref()))),
+                        None => return Err(self.err(t.span().start, format!("{key}.tools[{i}]"), unknown("tool chain", t.get_ref()))),
+                    }
+                }
+                Ok(AgentConfig {
+                    name: name.to_owned(),
+                    kind: AgentKind::Loop {
+                        model: model.get_ref().clone(),
+                        tools: list,
+                        max_steps: spec.max_steps.unwrap_or(20),
+                        system: spec.system.clone(),
+                    },
+                })
+            }
+            (None, false) => {
+                let mut steps: Vec<Step> = Vec::new();
+                for (i, st) in spec.steps.iter().enumerate() {
+                    let at = st.span().start;
+                    let k = format!("{key}.steps[{i}]");
+                    let s = st.get_ref();
+                    units::check_name(&s.name).map_err(|m| self.err(at, format!("{k}.name"), m))?;
+                    if steps.iter().any(|p| p.name == s.name) {
+                        return Err(self.err(at, format!("{k}.name"), format!("step name `{}` is used twice", s.name)));
+                    }
+                    let action = match (&s.tool, &s.model) {
+                        (Some(tool), None) => {
+                            if kind_of(tool) != Some(false) {
+                                return Err(self.err(at, format!("{k}.tool"), unknown("tool chain", tool)));
+                            }
+                            if s.prompt.is_some() || s.system.is_some() {
+                                return Err(self.err(at, &k, "a tool step takes `input`, not `prompt` or `system`"));
+                            }
+                            let input = s.input.clone().map(|v| serde_json::to_value(v).unwrap_or_default()).unwrap_or(serde_json::json!({}));
+                            StepAction::Tool { chain: tool.clone(), input }
+                        }
+                        (None, Some(model)) => {
+                            if kind_of(model) != Some(true) {
+                                return Err(self.err(at, format!("{k}.model"), unknown("model chain", model)));
+                            }
+                            let prompt = s.prompt.clone().ok_or_else(|| self.err(at, &k, "a model step needs a `prompt`"))?;
+                            if s.input.is_some() {
+                                return Err(self.err(at, &k, "a model step takes `prompt`, not `input`"));
+                            }
+                            StepAction::Model { chain: model.clone(), prompt, system: s.system.clone() }
+                        }
+                        _ => return Err(self.err(at, &k, "a step names exactly one of `tool` or `model`")),
+                    };
+                    let found = match &action {
+                        StepAction::Tool { input, .. } => agents::value_refs(input),
+                        StepAction::Model { prompt, system, .. } => {
+                            let mut r = agents::refs(prompt);
+                            if let (Ok(list), Some(sys)) = (&mut r, system) {
+                                match agents::refs(sys) {
+                                    Ok(more) => list.extend(more),
+                                    Err(e) => r = Err(e),
+                                }
+                            }
+                            r
+                        }
+                    }
+                    .map_err(|m| self.err(at, &k, m))?;
+                    for r in found {
+                        if let Some(step) = r.step() {
+                            if !steps.iter().any(|p| p.name == step) {
+                                return Err(self.err(at, &k, format!("`{step}` is not an earlier step of this pipeline")));
+                            }
+                        }
+                    }
+                    steps.push(Step { name: s.name.clone(), action });
+                }
+                Ok(AgentConfig { name: name.to_owned(), kind: AgentKind::Pipeline(steps) })
+            }
+            (Some(model), false) => Err(self.err(model.span().start, &key, "an agent is either a tool loop (`model`, `tools`) or a pipeline (`steps`), not both")),
+            (None, true) => Err(self.err(anchor, &key, "an agent needs `model` (a tool loop) or `steps` (a pipeline)")),
+        }
     }
 
     /// Resolves chain targets to tools or models, following nested chains, and

@@ -28,6 +28,45 @@ pub struct File {
     pub models: BTreeMap<String, ModelSpec>,
     #[serde(default)]
     pub chains: BTreeMap<String, ChainSpec>,
+    #[serde(default)]
+    pub agents: BTreeMap<String, AgentSpec>,
+}
+
+/// An agent: either a model-driven tool loop (`model`, `tools`,
+/// `max_steps`) or a declared pipeline (`steps`).
+#[derive(Deserialize, Debug)]
+#[serde(deny_unknown_fields)]
+pub struct AgentSpec {
+    /// The model chain that drives the loop.
+    pub model: Option<Spanned<String>>,
+    /// Tool chains the model may call, by chain (or tool) name.
+    #[serde(default)]
+    pub tools: Vec<Spanned<String>>,
+    #[serde(default, deserialize_with = "steps_limit")]
+    pub max_steps: Option<u32>,
+    pub system: Option<String>,
+    /// A pipeline: ordered steps.
+    #[serde(default)]
+    pub steps: Vec<Spanned<StepSpec>>,
+}
+
+#[derive(Deserialize, Debug)]
+#[serde(deny_unknown_fields)]
+pub struct StepSpec {
+    pub name: String,
+    /// A tool chain to call with `input`.
+    pub tool: Option<String>,
+    /// A model chain to ask `prompt`.
+    pub model: Option<String>,
+    /// The tool's input; strings may hold `{{task}}`, `{{steps.NAME.output}}`,
+    /// `{{steps.NAME.output.FIELD}}` or `{{steps.NAME.text}}`.
+    pub input: Option<toml::Value>,
+    pub prompt: Option<String>,
+    pub system: Option<String>,
+}
+
+fn steps_limit<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u32>, D::Error> {
+    bounded(d, 1, 100_000, "max_steps")
 }
 
 #[derive(Deserialize, Debug)]

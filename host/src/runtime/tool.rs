@@ -35,6 +35,14 @@ pub struct CallCtx {
     pub timeout: Duration,
 }
 
+/// What `reconcile` said.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Reconciled {
+    Done(ToolOutput),
+    NotDone,
+    Unknown,
+}
+
 /// A successful tool result, checked against the contract.
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct ToolOutput {
@@ -49,6 +57,8 @@ pub struct WasmTool {
     digest: String,
     source: CompileSource,
     pre: ToolPre<HostState>,
+    /// Set when the component also exports `reconcile`.
+    reconcile_pre: Option<bindings::reconcilable::ReconcilableToolPre<HostState>>,
     engine: wasmtime::Engine,
     origins: Arc<Vec<Origin>>,
     tick: Duration,
@@ -89,6 +99,17 @@ impl WasmTool {
         let instance_pre = rt.linker.instantiate_pre(&component).map_err(|e| {
             fail(format!("does not implement world `backstop:tool/tool` (imports something the host does not offer): {e:#}"))
         })?;
+        let exports_reconcile = component
+            .component_type()
+            .exports(rt.engine())
+            .any(|(name, _)| name == "reconcile");
+        let reconcile_pre = if exports_reconcile {
+            Some(bindings::reconcilable::ReconcilableToolPre::new(instance_pre.clone()).map_err(|e| {
+                fail(format!("exports `reconcile` but not as world `backstop:tool/reconcilable-tool` says: {e:#}"))
+            })?)
+        } else {
+            None
+        };
         let pre = ToolPre::new(instance_pre).map_err(|e| {
             fail(format!(
                 "does not implement world `backstop:tool/tool`: {e:#}"
@@ -107,6 +128,7 @@ impl WasmTool {
             digest,
             source,
             pre,
+            reconcile_pre,
             engine: rt.engine.clone(),
             origins: Arc::new(config.http.clone()),
             tick: rt.tick,
@@ -177,6 +199,43 @@ impl WasmTool {
 
     pub fn compile_source(&self) -> CompileSource {
         self.source
+    }
+
+    /// Whether the tool can answer "did the call with this key happen?".
+    pub fn can_reconcile(&self) -> bool {
+        self.reconcile_pre.is_some()
+    }
+
+    /// Asks the tool whether the call with idempotency `key` happened. A
+    /// tool without `reconcile` answers `Unknown`.
+    pub async fn reconcile(&self, key: &str) -> Result<Reconciled, Failure> {
+        let Some(pre) = &self.reconcile_pre else {
+            return Ok(Reconciled::Unknown);
+        };
+        let timeout = self.config.timeout;
+        let call = CallInfo {
+            tool: self.config.name.clone(),
+            key: key.to_owned(),
+            attempt: 0,
+            deadline: Instant::now() + timeout,
+        };
+        let (mut store, stderr) = self.store(call)?;
+        self.arm(&mut store, timeout);
+        let run = async {
+            let tool = pre.instantiate_async(&mut store).await?;
+            tool.call_reconcile(&mut store, key).await
+        };
+        use bindings::backstop::tool::types::ReconcileStatus as S;
+        match tokio::time::timeout(timeout + self.tick * 2, run).await {
+            Err(_) => Err(Failure::new(
+                FailureClass::Timeout,
+                "reconcile did not answer in time",
+            )),
+            Ok(Err(e)) => Err(classify_trap(e, &store, &stderr, timeout)),
+            Ok(Ok(S::Done(out))) => Ok(Reconciled::Done(self.check_output(out)?)),
+            Ok(Ok(S::NotDone)) => Ok(Reconciled::NotDone),
+            Ok(Ok(S::Unknown)) => Ok(Reconciled::Unknown),
+        }
     }
 
     /// How many instances have been created (every call makes one).

@@ -1,6 +1,7 @@
 //! `backstop`: a thin shell over the `backstop` library. Only this file
-//! decides exit codes: 0 success, 1 bad config or usage, 2 a call that
-//! nothing could serve.
+//! and `commands.rs` decide exit codes: 0 success, 1 bad config, usage or
+//! state, 2 a call nothing could serve (or a failed run), 3 a run that
+//! needs attention.
 
 mod commands;
 
@@ -56,6 +57,25 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Start a run of an agent: prints the run id, a line per step, then
+    /// the output. Exit 0 finished, 3 needs attention, 2 failed.
+    Run {
+        agent: String,
+        #[arg(long)]
+        task: String,
+    },
+    /// Resume a run from its journal without repeating completed steps.
+    Resume {
+        run: String,
+        /// Resume even though the config or a component changed.
+        #[arg(long)]
+        allow_drift: bool,
+    },
+    /// List runs, or show one run's journal.
+    Runs {
+        #[command(subcommand)]
+        show: Option<RunsCommand>,
+    },
     /// Run the offline demo on the embedded defaults.
     Demo {
         /// Where the built plugins are.
@@ -64,6 +84,16 @@ enum Command {
         /// Working directory for the demo's files.
         #[arg(long, default_value = ".backstop/demo")]
         dir: PathBuf,
+    },
+}
+
+#[derive(Subcommand)]
+enum RunsCommand {
+    /// A run's journal, entry by entry.
+    Show {
+        run: String,
+        #[arg(long)]
+        json: bool,
     },
 }
 

@@ -1,0 +1,495 @@
+//! The default journal: one SQLite file in WAL mode with full sync, so a
+//! committed entry survives the process being killed.
+
+use super::{
+    now_ms, Entry, EntryKind, Journal, Loaded, RunRecord, RunStatus, Snapshot, StoreError,
+};
+use rusqlite::{params, Connection, OptionalExtension};
+use serde_json::Value;
+use sha2::{Digest, Sha256};
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+
+/// Append-only list of migrations; `user_version` counts those applied.
+const MIGRATIONS: &[&str] = &["
+    CREATE TABLE runs (
+        rid INTEGER PRIMARY KEY,
+        id TEXT NOT NULL UNIQUE,
+        agent TEXT NOT NULL,
+        task TEXT NOT NULL,
+        status TEXT NOT NULL,
+        step INTEGER NOT NULL DEFAULT 0,
+        started_at INTEGER NOT NULL,
+        updated_at INTEGER NOT NULL,
+        output TEXT,
+        owner_pid INTEGER
+    );
+    CREATE TABLE entries (
+        rid INTEGER NOT NULL,
+        seq INTEGER NOT NULL,
+        kind TEXT NOT NULL,
+        step INTEGER NOT NULL,
+        payload TEXT NOT NULL,
+        checksum INTEGER NOT NULL,
+        at INTEGER NOT NULL,
+        PRIMARY KEY (rid, seq)
+    ) WITHOUT ROWID;
+    CREATE INDEX entries_by_step ON entries (rid, step, kind);
+    CREATE TABLE snapshots (
+        rid INTEGER PRIMARY KEY,
+        seq INTEGER NOT NULL,
+        state TEXT NOT NULL,
+        checksum INTEGER NOT NULL
+    );
+"];
+
+pub struct SqliteJournal {
+    path: PathBuf,
+    conn: Mutex<Connection>,
+}
+
+/// First 8 bytes of SHA-256 over everything an entry says.
+fn checksum(run: &str, seq: u64, kind: &str, step: u64, payload: &str) -> i64 {
+    let mut h = Sha256::new();
+    for part in [
+        run.as_bytes(),
+        &seq.to_le_bytes(),
+        kind.as_bytes(),
+        &step.to_le_bytes(),
+        payload.as_bytes(),
+    ] {
+        h.update((part.len() as u64).to_le_bytes());
+        h.update(part);
+    }
+    i64::from_le_bytes(h.finalize()[..8].try_into().expect("8 bytes"))
+}
+
+impl SqliteJournal {
+    /// Opens (or creates) the store at `path`. An existing file that is not
+    /// a sound SQLite database is reported, never overwritten.
+    pub fn open(path: impl AsRef<Path>) -> Result<SqliteJournal, StoreError> {
+        let path = path.as_ref().to_owned();
+        let open_err = |message: String| StoreError::Open {
+            path: path.display().to_string(),
+            message,
+        };
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir)
+                .map_err(|e| open_err(format!("cannot create {}: {e}", dir.display())))?;
+        }
+        let conn = Connection::open(&path).map_err(|e| open_err(e.to_string()))?;
+        let setup = || -> rusqlite::Result<()> {
+            conn.busy_timeout(std::time::Duration::from_secs(10))?;
+            conn.pragma_update(None, "journal_mode", "WAL")?;
+            conn.pragma_update(None, "synchronous", "FULL")?;
+            let integrity: String = conn.query_row("PRAGMA quick_check", [], |r| r.get(0))?;
+            if integrity != "ok" {
+                return Err(rusqlite::Error::SqliteFailure(
+                    rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_CORRUPT),
+                    Some(integrity),
+                ));
+            }
+            Ok(())
+        };
+        setup().map_err(|e| open_err(format!("{e}; the file was left as it is")))?;
+        let j = SqliteJournal {
+            path: path.clone(),
+            conn: Mutex::new(conn),
+        };
+        j.migrate()
+            .map_err(|e| open_err(format!("migration failed: {e}")))?;
+        Ok(j)
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    fn migrate(&self) -> rusqlite::Result<()> {
+        let mut conn = self.lock();
+        let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+        let version: usize = tx.query_row("PRAGMA user_version", [], |r| r.get(0))?;
+        for sql in MIGRATIONS.iter().skip(version) {
+            tx.execute_batch(sql)?;
+        }
+        tx.pragma_update(None, "user_version", MIGRATIONS.len())?;
+        tx.commit()
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Connection> {
+        self.conn.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn rid(conn: &Connection, run: &str) -> Result<i64, StoreError> {
+        conn.query_row("SELECT rid FROM runs WHERE id = ?1", [run], |r| r.get(0))
+            .optional()?
+            .ok_or_else(|| StoreError::NoSuchRun(run.to_owned()))
+    }
+
+    fn decode(
+        run: &str,
+        seq: u64,
+        kind: String,
+        step: u64,
+        payload: String,
+        sum: i64,
+        at: i64,
+    ) -> Result<Entry, StoreError> {
+        let damaged = |message: String| StoreError::Damaged {
+            run: run.to_owned(),
+            seq,
+            message,
+        };
+        if checksum(run, seq, &kind, step, &payload) != sum {
+            return Err(damaged(
+                "checksum mismatch (the entry was altered after it was written)".into(),
+            ));
+        }
+        let kind = EntryKind::parse(&kind)
+            .ok_or_else(|| damaged(format!("unknown entry kind `{kind}`")))?;
+        let payload: Value = serde_json::from_str(&payload)
+            .map_err(|e| damaged(format!("payload is not JSON: {e}")))?;
+        Ok(Entry {
+            seq,
+            kind,
+            step,
+            payload,
+            at,
+        })
+    }
+
+    fn query_entries(
+        conn: &Connection,
+        run: &str,
+        rid: i64,
+        after: u64,
+    ) -> Result<Vec<Entry>, StoreError> {
+        let mut stmt = conn.prepare_cached(
+            "SELECT seq, kind, step, payload, checksum, at FROM entries WHERE rid = ?1 AND seq > ?2 ORDER BY seq",
+        )?;
+        let rows = stmt.query_map(params![rid, after as i64], |r| {
+            Ok((
+                r.get::<_, i64>(0)? as u64,
+                r.get(1)?,
+                r.get::<_, i64>(2)? as u64,
+                r.get(3)?,
+                r.get(4)?,
+                r.get(5)?,
+            ))
+        })?;
+        let mut out = Vec::new();
+        for (expected, row) in (after + 1..).zip(rows) {
+            let (seq, kind, step, payload, sum, at) = row?;
+            if seq != expected {
+                return Err(StoreError::Damaged {
+                    run: run.to_owned(),
+                    seq: expected,
+                    message: "entry is missing".into(),
+                });
+            }
+            out.push(Self::decode(run, seq, kind, step, payload, sum, at)?);
+        }
+        Ok(out)
+    }
+
+    fn record(r: &rusqlite::Row<'_>) -> rusqlite::Result<(RunRecord, String)> {
+        let status: String = r.get(3)?;
+        let output: Option<String> = r.get(7)?;
+        Ok((
+            RunRecord {
+                id: r.get(0)?,
+                agent: r.get(1)?,
+                task: r.get(2)?,
+                status: RunStatus::Running,
+                step: r.get::<_, i64>(4)? as u64,
+                started_at: r.get(5)?,
+                updated_at: r.get(6)?,
+                output: output.and_then(|o| serde_json::from_str(&o).ok()),
+                owner_pid: r.get::<_, Option<i64>>(8)?.map(|p| p as u32),
+            },
+            status,
+        ))
+    }
+
+    fn finish_record((mut rec, status): (RunRecord, String)) -> Result<RunRecord, StoreError> {
+        rec.status = RunStatus::parse(&status).ok_or_else(|| StoreError::Damaged {
+            run: rec.id.clone(),
+            seq: 0,
+            message: format!("run status `{status}` is unknown"),
+        })?;
+        Ok(rec)
+    }
+
+    /// Bytes the database file holds (after a WAL checkpoint).
+    pub fn size_on_disk(&self) -> Result<u64, StoreError> {
+        let conn = self.lock();
+        conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))?;
+        let pages: i64 = conn.query_row("PRAGMA page_count", [], |r| r.get(0))?;
+        let size: i64 = conn.query_row("PRAGMA page_size", [], |r| r.get(0))?;
+        Ok((pages * size) as u64)
+    }
+}
+
+const RUN_COLUMNS: &str =
+    "id, agent, task, status, step, started_at, updated_at, output, owner_pid";
+
+impl Journal for SqliteJournal {
+    fn create_run(&self, id: &str, agent: &str, task: &str) -> Result<(), StoreError> {
+        let now = now_ms();
+        self.lock().execute(
+            "INSERT INTO runs (id, agent, task, status, step, started_at, updated_at) VALUES (?1, ?2, ?3, 'running', 0, ?4, ?4)",
+            params![id, agent, task, now],
+        )?;
+        Ok(())
+    }
+
+    fn append(
+        &self,
+        run: &str,
+        kind: EntryKind,
+        step: u64,
+        payload: &Value,
+    ) -> Result<u64, StoreError> {
+        let mut conn = self.lock();
+        let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+        let rid = Self::rid(&tx, run)?;
+        let seq: i64 = tx.query_row(
+            "SELECT COALESCE(MAX(seq), 0) + 1 FROM entries WHERE rid = ?1",
+            [rid],
+            |r| r.get(0),
+        )?;
+        let text = payload.to_string();
+        let sum = checksum(run, seq as u64, kind.as_str(), step, &text);
+        let now = now_ms();
+        tx.execute(
+            "INSERT INTO entries (rid, seq, kind, step, payload, checksum, at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+            params![rid, seq, kind.as_str(), step as i64, text, sum, now],
+        )?;
+        tx.execute(
+            "UPDATE runs SET updated_at = ?2, step = MAX(step, ?3) WHERE rid = ?1",
+            params![rid, now, step as i64],
+        )?;
+        tx.commit()?;
+        Ok(seq as u64)
+    }
+
+    fn write_snapshot(&self, run: &str, snapshot: &Snapshot) -> Result<(), StoreError> {
+        let conn = self.lock();
+        let rid = Self::rid(&conn, run)?;
+        let text = snapshot.state.to_string();
+        let sum = checksum(run, snapshot.seq, "snapshot", 0, &text);
+        conn.execute(
+            "INSERT INTO snapshots (rid, seq, state, checksum) VALUES (?1, ?2, ?3, ?4)
+             ON CONFLICT (rid) DO UPDATE SET seq = excluded.seq, state = excluded.state, checksum = excluded.checksum",
+            params![rid, snapshot.seq as i64, text, sum],
+        )?;
+        Ok(())
+    }
+
+    fn load(&self, run: &str) -> Result<Loaded, StoreError> {
+        let conn = self.lock();
+        let rid = Self::rid(&conn, run)?;
+        let rec = conn.query_row(
+            &format!("SELECT {RUN_COLUMNS} FROM runs WHERE rid = ?1"),
+            [rid],
+            Self::record,
+        )?;
+        let snap: Option<(i64, String, i64)> = conn
+            .query_row(
+                "SELECT seq, state, checksum FROM snapshots WHERE rid = ?1",
+                [rid],
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+            )
+            .optional()?;
+        let snapshot = match snap {
+            Some((seq, text, sum)) => {
+                let damaged = |message: &str| StoreError::Damaged {
+                    run: run.to_owned(),
+                    seq: seq as u64,
+                    message: format!("snapshot: {message}"),
+                };
+                if checksum(run, seq as u64, "snapshot", 0, &text) != sum {
+                    return Err(damaged("checksum mismatch"));
+                }
+                Some(Snapshot {
+                    seq: seq as u64,
+                    state: serde_json::from_str(&text).map_err(|_| damaged("not JSON"))?,
+                })
+            }
+            None => None,
+        };
+        let after = snapshot.as_ref().map_or(0, |s| s.seq);
+        let tail = Self::query_entries(&conn, run, rid, after)?;
+        Ok(Loaded {
+            run: Self::finish_record(rec)?,
+            snapshot,
+            tail,
+        })
+    }
+
+    fn entries(&self, run: &str) -> Result<Vec<Entry>, StoreError> {
+        let conn = self.lock();
+        let rid = Self::rid(&conn, run)?;
+        Self::query_entries(&conn, run, rid, 0)
+    }
+
+    fn find(&self, run: &str, step: u64, kind: EntryKind) -> Result<Option<Entry>, StoreError> {
+        let conn = self.lock();
+        let rid = Self::rid(&conn, run)?;
+        let row: Option<(i64, String, i64, String, i64, i64)> = conn
+            .query_row(
+                "SELECT seq, kind, step, payload, checksum, at FROM entries WHERE rid = ?1 AND step = ?2 AND kind = ?3 ORDER BY seq DESC LIMIT 1",
+                params![rid, step as i64, kind.as_str()],
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?)),
+            )
+            .optional()?;
+        row.map(|(seq, k, st, p, sum, at)| Self::decode(run, seq as u64, k, st as u64, p, sum, at))
+            .transpose()
+    }
+
+    fn set_status(
+        &self,
+        run: &str,
+        status: RunStatus,
+        step: u64,
+        output: Option<&Value>,
+    ) -> Result<(), StoreError> {
+        let n = self.lock().execute(
+            "UPDATE runs SET status = ?2, step = MAX(step, ?3), output = COALESCE(?4, output), updated_at = ?5 WHERE id = ?1",
+            params![run, status.as_str(), step as i64, output.map(|o| o.to_string()), now_ms()],
+        )?;
+        if n == 0 {
+            return Err(StoreError::NoSuchRun(run.to_owned()));
+        }
+        Ok(())
+    }
+
+    fn set_owner(&self, run: &str, pid: Option<u32>) -> Result<(), StoreError> {
+        self.lock().execute(
+            "UPDATE runs SET owner_pid = ?2 WHERE id = ?1",
+            params![run, pid.map(i64::from)],
+        )?;
+        Ok(())
+    }
+
+    fn run(&self, run: &str) -> Result<RunRecord, StoreError> {
+        let conn = self.lock();
+        let rec = conn
+            .query_row(
+                &format!("SELECT {RUN_COLUMNS} FROM runs WHERE id = ?1"),
+                [run],
+                Self::record,
+            )
+            .optional()?
+            .ok_or_else(|| StoreError::NoSuchRun(run.to_owned()))?;
+        Self::finish_record(rec)
+    }
+
+    fn runs(&self) -> Result<Vec<RunRecord>, StoreError> {
+        let conn = self.lock();
+        let mut stmt = conn.prepare(&format!(
+            "SELECT {RUN_COLUMNS} FROM runs ORDER BY started_at DESC, rid DESC"
+        ))?;
+        let rows = stmt.query_map([], Self::record)?;
+        let mut out = Vec::new();
+        for r in rows {
+            // A damaged row is reported in its place; the others stay readable.
+            out.push(Self::finish_record(r?)?);
+        }
+        Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn store() -> (tempfile::TempDir, SqliteJournal) {
+        let dir = tempfile::tempdir().unwrap();
+        let j = SqliteJournal::open(dir.path().join("state.db")).unwrap();
+        (dir, j)
+    }
+
+    #[test]
+    fn appends_loads_and_snapshots() {
+        let (_d, j) = store();
+        j.create_run("r1", "agent", "task").unwrap();
+        for step in 1..=5 {
+            assert_eq!(
+                j.append("r1", EntryKind::ToolIntent, step, &json!({"n": step}))
+                    .unwrap(),
+                step
+            );
+        }
+        j.write_snapshot(
+            "r1",
+            &Snapshot {
+                seq: 3,
+                state: json!({"next": 4}),
+            },
+        )
+        .unwrap();
+        let l = j.load("r1").unwrap();
+        assert_eq!(l.snapshot.unwrap().state["next"], 4);
+        assert_eq!(l.tail.iter().map(|e| e.seq).collect::<Vec<_>>(), [4, 5]);
+        assert_eq!(
+            j.find("r1", 2, EntryKind::ToolIntent)
+                .unwrap()
+                .unwrap()
+                .payload["n"],
+            2
+        );
+        assert_eq!(l.run.step, 5);
+        assert!(matches!(j.load("nope"), Err(StoreError::NoSuchRun(_))));
+    }
+
+    #[test]
+    fn migrating_twice_is_a_no_op() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state.db");
+        SqliteJournal::open(&path)
+            .unwrap()
+            .create_run("r", "a", "t")
+            .unwrap();
+        let j = SqliteJournal::open(&path).unwrap();
+        assert_eq!(j.run("r").unwrap().agent, "a");
+    }
+
+    #[test]
+    fn a_tampered_entry_is_named_and_left_alone() {
+        let (d, j) = store();
+        j.create_run("r1", "a", "t").unwrap();
+        j.create_run("r2", "a", "t").unwrap();
+        j.append("r1", EntryKind::ToolResult, 1, &json!({"ok": true}))
+            .unwrap();
+        j.append("r2", EntryKind::ToolResult, 1, &json!({"ok": true}))
+            .unwrap();
+        drop(j);
+        let conn = Connection::open(d.path().join("state.db")).unwrap();
+        conn.execute(
+            "UPDATE entries SET payload = '{\"ok\":false}' WHERE rid = 1",
+            [],
+        )
+        .unwrap();
+        drop(conn);
+        let j = SqliteJournal::open(d.path().join("state.db")).unwrap();
+        let e = j.load("r1").unwrap_err().to_string();
+        assert!(
+            e.contains("run r1: journal entry 1 is damaged: checksum mismatch"),
+            "{e}"
+        );
+        assert!(j.load("r2").is_ok(), "other runs stay readable");
+        assert_eq!(j.runs().unwrap().len(), 2);
+    }
+
+    #[test]
+    fn a_file_that_is_not_a_database_is_reported_not_overwritten() {
+        let d = tempfile::tempdir().unwrap();
+        let path = d.path().join("state.db");
+        std::fs::write(&path, vec![7u8; 4096]).unwrap();
+        let e = SqliteJournal::open(&path).err().unwrap().to_string();
+        assert!(e.contains("state.db") && e.contains("left as it is"), "{e}");
+        assert_eq!(std::fs::read(&path).unwrap(), vec![7u8; 4096]);
+    }
+}
