@@ -6,4 +6,5 @@ mod common;
 mod guards;
 mod loading;
 mod models;
+mod runs;
 mod sandbox;

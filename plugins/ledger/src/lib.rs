@@ -37,7 +37,10 @@ impl Guest for Ledger {
     fn invoke(input: String) -> Result<Output, ToolError> {
         let v: Value = serde_json::from_str(&input)
             .map_err(|e| ToolError::InvalidInput(format!("input is not JSON: {e}")))?;
-        let entry = v.get("entry").cloned().ok_or_else(|| ToolError::InvalidInput("`entry` is required".into()))?;
+        let entry = v
+            .get("entry")
+            .cloned()
+            .ok_or_else(|| ToolError::InvalidInput("`entry` is required".into()))?;
         let key = context().idempotency_key;
         sleep_ms(&v, "sleep_before_ms");
         let mut file = std::fs::OpenOptions::new()
@@ -45,11 +48,18 @@ impl Guest for Ledger {
             .append(true)
             .open(FILE)
             .map_err(|e| ToolError::Unavailable(format!("cannot open {FILE}: {e}")))?;
-        let line = json!({ "key": key, "entry": entry });
-        writeln!(file, "{line}").map_err(|e| ToolError::Transient(format!("cannot write {FILE}: {e}")))?;
-        file.sync_all().map_err(|e| ToolError::Transient(format!("cannot sync {FILE}: {e}")))?;
+        // One write of the whole line: a process killed mid-call leaves a
+        // whole line or none, never half of one.
+        let line = format!("{}\n", json!({ "key": key, "entry": entry }));
+        file.write_all(line.as_bytes())
+            .map_err(|e| ToolError::Transient(format!("cannot write {FILE}: {e}")))?;
+        file.sync_all()
+            .map_err(|e| ToolError::Transient(format!("cannot sync {FILE}: {e}")))?;
         sleep_ms(&v, "sleep_after_ms");
-        Ok(Output { value: json!({ "recorded": key, "entry": entry }).to_string(), confidence: None })
+        Ok(Output {
+            value: json!({ "recorded": key, "entry": entry }).to_string(),
+            confidence: None,
+        })
     }
 
     fn reconcile(key: String) -> ReconcileStatus {
@@ -59,10 +69,15 @@ impl Guest for Ledger {
             Err(_) => return ReconcileStatus::Unknown,
         };
         for line in text.lines() {
-            let Ok(v) = serde_json::from_str::<Value>(line) else { continue };
+            let Ok(v) = serde_json::from_str::<Value>(line) else {
+                continue;
+            };
             if v["key"] == key.as_str() {
                 let out = json!({ "recorded": key, "entry": v["entry"], "reconciled": true });
-                return ReconcileStatus::Done(Output { value: out.to_string(), confidence: None });
+                return ReconcileStatus::Done(Output {
+                    value: out.to_string(),
+                    confidence: None,
+                });
             }
         }
         ReconcileStatus::NotDone

@@ -1,0 +1,460 @@
+//! Durable runs: a crash harness that SIGKILLs real processes, resume,
+//! ambiguous state, one writer per run, drift and damaged state.
+
+use crate::common::{tempdir, write_config, PRELUDE};
+use backstop::journal::{EntryKind, Journal, RunStatus, SqliteJournal};
+use rand::{rngs::StdRng, Rng, SeedableRng};
+use std::collections::HashMap;
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// A pipeline alternating read-only steps and ledger writes (a side effect
+/// with `reconcile`), with pauses that give kills room to land anywhere:
+/// before, inside and after each effect.
+fn harness_config() -> String {
+    format!(
+        r#"state = "sqlite:{{dir}}/state.db"
+{PRELUDE}
+
+[tools.fault]
+component = "{{plugins}}/fault.wasm"
+
+[tools.ledger]
+component = "{{plugins}}/ledger.wasm"
+dirs = [{{ host = "{{dir}}/ledger", guest = "/ledger", mode = "rw" }}]
+
+[tools.unsure]
+component = "{{plugins}}/fault.wasm"
+effect = "side-effect"
+
+[tools.publish]
+component = "{{plugins}}/ledger.wasm"
+effect = "irreversible"
+dirs = [{{ host = "{{dir}}/ledger", guest = "/ledger", mode = "rw" }}]
+
+[agents.pipe]
+steps = [
+  {{ name = "s1", tool = "fault", input = {{ mode = "sleep", ms = 15, value = "{{{{task}}}}" }} }},
+  {{ name = "s2", tool = "ledger", input = {{ entry = "{{{{steps.s1.output.echo}}}}-2", sleep_before_ms = 15, sleep_after_ms = 15 }} }},
+  {{ name = "s3", tool = "fault", input = {{ mode = "sleep", ms = 15, value = "{{{{steps.s2.output.entry}}}}-3" }} }},
+  {{ name = "s4", tool = "ledger", input = {{ entry = "{{{{steps.s3.output.echo}}}}-4", sleep_before_ms = 15, sleep_after_ms = 15 }} }},
+  {{ name = "s5", tool = "fault", input = {{ mode = "sleep", ms = 15, value = "{{{{steps.s4.output.entry}}}}-5" }} }},
+  {{ name = "s6", tool = "ledger", input = {{ entry = "{{{{steps.s5.output.echo}}}}-6", sleep_before_ms = 15, sleep_after_ms = 15 }} }},
+  {{ name = "s7", tool = "fault", input = {{ mode = "echo", value = "{{{{steps.s6.output.entry}}}}-7" }} }},
+]
+
+[agents.unsure]
+steps = [
+  {{ name = "a", tool = "fault", input = {{ mode = "echo", value = "x" }} }},
+  {{ name = "b", tool = "unsure", input = {{ mode = "sleep", ms = 3000 }} }},
+]
+
+[agents.irreversible]
+steps = [
+  {{ name = "p", tool = "publish", input = {{ entry = "post", sleep_before_ms = 3000 }} }},
+]
+
+[agents.slow]
+steps = [
+  {{ name = "a", tool = "fault", input = {{ mode = "sleep", ms = 1500 }} }},
+]
+"#
+    )
+}
+
+struct Env {
+    _dir: tempfile::TempDir,
+    root: PathBuf,
+    config: PathBuf,
+}
+
+fn env() -> Env {
+    let dir = tempdir();
+    let root = dir.path().to_owned();
+    std::fs::create_dir_all(root.join("ledger")).unwrap();
+    let config = write_config(&root, &harness_config());
+    Env {
+        _dir: dir,
+        root,
+        config,
+    }
+}
+
+fn spawn(config: &Path, args: &[&str]) -> Child {
+    Command::new(env!("CARGO_BIN_EXE_backstop"))
+        .arg("-c")
+        .arg(config)
+        .args(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap()
+}
+
+/// Starts `run`, returns the child once it has printed the run id.
+fn start(config: &Path, agent: &str, task: &str) -> (Child, String) {
+    let mut child = spawn(config, &["run", agent, "--task", task]);
+    let mut first = String::new();
+    BufReader::new(child.stdout.as_mut().unwrap())
+        .read_line(&mut first)
+        .unwrap();
+    let Some(id) = first.split_whitespace().nth(1).map(str::to_owned) else {
+        let (_, out) = finish(child);
+        panic!("no run id printed: {first:?}\n{out}");
+    };
+    (child, id)
+}
+
+fn finish(mut child: Child) -> (i32, String) {
+    let out = child.wait_with_output().unwrap();
+    let text =
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    (out.status.code().unwrap_or(-1), text)
+}
+
+fn ledger_counts(root: &Path) -> HashMap<String, usize> {
+    let mut counts = HashMap::new();
+    let text = std::fs::read_to_string(root.join("ledger/ledger.jsonl")).unwrap_or_default();
+    for line in text.lines() {
+        let v: serde_json::Value =
+            serde_json::from_str(line).unwrap_or_else(|e| panic!("ledger line {line:?}: {e}"));
+        *counts
+            .entry(v["key"].as_str().unwrap().to_owned())
+            .or_default() += 1;
+    }
+    counts
+}
+
+fn journal(root: &Path) -> SqliteJournal {
+    SqliteJournal::open(root.join("state.db")).unwrap()
+}
+
+fn final_echo(root: &Path, run: &str) -> serde_json::Value {
+    journal(root).run(run).unwrap().output.unwrap_or_default()["echo"].clone()
+}
+
+#[test]
+fn crash_harness_kill_anywhere_resume_never_repeats() {
+    let e = env();
+    let kills: usize = std::env::var("BACKSTOP_CRASH_KILLS")
+        .ok()
+        .and_then(|k| k.parse().ok())
+        .unwrap_or(50);
+    let seed: u64 = std::env::var("BACKSTOP_CRASH_SEED")
+        .ok()
+        .and_then(|k| k.parse().ok())
+        .unwrap_or(7);
+    let mut rng = StdRng::seed_from_u64(seed);
+
+    // The uninterrupted run: its output and how long it takes.
+    let t0 = Instant::now();
+    let (child, base_id) = start(&e.config, "pipe", "t");
+    let (code, out) = finish(child);
+    assert_eq!(code, 0, "{out}");
+    let span = t0.elapsed();
+    let expected = final_echo(&e.root, &base_id);
+    assert_eq!(expected, "t-2-3-4-5-6-7");
+
+    let mut done = 0;
+    let mut runs = Vec::new();
+    while done < kills {
+        let (mut child, id) = start(&e.config, "pipe", "t");
+        std::thread::sleep(span.mul_f64(rng.random_range(0.0..1.0)));
+        child.kill().unwrap();
+        child.wait().unwrap();
+        done += 1;
+        // Resume until it finishes; some resumes are killed too.
+        loop {
+            let mut child = spawn(&e.config, &["resume", &id]);
+            if done < kills && rng.random_bool(0.4) {
+                std::thread::sleep(span.mul_f64(rng.random_range(0.0..1.0)));
+                child.kill().unwrap();
+                child.wait().unwrap();
+                done += 1;
+                continue;
+            }
+            let (code, out) = finish(child);
+            assert_eq!(code, 0, "resume of {id} failed:\n{out}");
+            break;
+        }
+        runs.push(id);
+    }
+
+    let j = journal(&e.root);
+    let ledger = ledger_counts(&e.root);
+    for id in &runs {
+        assert_eq!(j.run(id).unwrap().status, RunStatus::Finished, "{id}");
+        assert_eq!(
+            final_echo(&e.root, id),
+            expected,
+            "run {id} ended differently from the uninterrupted run"
+        );
+        let entries = j.entries(id).unwrap();
+        for step in 1..=7u64 {
+            let results = entries
+                .iter()
+                .filter(|x| x.step == step && x.kind == EntryKind::ToolResult)
+                .count();
+            assert_eq!(
+                results, 1,
+                "run {id}: step {step} journaled {results} times"
+            );
+        }
+        for step in [2, 4, 6] {
+            let key = format!("{id}:{step}");
+            assert_eq!(
+                ledger.get(&key),
+                Some(&1),
+                "run {id}: the ledger ran {:?} times for step {step}",
+                ledger.get(&key)
+            );
+        }
+    }
+    println!(
+        "crash harness: {done} kills over {} runs, seed {seed}",
+        runs.len()
+    );
+}
+
+#[test]
+fn a_side_effect_without_reconcile_killed_mid_call_needs_attention() {
+    let e = env();
+    let (mut child, id) = start(&e.config, "unsure", "x");
+    // Wait until the intent of step 2 is durable, then kill inside the tool.
+    let j = journal(&e.root);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while j.find(&id, 2, EntryKind::ToolIntent).unwrap().is_none() {
+        assert!(Instant::now() < deadline, "step 2 never started");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let (code, out) = finish(spawn(&e.config, &["resume", &id]));
+    assert_eq!(code, 3, "{out}");
+    assert!(out.contains("step 1: fault: done earlier"), "{out}");
+    assert!(
+        out.contains("NEEDS ATTENTION at step 2: ambiguous-state (unsure)"),
+        "{out}"
+    );
+    let run = j.run(&id).unwrap();
+    assert_eq!(run.status, RunStatus::NeedsAttention);
+    let att = j.find(&id, 2, EntryKind::Attention).unwrap().unwrap();
+    assert_eq!(att.payload["reason"], "ambiguous-state");
+    // Resuming again changes nothing and adds no duplicate record.
+    let (code, _) = finish(spawn(&e.config, &["resume", &id]));
+    assert_eq!(code, 3);
+    let attentions = j
+        .entries(&id)
+        .unwrap()
+        .iter()
+        .filter(|x| x.kind == EntryKind::Attention)
+        .count();
+    assert_eq!(attentions, 1);
+}
+
+#[test]
+fn an_irreversible_tool_is_never_rerun_on_resume() {
+    let e = env();
+    let (mut child, id) = start(&e.config, "irreversible", "x");
+    let j = journal(&e.root);
+    while j.find(&id, 1, EntryKind::ToolIntent).unwrap().is_none() {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let (code, out) = finish(spawn(&e.config, &["resume", &id]));
+    assert_eq!(code, 3, "{out}");
+    assert!(
+        out.contains("irreversible tools are never re-run on resume"),
+        "{out}"
+    );
+    assert_eq!(
+        ledger_counts(&e.root).get(&format!("{id}:1")),
+        None,
+        "it must not have run"
+    );
+}
+
+#[test]
+fn two_concurrent_resumers_exactly_one_proceeds() {
+    let e = env();
+    let (mut child, id) = start(&e.config, "slow", "x");
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let a = spawn(&e.config, &["resume", &id]);
+    let b = spawn(&e.config, &["resume", &id]);
+    let (ca, oa) = finish(a);
+    let (cb, ob) = finish(b);
+    let mut codes = [ca, cb];
+    codes.sort();
+    assert_eq!(codes, [0, 1], "a: {oa}\nb: {ob}");
+    let loser = if ca == 1 { oa } else { ob };
+    assert!(
+        loser.contains(&format!("run {id} is active in another process")),
+        "{loser}"
+    );
+    // And a run whose owner is alive cannot be resumed from outside.
+    let (mut child, id) = start(&e.config, "slow", "y");
+    let (code, out) = finish(spawn(&e.config, &["resume", &id]));
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains("is active in another process (pid"), "{out}");
+    child.kill().unwrap();
+    child.wait().unwrap();
+}
+
+#[test]
+fn resume_refuses_drift_unless_allowed() {
+    let e = env();
+    let (mut child, id) = start(&e.config, "slow", "x");
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let text = std::fs::read_to_string(&e.config).unwrap();
+    std::fs::write(&e.config, format!("{text}\n# edited\n")).unwrap();
+    let (code, out) = finish(spawn(&e.config, &["resume", &id]));
+    assert_eq!(code, 1, "{out}");
+    assert!(
+        out.contains(&format!(
+            "run {id} was started with a different configuration: the config file changed"
+        )),
+        "{out}"
+    );
+    // A changed component is named too.
+    let component = e.root.join("fault-copy.wasm");
+    std::fs::copy(crate::common::plugins().join("cache.wasm"), &component).unwrap();
+    std::fs::write(
+        &e.config,
+        text.replace(
+            &format!("{}/fault.wasm", crate::common::plugins().display()),
+            &component.display().to_string(),
+        ),
+    )
+    .unwrap();
+    let (_, out) = finish(spawn(&e.config, &["resume", &id]));
+    assert!(
+        out.contains("the component of tool `fault` changed"),
+        "{out}"
+    );
+    // Back to the same components: only the config text differs now.
+    std::fs::write(&e.config, format!("{text}\n# edited\n")).unwrap();
+    let (code, out) = finish(spawn(&e.config, &["resume", &id, "--allow-drift"]));
+    assert_eq!(code, 0, "{out}");
+}
+
+#[test]
+fn damaged_state_is_named_and_nothing_is_overwritten() {
+    let e = env();
+    let mut ids = Vec::new();
+    for task in ["a", "b"] {
+        let (child, id) = start(&e.config, "pipe", task);
+        assert_eq!(finish(child).0, 0);
+        ids.push(id);
+    }
+    // A garbage entry in one run.
+    let db = e.root.join("state.db");
+    let conn = rusqlite::Connection::open(&db).unwrap();
+    conn.execute(
+        "UPDATE entries SET payload = 'garbage' WHERE seq = 3 AND rid = (SELECT rid FROM runs WHERE id = ?1)",
+        [&ids[0]],
+    )
+    .unwrap();
+    drop(conn);
+    let (code, out) = finish(spawn(&e.config, &["runs", "show", &ids[0]]));
+    assert_eq!(code, 1);
+    assert!(
+        out.contains(&format!(
+            "run {}: journal entry 3 is damaged: checksum mismatch",
+            ids[0]
+        )),
+        "{out}"
+    );
+    let (code, out) = finish(spawn(&e.config, &["runs", "show", &ids[1]]));
+    assert_eq!(code, 0, "other runs stay readable: {out}");
+    let (code, out) = finish(spawn(&e.config, &["runs"]));
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains(&ids[0]) && out.contains(&ids[1]), "{out}");
+
+    // A truncated database file.
+    let before = std::fs::read(&db).unwrap();
+    let _ = std::fs::remove_file(e.root.join("state.db-wal"));
+    let _ = std::fs::remove_file(e.root.join("state.db-shm"));
+    let half = &before[..before.len() / 2];
+    std::fs::write(&db, half).unwrap();
+    let (code, out) = finish(spawn(&e.config, &["runs"]));
+    assert_eq!(code, 1, "{out}");
+    assert!(
+        out.contains("state.db") && !out.contains("panicked"),
+        "{out}"
+    );
+    assert_eq!(
+        std::fs::read(&db).unwrap(),
+        half,
+        "the damaged file must be left as it is"
+    );
+}
+
+#[tokio::test]
+async fn a_tool_loop_runs_tools_for_the_model_and_survives_a_kill() {
+    use backstop::testkit::model::*;
+    use backstop::testkit::ScriptedServer;
+    let server = ScriptedServer::start(anthropic_text("unused"))
+        .await
+        .unwrap();
+    server.push([
+        anthropic_tool_use(
+            "u1",
+            "ledger",
+            serde_json::json!({"entry": "note", "sleep_before_ms": 2000}),
+        ),
+        anthropic_text("all recorded"),
+    ]);
+    let e = env();
+    let text = std::fs::read_to_string(&e.config).unwrap()
+        + &format!(
+            "\n[models.scripted]\nprovider = \"anthropic\"\nmodel = \"m\"\nbase_url = \"{}\"\n\n[agents.loop]\nmodel = \"scripted\"\ntools = [\"ledger\"]\nmax_steps = 5\n",
+            server.origin()
+        );
+    std::fs::write(&e.config, text).unwrap();
+    let config = e.config.clone();
+    let (mut child, id) =
+        tokio::task::spawn_blocking(move || start(&config, "loop", "record a note"))
+            .await
+            .unwrap();
+    let j = journal(&e.root);
+    while j.find(&id, 2, EntryKind::ToolIntent).unwrap().is_none() {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let config = e.config.clone();
+    let id2 = id.clone();
+    let (code, out) =
+        tokio::task::spawn_blocking(move || finish(spawn(&config, &["resume", &id2])))
+            .await
+            .unwrap();
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("step 1: scripted: done earlier"), "{out}");
+    assert!(
+        out.contains("step 2: ledger: reconciled: it had not happened"),
+        "{out}"
+    );
+    assert!(out.contains("all recorded"), "{out}");
+    assert_eq!(
+        server.arrivals().len(),
+        2,
+        "the first model call was not repeated"
+    );
+    assert_eq!(ledger_counts(&e.root).get(&format!("{id}:2")), Some(&1));
+    // The model saw the tool's marked result.
+    let last: serde_json::Value = serde_json::from_str(&server.arrivals()[1].body).unwrap();
+    let result = &last["messages"][2]["content"][0];
+    assert_eq!(result["type"], "tool_result");
+    assert!(
+        result["content"]
+            .as_str()
+            .unwrap()
+            .contains("\"served_by\":\"ledger\""),
+        "{result}"
+    );
+}
