@@ -120,9 +120,13 @@ impl Body for ChannelBody {
     }
 }
 
+/// Computes a reply from the request, when no scripted reply is queued.
+pub type Handler = Arc<dyn Fn(&Arrival) -> Reply + Send + Sync>;
+
 struct State {
     script: VecDeque<Reply>,
     fallback: Reply,
+    handler: Option<Handler>,
     arrivals: Vec<Arrival>,
 }
 
@@ -141,6 +145,7 @@ impl ScriptedServer {
         let state = Arc::new(Mutex::new(State {
             script: VecDeque::new(),
             fallback,
+            handler: None,
             arrivals: Vec::new(),
         }));
         let shared = state.clone();
@@ -176,6 +181,12 @@ impl ScriptedServer {
     /// Queues replies for the next requests.
     pub fn push(&self, replies: impl IntoIterator<Item = Reply>) {
         self.state.lock().unwrap().script.extend(replies);
+    }
+
+    /// Answers requests with `handler` once the script is used up (before
+    /// the fallback): a scripted model that follows the conversation.
+    pub fn set_handler(&self, handler: Handler) {
+        self.state.lock().unwrap().handler = Some(handler);
     }
 
     /// Forgets replies not yet used.
@@ -225,7 +236,11 @@ async fn respond(
             body: String::from_utf8_lossy(&body).into_owned(),
             credential,
         });
-        s.script.pop_front().unwrap_or_else(|| s.fallback.clone())
+        match (s.script.pop_front(), &s.handler) {
+            (Some(r), _) => r,
+            (None, Some(h)) => h(s.arrivals.last().expect("just pushed")),
+            (None, None) => s.fallback.clone(),
+        }
     };
     tokio::time::sleep(reply.delay).await;
     if reply.drop && reply.chunks.is_empty() {

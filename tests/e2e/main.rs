@@ -3,6 +3,7 @@
 
 mod cli;
 mod common;
+mod demo;
 mod guards;
 mod loading;
 mod models;

@@ -107,7 +107,7 @@ fn start(config: &Path, agent: &str, task: &str) -> (Child, String) {
     (child, id)
 }
 
-fn finish(mut child: Child) -> (i32, String) {
+fn finish(child: Child) -> (i32, String) {
     let out = child.wait_with_output().unwrap();
     let text =
         String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);

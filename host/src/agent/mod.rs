@@ -108,6 +108,9 @@ struct Run<'a> {
     outputs: HashMap<String, Value>,
     last_seq: u64,
     snapshot_seq: u64,
+    /// The highest step the journal held when this process took the run:
+    /// later steps can only have entries this process wrote itself.
+    known_steps: u64,
     progress: &'a mut (dyn FnMut(Progress) + Send),
 }
 
@@ -161,6 +164,9 @@ impl Run<'_> {
     fn lookup(&self, step: u64, kind: EntryKind) -> Result<Option<Entry>, RunError> {
         if let Some(e) = self.recorded.get(&(step, kind)) {
             return Ok(Some(e.clone()));
+        }
+        if step > self.known_steps {
+            return Ok(None);
         }
         Ok(self.journal.find(&self.id, step, kind)?)
     }
@@ -795,6 +801,7 @@ impl Backstop {
             outputs: HashMap::new(),
             last_seq: 0,
             snapshot_seq: 0,
+            known_steps: 0,
             progress,
         };
         let started = json!({"agent": agent.name, "task": task, "fingerprint": self.fingerprint()});
@@ -880,6 +887,7 @@ impl Backstop {
             outputs: HashMap::new(),
             last_seq,
             snapshot_seq: loaded.snapshot.map_or(0, |s| s.seq),
+            known_steps: loaded.run.step,
             progress,
         };
         run.append(

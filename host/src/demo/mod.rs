@@ -1,9 +1,12 @@
-//! The offline demo: a research agent's search chain on the embedded
-//! defaults, against a scripted search service on 127.0.0.1. It shows a
+//! The offline demo: a research agent on the embedded defaults, against a
+//! scripted search service and a scripted model on 127.0.0.1. It shows a
 //! transient failure retried, a service going down and its breaker
-//! opening, a marked fallback, and a fallback of a fallback.
+//! opening, marked fallbacks (tools and models), a process killed mid-run
+//! and resumed without repeating a step, and a stop for attention.
 
-use crate::testkit::{Reply, ScriptedServer};
+use crate::agent::{Progress, ResumeOptions};
+use crate::journal::{EntryKind, Journal};
+use crate::testkit::{model, Arrival, Reply, ScriptedServer};
 use crate::{Backstop, Config, Outcome};
 use anyhow::Context;
 use serde_json::json;
@@ -26,7 +29,18 @@ fn search_results(query: &str) -> serde_json::Value {
 }
 
 /// Writes the demo's files into `dir` and returns the config text.
-fn prepare(dir: &Path, plugins: &Path, port: u16) -> anyhow::Result<String> {
+fn prepare(dir: &Path, plugins: &Path, port: u16, model_port: u16) -> anyhow::Result<String> {
+    // A fresh demo each time: its runs and its published ledger start empty.
+    for stale in [
+        "state.db",
+        "state.db-wal",
+        "state.db-shm",
+        "published/ledger.jsonl",
+    ] {
+        let _ = std::fs::remove_file(dir.join(stale));
+    }
+    std::fs::create_dir_all(dir.join("published"))
+        .with_context(|| format!("cannot create {}", dir.display()))?;
     for (name, text) in FILES {
         let path = dir.join(name);
         std::fs::create_dir_all(path.parent().expect("has a parent"))
@@ -38,7 +52,8 @@ fn prepare(dir: &Path, plugins: &Path, port: u16) -> anyhow::Result<String> {
         .replace("{plugins}", &abs(plugins)?)
         .replace("{dir}", &abs(dir)?)
         .replace("{cache}", &abs(&dir.join("../cache"))?)
-        .replace("{port}", &port.to_string()))
+        .replace("{port}", &port.to_string())
+        .replace("{model_port}", &model_port.to_string()))
 }
 
 fn show(out: &mut dyn Write, query: &str, o: &Outcome) -> std::io::Result<()> {
@@ -68,10 +83,57 @@ fn show(out: &mut dyn Write, query: &str, o: &Outcome) -> std::io::Result<()> {
     Ok(())
 }
 
+/// The scripted local model: it answers from the conversation, in the
+/// OpenAI format, so it gives the same answer to the same state even
+/// across a crash: search first, then publish, then a final answer.
+fn scripted_model(a: &Arrival) -> Reply {
+    let req: serde_json::Value = serde_json::from_str(&a.body).unwrap_or_default();
+    let msgs = req["messages"].as_array().cloned().unwrap_or_default();
+    let task = msgs
+        .iter()
+        .find(|m| m["role"] == "user")
+        .and_then(|m| m["content"].as_str())
+        .unwrap_or("the task")
+        .to_owned();
+    let results: Vec<&serde_json::Value> = msgs.iter().filter(|m| m["role"] == "tool").collect();
+    match results.len() {
+        0 => model::openai_tool_call("call_1", "search", json!({ "query": task })),
+        1 => {
+            let found: serde_json::Value =
+                serde_json::from_str(results[0]["content"].as_str().unwrap_or("{}"))
+                    .unwrap_or_default();
+            let snippet = found["value"]["results"][0]["snippet"]
+                .as_str()
+                .unwrap_or("nothing found");
+            let first_line = snippet
+                .lines()
+                .find(|l| !l.starts_with('#') && !l.trim().is_empty())
+                .unwrap_or(snippet);
+            // A slow publish, so the demo can kill the process mid-call.
+            model::openai_tool_call(
+                "call_2",
+                "publish",
+                json!({ "entry": format!("Report on {task}: {first_line}"), "sleep_before_ms": 3000 }),
+            )
+        }
+        _ => model::openai_text(&format!("Published a short report on {task}.")),
+    }
+}
+
 /// Runs the demo, printing to `out`. `plugins` holds the built tools;
-/// `dir` receives the demo's config and data.
-pub async fn run(out: &mut dyn Write, plugins: &Path, dir: &Path) -> anyhow::Result<()> {
-    for tool in ["web_search", "corpus", "cache"] {
+/// `dir` receives the demo's config and data; `exe` is the `backstop`
+/// binary, run as a child process that the demo kills.
+pub async fn run(
+    out: &mut dyn Write,
+    plugins: &Path,
+    dir: &Path,
+    exe: &Path,
+) -> anyhow::Result<()> {
+    anyhow::ensure!(
+        std::env::var_os("BACKSTOP_DEMO_NO_KEY").is_none(),
+        "BACKSTOP_DEMO_NO_KEY is set: the demo needs it unset to show a provider without a key"
+    );
+    for tool in ["web_search", "corpus", "cache", "ledger"] {
         let p = plugins.join(format!("{tool}.wasm"));
         anyhow::ensure!(
             p.is_file(),
@@ -80,7 +142,9 @@ pub async fn run(out: &mut dyn Write, plugins: &Path, dir: &Path) -> anyhow::Res
         );
     }
     let server = ScriptedServer::start(Reply::json(200, search_results("query"))).await?;
-    let text = prepare(dir, plugins, server.port())?;
+    let llm = ScriptedServer::start(Reply::status(500)).await?;
+    llm.set_handler(std::sync::Arc::new(scripted_model));
+    let text = prepare(dir, plugins, server.port(), llm.port())?;
     let config_path = dir.join("backstop.toml");
     std::fs::write(&config_path, &text)
         .with_context(|| format!("cannot write {}", config_path.display()))?;
@@ -161,6 +225,8 @@ pub async fn run(out: &mut dyn Write, plugins: &Path, dir: &Path) -> anyhow::Res
     let o = b.call("search", json!({ "query": q })).await?;
     show(out, q, &o)?;
 
+    agent(out, &b, exe, &config_path, &llm).await?;
+
     writeln!(out, "\nEvery fallback above is marked: `served_by`, `degraded` and the reason travel with the result.")?;
     writeln!(
         out,
@@ -168,5 +234,120 @@ pub async fn run(out: &mut dyn Write, plugins: &Path, dir: &Path) -> anyhow::Res
         config_path.display()
     )?;
     writeln!(out, "(web_search will be unreachable then: the demo's service has stopped, so watch it fall back.)")?;
+    Ok(())
+}
+
+async fn agent(
+    out: &mut dyn Write,
+    b: &Backstop,
+    exe: &Path,
+    config_path: &Path,
+    llm: &ScriptedServer,
+) -> anyhow::Result<()> {
+    use std::io::BufRead;
+    writeln!(
+        out,
+        "\n5. An agent run: a model fallback, a kill, a resume, a stop for attention"
+    )?;
+    writeln!(out, "   model chain llm: sonnet (its key variable is unset: fails fast, never called) -> local (a scripted model on 127.0.0.1)")?;
+    let task = "wasm sandboxing";
+    writeln!(
+        out,
+        "   starting `backstop run research --task {task:?}` as a child process:"
+    )?;
+    let mut child = std::process::Command::new(exe)
+        .arg("-c")
+        .arg(config_path)
+        .args(["run", "research", "--task", task])
+        .env_remove("BACKSTOP_DEMO_NO_KEY")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .with_context(|| format!("cannot start {}", exe.display()))?;
+    let (tx, rx) = std::sync::mpsc::channel::<String>();
+    let stdout = child.stdout.take().expect("piped");
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+        {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let journal = b.journal()?;
+    let mut run_id: Option<String> = None;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    // Echo the child's progress; kill it once `publish` has started: its
+    // intent is in the journal, its result is not.
+    let publish_step = loop {
+        while let Ok(line) = rx.try_recv() {
+            if run_id.is_none() {
+                run_id = line.split_whitespace().nth(1).map(str::to_owned);
+            }
+            writeln!(out, "     {}", line.trim_start())?;
+        }
+        if let Some(id) = &run_id {
+            let started = journal
+                .entries(id)?
+                .into_iter()
+                .find(|e| e.kind == EntryKind::ToolIntent && e.payload["chain"] == "publish");
+            if let Some(e) = started {
+                break e.step;
+            }
+        }
+        anyhow::ensure!(
+            std::time::Instant::now() < deadline,
+            "the agent run did not reach `publish` in time"
+        );
+        if let Ok(Some(status)) = child.try_wait() {
+            anyhow::bail!("the agent run ended early ({status})");
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    };
+    let id = run_id.expect("set before publish started");
+    child.kill()?;
+    child.wait()?;
+    let asked = llm.arrivals().len();
+    writeln!(out, "   KILLED the process (SIGKILL) while step {publish_step}, the irreversible `publish`, was running")?;
+    writeln!(out, "   resuming run {id} in this process:")?;
+    let mut lines = Vec::new();
+    let report = b
+        .resume_run(&id, &ResumeOptions::default(), &mut |p| {
+            if let Progress::Step { step, line } = p {
+                lines.push(format!("     step {step}: {line}"));
+            }
+        })
+        .await?;
+    for l in lines {
+        writeln!(out, "{l}")?;
+    }
+    let published =
+        std::fs::read_to_string(config_path.with_file_name("published").join("ledger.jsonl"))
+            .unwrap_or_default();
+    writeln!(
+        out,
+        "   => completed steps were replayed from the journal, not repeated: the model was asked {asked} time(s) before the kill, {} during the resume",
+        llm.arrivals().len() - asked
+    )?;
+    match &report.attention {
+        Some(a) => writeln!(
+            out,
+            "   => run {id} is {} at step {}: {}: {}",
+            report.status, a.step, a.reason, a.message
+        )?,
+        None => writeln!(out, "   => run {id} is {}", report.status)?,
+    }
+    writeln!(
+        out,
+        "      `publish` wrote {} line(s): nothing is published twice, and nothing is guessed",
+        published.lines().count()
+    )?;
+    writeln!(
+        out,
+        "      its journal: backstop -c {} runs show {id}",
+        config_path.display()
+    )?;
     Ok(())
 }

@@ -36,7 +36,8 @@ pub async fn run(command: Command, config: &Path) -> anyhow::Result<ExitCode> {
             show: Some(crate::RunsCommand::Show { run, json }),
         } => show_run(config, &run, json).await,
         Command::Demo { plugins, dir } => {
-            backstop::demo::run(&mut std::io::stdout(), &plugins, &dir).await?;
+            let exe = std::env::current_exe()?;
+            backstop::demo::run(&mut std::io::stdout(), &plugins, &dir, &exe).await?;
             Ok(ExitCode::SUCCESS)
         }
     }

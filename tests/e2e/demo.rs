@@ -1,0 +1,40 @@
+//! The README's first command: the demo shows every recovery path.
+
+use crate::common::{plugins, tempdir};
+
+#[test]
+fn the_demo_shows_every_recovery_path() {
+    let dir = tempdir();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_backstop"))
+        .arg("demo")
+        .arg("--plugins")
+        .arg(plugins())
+        .arg("--dir")
+        .arg(dir.path().join("demo"))
+        .env_remove("BACKSTOP_DEMO_NO_KEY")
+        .output()
+        .unwrap();
+    let text =
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{text}");
+    for expected in [
+        "web_search #1: transient (search service error (500)) -> retry in",
+        "web_search #2: ok",
+        "web_search breaker: open",
+        "web_search #1: circuit-open",
+        "web_search instances started: 0, requests to the service: 0",
+        "served by corpus (DEGRADED: fallback: web_search: unavailable)",
+        "served by cache (DEGRADED: fallback: web_search: circuit open; corpus: permanent)",
+        "step 1: llm: served by local (DEGRADED: fallback: sonnet: permanent)",
+        "KILLED the process (SIGKILL) while step 4, the irreversible `publish`, was running",
+        "step 2: search: done earlier",
+        "0 during the resume",
+        "is needs-attention at step 4: ambiguous-state",
+        "`publish` wrote 0 line(s)",
+    ] {
+        assert!(
+            text.contains(expected),
+            "the demo did not print {expected:?}:\n{text}"
+        );
+    }
+}
