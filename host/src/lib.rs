@@ -22,6 +22,7 @@ pub mod agent;
 pub mod config;
 pub mod demo;
 mod error;
+pub mod escalation;
 pub mod guard;
 pub mod journal;
 pub mod models;

@@ -41,6 +41,20 @@ const MIGRATIONS: &[&str] = &["
         state TEXT NOT NULL,
         checksum INTEGER NOT NULL
     );
+", "
+    CREATE TABLE escalations (
+        id TEXT PRIMARY KEY,
+        run TEXT NOT NULL,
+        step INTEGER NOT NULL,
+        reason TEXT NOT NULL,
+        record TEXT NOT NULL,
+        created_at INTEGER NOT NULL,
+        resolved_at INTEGER,
+        resolved_by TEXT,
+        resolution TEXT
+    );
+    CREATE INDEX escalations_open ON escalations (resolved_at, created_at);
+    CREATE INDEX escalations_by_run ON escalations (run, step);
 "];
 
 pub struct SqliteJournal {
@@ -116,7 +130,7 @@ impl SqliteJournal {
         tx.commit()
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, Connection> {
+    pub(crate) fn lock(&self) -> std::sync::MutexGuard<'_, Connection> {
         self.conn.lock().unwrap_or_else(|p| p.into_inner())
     }
 
