@@ -81,7 +81,9 @@ impl ResolutionKind {
             EscalationReason::AmbiguousState => vec![Approve, Result, Reject, Abort],
             EscalationReason::LowConfidence => vec![Approve, Result, Retry, Reject, Abort],
             EscalationReason::NeedsHuman => vec![Result, Retry, Reject, Abort],
-            EscalationReason::RetriesExhausted | EscalationReason::CircuitOpen => vec![Retry, Result, Reject, Abort],
+            EscalationReason::RetriesExhausted | EscalationReason::CircuitOpen => {
+                vec![Retry, Result, Reject, Abort]
+            }
         }
     }
 }
@@ -123,7 +125,12 @@ pub enum QueueError {
     #[error("no escalation `{0}`")]
     NoSuch(String),
     #[error("escalation {id} ({reason}) does not allow `{kind}`; allowed: {allowed}")]
-    NotAllowed { id: String, reason: EscalationReason, kind: &'static str, allowed: String },
+    NotAllowed {
+        id: String,
+        reason: EscalationReason,
+        kind: &'static str,
+        allowed: String,
+    },
 }
 
 impl From<rusqlite::Error> for QueueError {
@@ -134,14 +141,32 @@ impl From<rusqlite::Error> for QueueError {
 
 /// Replaces values of secret-looking keys (`api_key`, `token`, ...).
 pub fn redact(v: &Value) -> Value {
-    const SECRET: [&str; 6] = ["key", "token", "secret", "password", "authorization", "credential"];
+    const SECRET: [&str; 6] = [
+        "key",
+        "token",
+        "secret",
+        "password",
+        "authorization",
+        "credential",
+    ];
     match v {
         Value::Object(o) => Value::Object(
             o.iter()
                 .map(|(k, x)| {
                     let lower = k.to_ascii_lowercase();
-                    let secret = SECRET.iter().any(|s| lower == *s || lower.ends_with(&format!("_{s}")) || lower.starts_with(&format!("{s}_")));
-                    (k.clone(), if secret { Value::String("[redacted]".into()) } else { redact(x) })
+                    let secret = SECRET.iter().any(|s| {
+                        lower == *s
+                            || lower.ends_with(&format!("_{s}"))
+                            || lower.starts_with(&format!("{s}_"))
+                    });
+                    (
+                        k.clone(),
+                        if secret {
+                            Value::String("[redacted]".into())
+                        } else {
+                            redact(x)
+                        },
+                    )
                 })
                 .collect(),
         ),
@@ -170,26 +195,45 @@ pub struct Stats {
     pub resolved: u64,
 }
 
-fn decode(record: String, resolved_at: Option<i64>, resolved_by: Option<String>, resolution: Option<String>) -> Result<Escalation, QueueError> {
+fn decode(
+    record: String,
+    resolved_at: Option<i64>,
+    resolved_by: Option<String>,
+    resolution: Option<String>,
+) -> Result<Escalation, QueueError> {
     let mut e: Escalation = serde_json::from_str(&record).map_err(|err| {
-        QueueError::Store(StoreError::Damaged { run: "(escalation queue)".into(), seq: 0, message: format!("escalation record is not valid: {err}") })
+        QueueError::Store(StoreError::Damaged {
+            run: "(escalation queue)".into(),
+            seq: 0,
+            message: format!("escalation record is not valid: {err}"),
+        })
     })?;
     e.resolved_at = resolved_at;
     e.resolved_by = resolved_by;
-    e.resolution = resolution.map(|r| serde_json::from_str(&r)).transpose().map_err(|err| {
-        QueueError::Store(StoreError::Damaged { run: e.run.clone(), seq: 0, message: format!("resolution of {} is not valid: {err}", e.id) })
-    })?;
+    e.resolution = resolution
+        .map(|r| serde_json::from_str(&r))
+        .transpose()
+        .map_err(|err| {
+            QueueError::Store(StoreError::Damaged {
+                run: e.run.clone(),
+                seq: 0,
+                message: format!("resolution of {} is not valid: {err}", e.id),
+            })
+        })?;
     Ok(e)
 }
 
 const COLUMNS: &str = "record, resolved_at, resolved_by, resolution";
+
+/// A row: the record, when, by whom and how it was resolved.
+type Row = (String, Option<i64>, Option<String>, Option<String>);
 
 impl SqliteJournal {
     /// Opens an escalation, or returns the open one already waiting for the
     /// same run, step and reason.
     pub fn escalate(&self, mut e: Escalation) -> Result<(Escalation, bool), QueueError> {
         let conn = self.lock();
-        let existing: Option<(String, Option<i64>, Option<String>, Option<String>)> = conn
+        let existing: Option<Row> = conn
             .query_row(
                 &format!("SELECT {COLUMNS} FROM escalations WHERE run = ?1 AND step = ?2 AND reason = ?3 AND resolved_at IS NULL"),
                 params![e.run, e.step as i64, e.reason.as_str()],
@@ -211,10 +255,12 @@ impl SqliteJournal {
 
     pub fn escalation(&self, id: &str) -> Result<Escalation, QueueError> {
         let conn = self.lock();
-        let row: Option<(String, Option<i64>, Option<String>, Option<String>)> = conn
-            .query_row(&format!("SELECT {COLUMNS} FROM escalations WHERE id = ?1"), [id], |r| {
-                Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
-            })
+        let row: Option<Row> = conn
+            .query_row(
+                &format!("SELECT {COLUMNS} FROM escalations WHERE id = ?1"),
+                [id],
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
+            )
             .optional()?;
         let (rec, at, by, res) = row.ok_or_else(|| QueueError::NoSuch(id.to_owned()))?;
         decode(rec, at, by, res)
@@ -222,31 +268,60 @@ impl SqliteJournal {
 
     /// Records a resolution unless one is already recorded (first wins,
     /// across processes: the update only applies to an open escalation).
-    pub fn resolve(&self, id: &str, resolution: Resolution, by: &str) -> Result<Resolved, QueueError> {
+    pub fn resolve(
+        &self,
+        id: &str,
+        resolution: Resolution,
+        by: &str,
+    ) -> Result<Resolved, QueueError> {
         let current = self.escalation(id)?;
         if current.resolution.is_none() && !current.allowed.contains(&resolution.kind()) {
             return Err(QueueError::NotAllowed {
                 id: id.to_owned(),
                 reason: current.reason,
                 kind: resolution.kind().as_str(),
-                allowed: current.allowed.iter().map(|k| k.as_str()).collect::<Vec<_>>().join(", "),
+                allowed: current
+                    .allowed
+                    .iter()
+                    .map(|k| k.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", "),
             });
         }
         let n = self.lock().execute(
             "UPDATE escalations SET resolution = ?2, resolved_by = ?3, resolved_at = ?4 WHERE id = ?1 AND resolved_at IS NULL",
             params![id, serde_json::to_string(&resolution).expect("serializes"), by, now_ms()],
         )?;
-        Ok(Resolved { escalation: self.escalation(id)?, first: n == 1 })
+        Ok(Resolved {
+            escalation: self.escalation(id)?,
+            first: n == 1,
+        })
     }
 
     pub fn escalations(&self, filter: &Filter) -> Result<Vec<Escalation>, QueueError> {
         let conn = self.lock();
-        let mut stmt = conn.prepare(&format!("SELECT {COLUMNS}, created_at FROM escalations ORDER BY created_at, id"))?;
+        let mut stmt = conn.prepare(&format!(
+            "SELECT {COLUMNS}, created_at FROM escalations ORDER BY created_at, id"
+        ))?;
         let now = now_ms();
-        let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get::<_, i64>(4)?)))?;
+        let rows = stmt.query_map([], |r| {
+            Ok((
+                r.get(0)?,
+                r.get(1)?,
+                r.get(2)?,
+                r.get(3)?,
+                r.get::<_, i64>(4)?,
+            ))
+        })?;
         let mut out = Vec::new();
         for row in rows {
-            let (rec, at, by, res, created): (String, Option<i64>, Option<String>, Option<String>, i64) = row?;
+            let (rec, at, by, res, created): (
+                String,
+                Option<i64>,
+                Option<String>,
+                Option<String>,
+                i64,
+            ) = row?;
             if !filter.all && at.is_some() {
                 continue;
             }
@@ -254,7 +329,9 @@ impl SqliteJournal {
                 continue;
             }
             let e = decode(rec, at, by, res)?;
-            if filter.reason.is_some_and(|r| r != e.reason) || filter.run.as_ref().is_some_and(|r| r != &e.run) {
+            if filter.reason.is_some_and(|r| r != e.reason)
+                || filter.run.as_ref().is_some_and(|r| r != &e.run)
+            {
                 continue;
             }
             out.push(e);
@@ -263,7 +340,10 @@ impl SqliteJournal {
     }
 
     pub fn escalation_stats(&self) -> Result<Stats, QueueError> {
-        let all = self.escalations(&Filter { all: true, ..Filter::default() })?;
+        let all = self.escalations(&Filter {
+            all: true,
+            ..Filter::default()
+        })?;
         let now = now_ms();
         let open: Vec<&Escalation> = all.iter().filter(|e| e.resolution.is_none()).collect();
         let mut by_reason: Vec<(String, u64)> = Vec::new();
@@ -280,6 +360,59 @@ impl SqliteJournal {
             resolved: (all.len() - open.len()) as u64,
         })
     }
+}
+
+/// POSTs `body` to `url`, retried by `policy` on the same classification
+/// as model calls.
+pub async fn deliver(
+    client: &reqwest::Client,
+    url: &str,
+    body: &Value,
+    policy: crate::guard::RetryPolicy,
+) -> Result<(), crate::Failure> {
+    use rand::SeedableRng;
+    let mut rng = rand::rngs::StdRng::from_os_rng();
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(120);
+    let mut previous = std::time::Duration::ZERO;
+    for attempt in 1.. {
+        let failure = match client
+            .post(url)
+            .json(body)
+            .timeout(std::time::Duration::from_secs(10))
+            .send()
+            .await
+        {
+            Ok(r) if r.status().is_success() => return Ok(()),
+            Ok(r) => {
+                let status = r.status().as_u16();
+                let headers = r.headers().clone();
+                let text = r.text().await.unwrap_or_default();
+                crate::models::classify::http_failure(
+                    status,
+                    &headers,
+                    &text,
+                    std::time::SystemTime::now(),
+                )
+            }
+            Err(e) => crate::models::classify::transport(&e, false),
+        };
+        let remaining = deadline.saturating_duration_since(tokio::time::Instant::now());
+        match policy.decide(
+            &failure,
+            crate::Effect::Idempotent,
+            attempt,
+            previous,
+            remaining,
+            &mut rng,
+        ) {
+            crate::guard::Decision::Retry(wait) => {
+                tokio::time::sleep(wait).await;
+                previous = wait;
+            }
+            _ => return Err(failure),
+        }
+    }
+    unreachable!("the loop returns")
 }
 
 #[cfg(test)]
@@ -310,25 +443,51 @@ mod tests {
     fn first_resolution_wins_and_secrets_are_redacted() {
         let d = tempfile::tempdir().unwrap();
         let j = SqliteJournal::open(d.path().join("s.db")).unwrap();
-        let (e, new) = j.escalate(esc("e1", EscalationReason::ApprovalRequired)).unwrap();
+        let (e, new) = j
+            .escalate(esc("e1", EscalationReason::ApprovalRequired))
+            .unwrap();
         assert!(new);
         assert_eq!(e.input["api_key"], "[redacted]");
         assert_eq!(e.input["nested"]["auth_token"], "[redacted]");
         assert_eq!(e.input["entry"], "x");
         // The same run, step and reason while open: the same escalation.
-        let (again, new) = j.escalate(esc("e2", EscalationReason::ApprovalRequired)).unwrap();
+        let (again, new) = j
+            .escalate(esc("e2", EscalationReason::ApprovalRequired))
+            .unwrap();
         assert!(!new);
         assert_eq!(again.id, "e1");
-        let bad = j.resolve("e1", Resolution::Retry, "ann").unwrap_err().to_string();
-        assert!(bad.contains("does not allow `retry`; allowed: approve, reject, abort"), "{bad}");
+        let bad = j
+            .resolve("e1", Resolution::Retry, "ann")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            bad.contains("does not allow `retry`; allowed: approve, reject, abort"),
+            "{bad}"
+        );
         let r = j.resolve("e1", Resolution::Approve, "ann").unwrap();
         assert!(r.first);
-        let r2 = j.resolve("e1", Resolution::Reject { comment: "no".into() }, "bob").unwrap();
+        let r2 = j
+            .resolve(
+                "e1",
+                Resolution::Reject {
+                    comment: "no".into(),
+                },
+                "bob",
+            )
+            .unwrap();
         assert!(!r2.first);
         assert_eq!(r2.escalation.resolution, Some(Resolution::Approve));
         assert_eq!(r2.escalation.resolved_by.as_deref(), Some("ann"));
         assert_eq!(j.escalation_stats().unwrap().open, 0);
         assert_eq!(j.escalations(&Filter::default()).unwrap().len(), 0);
-        assert_eq!(j.escalations(&Filter { all: true, ..Filter::default() }).unwrap().len(), 1);
+        assert_eq!(
+            j.escalations(&Filter {
+                all: true,
+                ..Filter::default()
+            })
+            .unwrap()
+            .len(),
+            1
+        );
     }
 }

@@ -51,6 +51,8 @@ pub struct Backstop {
     breakers: Breakers,
     rng: Mutex<StdRng>,
     journal: std::sync::OnceLock<Arc<journal::SqliteJournal>>,
+    http: reqwest::Client,
+    notifications: Mutex<Vec<tokio::task::JoinHandle<()>>>,
 }
 
 impl Backstop {
@@ -120,6 +122,8 @@ impl Backstop {
             breakers,
             rng: Mutex::new(rng),
             journal: std::sync::OnceLock::new(),
+            http: client,
+            notifications: Mutex::new(Vec::new()),
         })
     }
 
@@ -148,6 +152,50 @@ impl Backstop {
         }
         let j = Arc::new(journal::SqliteJournal::open(&self.config.state_path)?);
         Ok(self.journal.get_or_init(|| j).clone())
+    }
+
+    /// How long until some target of `chain` admits a call.
+    pub fn next_probe_in(&self, chain: &str) -> Option<std::time::Duration> {
+        let plan = self.config.chain(chain)?;
+        plan.targets
+            .iter()
+            .filter_map(|t| self.breakers.retry_in(t))
+            .min()
+    }
+
+    /// Announces a new escalation to the configured webhook, in the
+    /// background: delivery is retried by the guard (default retry policy)
+    /// and never holds up the run.
+    pub fn notify(&self, escalation: &escalation::Escalation) {
+        let Some(url) = self.config.escalation.webhook.clone() else {
+            return;
+        };
+        let body = serde_json::json!({"event": "escalation-opened", "escalation": escalation});
+        let policy = self.config.retry_policy("", "");
+        let client = self.http.clone();
+        let id = escalation.id.clone();
+        let task = tokio::spawn(async move {
+            if let Err(f) = escalation::deliver(&client, &url, &body, policy).await {
+                tracing::warn!(escalation = %id, "webhook delivery failed: {f}");
+            }
+        });
+        self.notifications
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(task);
+    }
+
+    /// Waits up to `within` for webhook deliveries still in flight (a CLI
+    /// calls this before it exits).
+    pub async fn flush_notifications(&self, within: std::time::Duration) {
+        let tasks: Vec<_> =
+            std::mem::take(&mut *self.notifications.lock().unwrap_or_else(|p| p.into_inner()));
+        let all = async {
+            for t in tasks {
+                let _ = t.await;
+            }
+        };
+        let _ = tokio::time::timeout(within, all).await;
     }
 
     /// Configured models, by name.

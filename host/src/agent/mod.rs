@@ -12,7 +12,8 @@
 mod lock;
 
 use crate::config::agents::{render, render_str, Ref};
-use crate::config::{AgentConfig, AgentKind, Step, StepAction};
+use crate::config::{AgentConfig, AgentKind, CircuitOpenPolicy, Step, StepAction};
+use crate::escalation::{Escalation, Resolution};
 use crate::journal::{Entry, EntryKind, Journal, RunStatus, Snapshot, StoreError, SNAPSHOT_EVERY};
 use crate::models::{Block, ChatRequest, ChatResponse, Content, Message, Role, ToolDef};
 use crate::outcome::{Attempt, Effect, EscalationReason, Outcome};
@@ -53,6 +54,9 @@ pub struct Attention {
     pub message: String,
     #[serde(default)]
     pub attempts: Vec<Attempt>,
+    /// The escalation waiting in the queue for this step.
+    #[serde(default)]
+    pub escalation: Option<String>,
 }
 
 /// How a run (or a resume) ended, for now.
@@ -87,6 +91,7 @@ pub enum Progress {
 enum Flow<T> {
     Go(T),
     Stop(Attention),
+    Abort(String),
 }
 
 enum End {
@@ -190,145 +195,473 @@ impl Run<'_> {
             .unwrap_or(Effect::ReadOnly)
     }
 
-    fn attention(&mut self, att: Attention) -> Result<Flow<Outcome>, RunError> {
-        let last = self.lookup(att.step, EntryKind::Attention)?;
-        // Asking again after a resume that changed nothing adds no entry.
-        let same = last.as_ref().is_some_and(|e| {
-            e.seq
-                >= self
-                    .lookup(att.step, EntryKind::ToolIntent)
-                    .ok()
-                    .flatten()
-                    .map_or(0, |i| i.seq)
-                && e.payload["reason"] == json!(att.reason)
-        });
-        if !same {
-            self.append(
-                EntryKind::Attention,
-                att.step,
-                serde_json::to_value(&att).expect("serializes"),
-            )?;
+    /// Records that a step needs a person: an attention entry in the
+    /// journal and an escalation in the queue (announced to the webhook).
+    fn attention(&mut self, mut att: Attention) -> Result<Flow<Outcome>, RunError> {
+        let esc = Escalation {
+            id: format!("e{:010x}", rand::random::<u64>() & 0xff_ffff_ffff),
+            run: self.id.clone(),
+            step: att.step,
+            reason: att.reason,
+            chain: att.chain.clone(),
+            input: att.input.clone(),
+            key: att.key.clone(),
+            message: att.message.clone(),
+            attempts: att.attempts.clone(),
+            allowed: Vec::new(),
+            created_at: 0,
+            resolved_at: None,
+            resolved_by: None,
+            resolution: None,
+        };
+        let journal = self.b.journal()?;
+        let (esc, new) = journal.escalate(esc).map_err(|e| RunError::Invalid {
+            run: self.id.clone(),
+            message: e.to_string(),
+        })?;
+        att.escalation = Some(esc.id.clone());
+        self.append(
+            EntryKind::Attention,
+            att.step,
+            serde_json::to_value(&att).expect("serializes"),
+        )?;
+        if new {
+            self.b.notify(&esc);
         }
         Ok(Flow::Stop(att))
     }
 
+    /// The newest of the given kinds of entry for `step`.
+    fn newest(&self, step: u64, kinds: &[EntryKind]) -> Result<Option<Entry>, RunError> {
+        let mut best: Option<Entry> = None;
+        for k in kinds {
+            if let Some(e) = self.lookup(step, *k)? {
+                if best.as_ref().is_none_or(|b| e.seq > b.seq) {
+                    best = Some(e);
+                }
+            }
+        }
+        Ok(best)
+    }
+
+    fn damaged(&self, seq: u64, what: &str, e: impl std::fmt::Display) -> RunError {
+        RunError::Store(StoreError::Damaged {
+            run: self.id.clone(),
+            seq,
+            message: format!("{what}: {e}"),
+        })
+    }
+
+    fn outcome_of(&self, e: &Entry) -> Result<Outcome, RunError> {
+        serde_json::from_value(e.payload["outcome"].clone())
+            .map_err(|err| self.damaged(e.seq, "not an outcome", err))
+    }
+
+    /// The resolution of an attention's escalation, once a person gave one.
+    fn resolution_of(&self, att: &Attention) -> Result<Option<(Resolution, String)>, RunError> {
+        let Some(id) = &att.escalation else {
+            return Ok(None);
+        };
+        let esc = self
+            .b
+            .journal()?
+            .escalation(id)
+            .map_err(|e| RunError::Invalid {
+                run: self.id.clone(),
+                message: e.to_string(),
+            })?;
+        Ok(esc
+            .resolution
+            .map(|r| (r, esc.resolved_by.unwrap_or_default())))
+    }
+
+    /// What a step does about its newest attention: wait, or act on the
+    /// resolution (journaled once, so a crash after it acts again).
+    fn pending_resolution(
+        &mut self,
+        step: u64,
+        newest: &Entry,
+    ) -> Result<Result<(Resolution, String, Attention), Attention>, RunError> {
+        if newest.kind == EntryKind::Resolution {
+            let r: Resolution = serde_json::from_value(newest.payload["resolution"].clone())
+                .map_err(|e| self.damaged(newest.seq, "not a resolution", e))?;
+            let att = self.lookup(step, EntryKind::Attention)?.ok_or_else(|| {
+                self.damaged(newest.seq, "resolution without attention", "missing")
+            })?;
+            let att: Attention = serde_json::from_value(att.payload)
+                .map_err(|e| self.damaged(newest.seq, "not an attention", e))?;
+            return Ok(Ok((
+                r,
+                newest.payload["by"].as_str().unwrap_or("").to_owned(),
+                att,
+            )));
+        }
+        let att: Attention = serde_json::from_value(newest.payload.clone())
+            .map_err(|e| self.damaged(newest.seq, "not an attention", e))?;
+        match self.resolution_of(&att)? {
+            None => Ok(Err(att)),
+            Some((r, by)) => {
+                self.append(
+                    EntryKind::Resolution,
+                    step,
+                    json!({"escalation": att.escalation, "resolution": r, "by": by}),
+                )?;
+                Ok(Ok((r, by, att)))
+            }
+        }
+    }
+
+    fn waiting(&mut self, step: u64, att: Attention) -> Flow<Outcome> {
+        let id = att.escalation.clone().unwrap_or_default();
+        self.say(
+            step,
+            format!(
+                "{}: still waiting for a person: escalation {id} ({})",
+                att.chain, att.reason
+            ),
+        );
+        Flow::Stop(att)
+    }
+
+    fn person_outcome(
+        &self,
+        chain: &str,
+        key: &str,
+        ok: bool,
+        value: Option<Value>,
+        by: &str,
+        note: String,
+    ) -> Outcome {
+        Outcome {
+            ok,
+            chain: chain.to_owned(),
+            key: key.to_owned(),
+            value,
+            confidence: None,
+            served_by: ok.then(|| format!("person:{by}")),
+            degraded: ok,
+            degraded_reason: ok.then(|| format!("result supplied by a person ({by})")),
+            attempts: vec![Attempt {
+                target: format!("person:{by}"),
+                attempt: 0,
+                class: if ok {
+                    "supplied".into()
+                } else {
+                    "rejected".into()
+                },
+                message: note.clone(),
+                elapsed_ms: 0,
+                delay_ms: 0,
+                then: "done".into(),
+            }],
+            error: (!ok).then_some(crate::outcome::CallError {
+                class: crate::FailureClass::Permanent,
+                message: note,
+                escalate: None,
+            }),
+            elapsed_ms: 0,
+        }
+    }
+
+    /// Does what a person decided for a tool step.
+    async fn act(
+        &mut self,
+        step: u64,
+        chain: &str,
+        input: &Value,
+        res: Resolution,
+        by: String,
+        att: Attention,
+    ) -> Result<Flow<Outcome>, RunError> {
+        let key = self.key(step);
+        match res {
+            Resolution::Abort => Ok(Flow::Abort(format!("aborted by {by} at step {step}"))),
+            Resolution::Approve if att.reason == EscalationReason::LowConfidence => {
+                let r = self.lookup(step, EntryKind::ToolResult)?.ok_or_else(|| {
+                    self.damaged(0, "low-confidence attention without a result", step)
+                })?;
+                let outcome = self.outcome_of(&r)?;
+                self.say(
+                    step,
+                    format!("{chain}: low-confidence result accepted by {by}"),
+                );
+                Ok(Flow::Go(outcome))
+            }
+            Resolution::Approve | Resolution::Retry => {
+                self.say(
+                    step,
+                    format!(
+                        "{chain}: {} by {by}: running it",
+                        if res == Resolution::Retry {
+                            "retry asked"
+                        } else {
+                            "approved"
+                        }
+                    ),
+                );
+                self.live(step, chain, input).await
+            }
+            Resolution::Result { value } => {
+                let o = self.person_outcome(
+                    chain,
+                    &key,
+                    true,
+                    Some(value),
+                    &by,
+                    format!("supplied by {by}"),
+                );
+                self.append(
+                    EntryKind::ToolResult,
+                    step,
+                    json!({"chain": chain, "key": key, "outcome": o, "supplied_by": by}),
+                )?;
+                self.say(step, format!("{chain}: result supplied by {by}"));
+                Ok(Flow::Go(o))
+            }
+            Resolution::Reject { comment } => {
+                let o = self.person_outcome(
+                    chain,
+                    &key,
+                    false,
+                    None,
+                    &by,
+                    format!("rejected by {by}: {comment}"),
+                );
+                self.append(
+                    EntryKind::ToolResult,
+                    step,
+                    json!({"chain": chain, "key": key, "outcome": o, "rejected_by": by}),
+                )?;
+                self.say(step, format!("{chain}: rejected by {by}: {comment}"));
+                Ok(Flow::Go(o))
+            }
+        }
+    }
+
+    /// Whether a person must approve calls of `chain` first.
+    fn needs_approval(&self, chain: &str) -> bool {
+        self.b
+            .config()
+            .chain(chain)
+            .iter()
+            .flat_map(|c| c.targets.iter())
+            .any(|t| {
+                self.b.tool(t).is_some_and(|tool| {
+                    tool.config()
+                        .approval
+                        .unwrap_or(tool.effect() == Effect::Irreversible)
+                })
+            })
+    }
+
+    /// Whether a person approved (or asked to retry) this step.
+    fn approved(&self, step: u64) -> Result<bool, RunError> {
+        Ok(self.lookup(step, EntryKind::Resolution)?.is_some_and(|r| {
+            matches!(
+                serde_json::from_value(r.payload["resolution"].clone()),
+                Ok(Resolution::Approve | Resolution::Retry)
+            )
+        }))
+    }
+
     /// Runs a tool chain as step `step`, or takes its result from the
-    /// journal. `retry_failed` re-runs a journaled failure (a pipeline
-    /// resumed at the step where it stopped).
+    /// journal. The newest journal entry of the step decides: a result is
+    /// final; an attention waits for its resolution; a resolution is acted
+    /// on; an intent without a result means the last process stopped
+    /// while the tool may have been running.
     async fn tool_step(
         &mut self,
         step: u64,
         chain: &str,
         input: &Value,
-        retry_failed: bool,
     ) -> Result<Flow<Outcome>, RunError> {
-        if let Some(r) = self.lookup(step, EntryKind::ToolResult)? {
-            let outcome: Outcome =
-                serde_json::from_value(r.payload["outcome"].clone()).map_err(|e| {
-                    RunError::Store(StoreError::Damaged {
-                        run: self.id.clone(),
-                        seq: r.seq,
-                        message: format!("tool result is not an outcome: {e}"),
-                    })
-                })?;
-            let intent_after = self
-                .lookup(step, EntryKind::ToolIntent)?
-                .is_some_and(|i| i.seq > r.seq);
-            if !intent_after && (outcome.ok || !retry_failed) {
-                let line = format!(
-                    "{chain}: done earlier ({}), not repeated",
-                    summary(&outcome)
+        let newest = self.newest(
+            step,
+            &[
+                EntryKind::ToolIntent,
+                EntryKind::ToolResult,
+                EntryKind::Attention,
+                EntryKind::Resolution,
+            ],
+        )?;
+        match newest.as_ref().map(|e| e.kind) {
+            Some(EntryKind::ToolResult) => {
+                let outcome = self.outcome_of(newest.as_ref().expect("matched"))?;
+                self.say(
+                    step,
+                    format!(
+                        "{chain}: done earlier ({}), not repeated",
+                        summary(&outcome)
+                    ),
                 );
-                self.say(step, line);
+                Ok(Flow::Go(outcome))
+            }
+            Some(EntryKind::Attention) | Some(EntryKind::Resolution) => {
+                match self.pending_resolution(step, newest.as_ref().expect("matched"))? {
+                    Err(att) => Ok(self.waiting(step, att)),
+                    Ok((res, by, att)) => self.act(step, chain, input, res, by, att).await,
+                }
+            }
+            Some(EntryKind::ToolIntent) => {
+                self.interrupted(step, chain, newest.expect("matched"))
+                    .await
+            }
+            _ if self.needs_approval(chain) => {
+                let att = Attention {
+                    step,
+                    reason: EscalationReason::ApprovalRequired,
+                    chain: chain.to_owned(),
+                    input: input.clone(),
+                    key: self.key(step),
+                    message: format!("`{chain}` needs a person's approval before it runs"),
+                    attempts: Vec::new(),
+                    escalation: None,
+                };
+                let flow = self.attention(att)?;
+                if let Flow::Stop(a) = &flow {
+                    self.say(
+                        step,
+                        format!(
+                            "{chain}: NEEDS APPROVAL: escalation {}",
+                            a.escalation.as_deref().unwrap_or("")
+                        ),
+                    );
+                }
+                Ok(flow)
+            }
+            _ => self.live(step, chain, input).await,
+        }
+    }
+
+    /// A previous process committed the intent and then stopped: the tool
+    /// may or may not have run.
+    async fn interrupted(
+        &mut self,
+        step: u64,
+        chain: &str,
+        intent: Entry,
+    ) -> Result<Flow<Outcome>, RunError> {
+        let key = self.key(step);
+        let input = intent.payload["input"].clone();
+        let effect = self.chain_effect(chain);
+        if effect.repeatable() {
+            self.say(
+                step,
+                format!(
+                    "{chain}: interrupted earlier; {effect}, so running it again with the same key"
+                ),
+            );
+            return self.live(step, chain, &input).await;
+        }
+        let approved = self.approved(step)?;
+        let why = match self.reconcile(chain, &key).await {
+            Some((target, Reconciled::Done(out))) => {
+                let outcome = Outcome {
+                    ok: true,
+                    chain: chain.to_owned(),
+                    key: key.clone(),
+                    value: Some(out.value),
+                    confidence: out.confidence,
+                    served_by: Some(target.clone()),
+                    degraded: false,
+                    degraded_reason: None,
+                    attempts: vec![Attempt {
+                        target,
+                        attempt: 0,
+                        class: "reconciled".into(),
+                        message: "the tool says this call already happened".into(),
+                        elapsed_ms: 0,
+                        delay_ms: 0,
+                        then: "done".into(),
+                    }],
+                    error: None,
+                    elapsed_ms: 0,
+                };
+                self.append(
+                    EntryKind::ToolResult,
+                    step,
+                    json!({"chain": chain, "key": key, "outcome": outcome, "reconciled": true}),
+                )?;
+                self.say(
+                    step,
+                    format!("{chain}: reconciled: it had already happened, not repeated"),
+                );
                 return Ok(Flow::Go(outcome));
             }
-        }
-        let key = self.key(step);
-        let pending = self
-            .lookup(step, EntryKind::ToolIntent)?
-            .filter(|i| self.recorded_result_seq(step) < i.seq);
-        if let Some(intent) = pending {
-            // A previous process committed the intent and then stopped:
-            // the tool may or may not have run.
-            let effect = self.chain_effect(chain);
-            if !effect.repeatable() {
-                match self.reconcile(chain, &key).await {
-                    Some((target, Reconciled::Done(out))) => {
-                        let outcome = Outcome {
-                            ok: true,
-                            chain: chain.to_owned(),
-                            key: key.clone(),
-                            value: Some(out.value),
-                            confidence: out.confidence,
-                            served_by: Some(target.clone()),
-                            degraded: false,
-                            degraded_reason: None,
-                            attempts: vec![Attempt {
-                                target,
-                                attempt: 0,
-                                class: "reconciled".into(),
-                                message: "the tool says this call already happened".into(),
-                                elapsed_ms: 0,
-                                delay_ms: 0,
-                                then: "done".into(),
-                            }],
-                            error: None,
-                            elapsed_ms: 0,
-                        };
-                        self.append(EntryKind::ToolResult, step, json!({"chain": chain, "key": key, "outcome": outcome, "reconciled": true}))?;
-                        self.say(
-                            step,
-                            format!("{chain}: reconciled: it had already happened, not repeated"),
-                        );
-                        return Ok(Flow::Go(outcome));
-                    }
-                    Some((_, Reconciled::NotDone)) if effect == Effect::SideEffect => {
-                        self.say(
-                            step,
-                            format!("{chain}: reconciled: it had not happened, running it now"),
-                        );
-                    }
-                    answer => {
-                        let why = match answer {
-                            Some((_, Reconciled::NotDone)) => "irreversible tools are never re-run on resume".to_owned(),
-                            _ => "the tool cannot say whether it ran (no `reconcile`, or it answered unknown)".to_owned(),
-                        };
-                        let att = Attention {
-                            step,
-                            reason: EscalationReason::AmbiguousState,
-                            chain: chain.to_owned(),
-                            input: intent.payload["input"].clone(),
-                            key: key.clone(),
-                            message: format!(
-                                "the run stopped while `{chain}` ({effect}) was running; {why}"
-                            ),
-                            attempts: Vec::new(),
-                        };
-                        self.say(
-                            step,
-                            format!("{chain}: NEEDS ATTENTION: ambiguous state ({why})"),
-                        );
-                        return self.attention(att);
-                    }
-                }
-            } else {
-                self.say(step, format!("{chain}: interrupted earlier; {effect}, so running it again with the same key"));
+            // The tool says it did not happen: running it now is running
+            // it once. An irreversible tool needs that to be approved.
+            Some((_, Reconciled::NotDone)) if effect == Effect::SideEffect || approved => {
+                self.say(
+                    step,
+                    format!("{chain}: reconciled: it had not happened, running it now"),
+                );
+                return self.live(step, chain, &input).await;
             }
-        } else {
-            self.append(EntryKind::ToolIntent, step, json!({"chain": chain, "input": input, "key": key, "effect": self.chain_effect(chain)}))?;
+            Some((_, Reconciled::NotDone)) => {
+                "irreversible tools are never re-run on resume".to_owned()
+            }
+            _ => "the tool cannot say whether it ran (no `reconcile`, or it answered unknown)"
+                .to_owned(),
+        };
+        let att = Attention {
+            step,
+            reason: EscalationReason::AmbiguousState,
+            chain: chain.to_owned(),
+            input,
+            key,
+            message: format!("the run stopped while `{chain}` ({effect}) was running; {why}"),
+            attempts: Vec::new(),
+            escalation: None,
+        };
+        self.say(
+            step,
+            format!("{chain}: NEEDS ATTENTION: ambiguous state ({why})"),
+        );
+        self.attention(att)
+    }
+
+    /// Commits the intent, runs the chain, commits the result.
+    async fn live(
+        &mut self,
+        step: u64,
+        chain: &str,
+        input: &Value,
+    ) -> Result<Flow<Outcome>, RunError> {
+        let key = self.key(step);
+        self.append(
+            EntryKind::ToolIntent,
+            step,
+            json!({"chain": chain, "input": input, "key": key, "effect": self.chain_effect(chain)}),
+        )?;
+        let mut outcome = self.call(chain, input.clone(), key.clone()).await?;
+        // With `on_circuit_open = "wait"`, a chain whose every breaker is
+        // open waits for the first half-open probe instead of escalating.
+        let mut waits = 0;
+        while self.b.config().escalation.on_circuit_open == CircuitOpenPolicy::Wait
+            && outcome.error.as_ref().and_then(|e| e.escalate)
+                == Some(EscalationReason::CircuitOpen)
+            && waits < 3
+        {
+            let wait = self
+                .b
+                .next_probe_in(chain)
+                .unwrap_or(std::time::Duration::from_secs(1))
+                .max(std::time::Duration::from_millis(10));
+            self.say(
+                step,
+                format!(
+                    "{chain}: every breaker is open; waiting {:.1}s for a probe",
+                    wait.as_secs_f64()
+                ),
+            );
+            tokio::time::sleep(wait).await;
+            outcome = self.call(chain, input.clone(), key.clone()).await?;
+            waits += 1;
         }
-        let outcome = self
-            .b
-            .call_with_key(chain, input.clone(), key.clone())
-            .await
-            .map_err(|e| RunError::Invalid {
-                run: self.id.clone(),
-                message: e.to_string(),
-            })?;
         let escalate = outcome.error.as_ref().and_then(|e| e.escalate);
         if escalate == Some(EscalationReason::AmbiguousState) {
             // The tool stopped half way: its effect is unknown, so no result
-            // is recorded and resume will ask `reconcile`.
+            // is recorded; resolving decides.
             let att = Attention {
                 step,
                 reason: EscalationReason::AmbiguousState,
@@ -341,6 +674,7 @@ impl Run<'_> {
                     .map(|e| e.message.clone())
                     .unwrap_or_default(),
                 attempts: outcome.attempts.clone(),
+                escalation: None,
             };
             self.say(
                 step,
@@ -357,14 +691,36 @@ impl Run<'_> {
             json!({"chain": chain, "key": key, "outcome": outcome}),
         )?;
         self.say(step, format!("{chain}: {}", summary(&outcome)));
+        if let (Some(threshold), Some(c)) = (
+            self.b.config().escalation.confidence_threshold,
+            outcome.confidence,
+        ) {
+            if outcome.ok && c < threshold {
+                let att = Attention {
+                    step,
+                    reason: EscalationReason::LowConfidence,
+                    chain: chain.to_owned(),
+                    input: input.clone(),
+                    key,
+                    message: format!("confidence {c:.2} is below the threshold {threshold:.2}"),
+                    attempts: outcome.attempts.clone(),
+                    escalation: None,
+                };
+                self.say(step, format!("{chain}: NEEDS ATTENTION: {}", att.message));
+                return self.attention(att);
+            }
+        }
         Ok(Flow::Go(outcome))
     }
 
-    fn recorded_result_seq(&self, step: u64) -> u64 {
-        self.lookup(step, EntryKind::ToolResult)
-            .ok()
-            .flatten()
-            .map_or(0, |r| r.seq)
+    async fn call(&self, chain: &str, input: Value, key: String) -> Result<Outcome, RunError> {
+        self.b
+            .call_with_key(chain, input, key)
+            .await
+            .map_err(|e| RunError::Invalid {
+                run: self.id.clone(),
+                message: e.to_string(),
+            })
     }
 
     /// Asks each target of the chain that can reconcile; the first definite
@@ -403,18 +759,18 @@ impl Run<'_> {
         step: u64,
         chain: &str,
         request: &ChatRequest,
-        retry_failed: bool,
-    ) -> Result<Outcome, RunError> {
-        if let Some(r) = self.lookup(step, EntryKind::ModelCall)? {
-            let outcome: Outcome =
-                serde_json::from_value(r.payload["outcome"].clone()).map_err(|e| {
-                    RunError::Store(StoreError::Damaged {
-                        run: self.id.clone(),
-                        seq: r.seq,
-                        message: format!("model call is not an outcome: {e}"),
-                    })
-                })?;
-            if outcome.ok || !retry_failed {
+    ) -> Result<Flow<Outcome>, RunError> {
+        let newest = self.newest(
+            step,
+            &[
+                EntryKind::ModelCall,
+                EntryKind::Attention,
+                EntryKind::Resolution,
+            ],
+        )?;
+        match newest.as_ref().map(|e| e.kind) {
+            Some(EntryKind::ModelCall) => {
+                let outcome = self.outcome_of(newest.as_ref().expect("matched"))?;
                 self.say(
                     step,
                     format!(
@@ -422,25 +778,67 @@ impl Run<'_> {
                         summary(&outcome)
                     ),
                 );
-                return Ok(outcome);
+                return Ok(Flow::Go(outcome));
             }
+            Some(EntryKind::Attention) | Some(EntryKind::Resolution) => {
+                match self.pending_resolution(step, newest.as_ref().expect("matched"))? {
+                    Err(att) => return Ok(self.waiting(step, att)),
+                    Ok((Resolution::Abort, by, _)) => {
+                        return Ok(Flow::Abort(format!("aborted by {by} at step {step}")))
+                    }
+                    Ok((Resolution::Result { value }, by, _)) => {
+                        let value = match value {
+                            Value::String(text) => {
+                                json!({"model": format!("person:{by}"), "content": [{"type": "text", "text": text}], "stop_reason": "end_turn", "usage": {"input_tokens": 0, "output_tokens": 0}, "text": text})
+                            }
+                            other => other,
+                        };
+                        let o = self.person_outcome(
+                            chain,
+                            &self.key(step),
+                            true,
+                            Some(value),
+                            &by,
+                            format!("supplied by {by}"),
+                        );
+                        self.append(
+                            EntryKind::ModelCall,
+                            step,
+                            json!({"chain": chain, "outcome": o, "supplied_by": by}),
+                        )?;
+                        self.say(step, format!("{chain}: answer supplied by {by}"));
+                        return Ok(Flow::Go(o));
+                    }
+                    Ok((Resolution::Reject { comment }, by, _)) => {
+                        let o = self.person_outcome(
+                            chain,
+                            &self.key(step),
+                            false,
+                            None,
+                            &by,
+                            format!("rejected by {by}: {comment}"),
+                        );
+                        self.append(
+                            EntryKind::ModelCall,
+                            step,
+                            json!({"chain": chain, "outcome": o, "rejected_by": by}),
+                        )?;
+                        return Ok(Flow::Go(o));
+                    }
+                    Ok((_, by, _)) => self.say(step, format!("{chain}: retry asked by {by}")),
+                }
+            }
+            _ => {}
         }
         let input = serde_json::to_value(request).expect("a request serializes");
-        let outcome = self
-            .b
-            .call_with_key(chain, input, self.key(step))
-            .await
-            .map_err(|e| RunError::Invalid {
-                run: self.id.clone(),
-                message: e.to_string(),
-            })?;
+        let outcome = self.call(chain, input, self.key(step)).await?;
         self.append(
             EntryKind::ModelCall,
             step,
             json!({"chain": chain, "outcome": outcome}),
         )?;
         self.say(step, format!("{chain}: {}", summary(&outcome)));
-        Ok(outcome)
+        Ok(Flow::Go(outcome))
     }
 
     fn failed_attention(&self, step: u64, chain: &str, input: Value, o: &Outcome) -> Attention {
@@ -458,32 +856,19 @@ impl Run<'_> {
                 .map(|e| format!("{}: {}", e.class, e.message))
                 .unwrap_or_default(),
             attempts: o.attempts.clone(),
+            escalation: None,
         }
     }
 
     async fn pipeline(&mut self, steps: &[Step], start: usize) -> Result<End, RunError> {
         let mut last = Value::Null;
-        for (i, st) in steps.iter().enumerate() {
+        for (i, st) in steps.iter().enumerate().skip(start) {
             let step = i as u64 + 1;
-            if i < start {
-                continue; // done before the snapshot
-            }
-            // The step where a previous process stopped is retried if it failed.
-            let retry_failed = true;
-            let (chain, out) = match &st.action {
+            let (chain, input, flow) = match &st.action {
                 StepAction::Tool { chain, input } => {
                     let input = self.render(input)?;
-                    let outcome = match self.tool_step(step, chain, &input, retry_failed).await? {
-                        Flow::Go(o) => o,
-                        Flow::Stop(att) => return Ok(End::Attention(att)),
-                    };
-                    if !outcome.ok {
-                        let att = self.failed_attention(step, chain, input, &outcome);
-                        if let Flow::Stop(att) = self.attention(att)? {
-                            return Ok(End::Attention(att));
-                        }
-                    }
-                    (chain, outcome.value.unwrap_or(Value::Null))
+                    let flow = self.tool_step(step, chain, &input).await?;
+                    (chain, input, flow)
                 }
                 StepAction::Model {
                     chain,
@@ -492,17 +877,29 @@ impl Run<'_> {
                 } => {
                     let mut request = ChatRequest::prompt(self.render_text(prompt)?);
                     request.system = system.as_ref().map(|s| self.render_text(s)).transpose()?;
-                    let outcome = self.model_step(step, chain, &request, retry_failed).await?;
-                    if !outcome.ok {
-                        let att = self.failed_attention(step, chain, json!(request), &outcome);
-                        if let Flow::Stop(att) = self.attention(att)? {
-                            return Ok(End::Attention(att));
-                        }
-                    }
-                    (chain, outcome.value.unwrap_or(Value::Null))
+                    let flow = self.model_step(step, chain, &request).await?;
+                    (chain, json!(request), flow)
                 }
             };
-            let _ = chain;
+            let outcome = match flow {
+                Flow::Go(o) => o,
+                Flow::Stop(att) => return Ok(End::Attention(att)),
+                Flow::Abort(why) => return Ok(End::Failed(why)),
+            };
+            if let Some(rejected) = rejection(&outcome) {
+                return Ok(End::Failed(format!(
+                    "step {step} ({}): {rejected}",
+                    st.name
+                )));
+            }
+            if !outcome.ok {
+                let att = self.failed_attention(step, chain, input, &outcome);
+                self.say(step, format!("{chain}: NEEDS ATTENTION: {}", att.reason));
+                if let Flow::Stop(att) = self.attention(att)? {
+                    return Ok(End::Attention(att));
+                }
+            }
+            let out = outcome.value.unwrap_or(Value::Null);
             self.outputs.insert(st.name.clone(), out.clone());
             last = out;
             self.snapshot(json!({"next": i + 1}))?;
@@ -611,7 +1008,14 @@ impl Run<'_> {
                 max_tokens: None,
                 temperature: None,
             };
-            let outcome = self.model_step(step, model, &request, true).await?;
+            let outcome = match self.model_step(step, model, &request).await? {
+                Flow::Go(o) => o,
+                Flow::Stop(att) => return Ok(End::Attention(att)),
+                Flow::Abort(why) => return Ok(End::Failed(why)),
+            };
+            if let Some(rejected) = rejection(&outcome) {
+                return Ok(End::Failed(format!("step {step} ({model}): {rejected}")));
+            }
             if !outcome.ok {
                 let att = self.failed_attention(
                     step,
@@ -621,7 +1025,7 @@ impl Run<'_> {
                 );
                 return Ok(match self.attention(att)? {
                     Flow::Stop(att) => End::Attention(att),
-                    Flow::Go(_) => unreachable!(),
+                    Flow::Go(_) | Flow::Abort(_) => unreachable!("attention always stops"),
                 });
             }
             let response: ChatResponse =
@@ -661,14 +1065,19 @@ impl Run<'_> {
                     });
                     continue;
                 }
-                let o = match self.tool_step(step, &name, &input, false).await? {
+                let o = match self.tool_step(step, &name, &input).await? {
                     Flow::Go(o) => o,
                     Flow::Stop(att) => return Ok(End::Attention(att)),
+                    Flow::Abort(why) => return Ok(End::Failed(why)),
                 };
-                if let Some(
-                    reason @ (EscalationReason::NeedsHuman | EscalationReason::ApprovalRequired),
-                ) = o.error.as_ref().and_then(|e| e.escalate)
-                {
+                let needs_person = match o.error.as_ref().and_then(|e| e.escalate) {
+                    Some(
+                        r @ (EscalationReason::NeedsHuman | EscalationReason::ApprovalRequired),
+                    ) => Some(r),
+                    _ => None,
+                };
+                // A person's answer (supplied or rejected) goes to the model.
+                if let (Some(reason), None) = (needs_person, rejection(&o)) {
                     let mut att = self.failed_attention(step, &name, input, &o);
                     att.reason = reason;
                     if let Flow::Stop(att) = self.attention(att)? {
@@ -745,6 +1154,16 @@ impl Run<'_> {
             attention,
         })
     }
+}
+
+/// The rejection note of an outcome a person rejected.
+fn rejection(o: &Outcome) -> Option<String> {
+    (!o.ok && o.attempts.first().is_some_and(|a| a.class == "rejected")).then(|| {
+        o.error
+            .as_ref()
+            .map(|e| e.message.clone())
+            .unwrap_or_default()
+    })
 }
 
 /// Run options.

@@ -7,6 +7,7 @@
 pub mod agents;
 mod schema;
 pub mod units;
+pub use schema::CircuitOpenPolicy;
 
 use crate::guard::{Backoff, BreakerPolicy, Jitter, RetryPolicy};
 use crate::outcome::Effect;
@@ -80,7 +81,17 @@ pub struct ToolConfig {
     pub memory: ByteSize,
     pub max_output: ByteSize,
     pub breaker: BreakerPolicy,
+    /// `Some` when the TOML says; otherwise irreversible tools need it.
+    pub approval: Option<bool>,
     retry: RetrySpec,
+}
+
+/// What goes to a person, and how they hear of it.
+#[derive(Clone, Debug)]
+pub struct EscalationConfig {
+    pub confidence_threshold: Option<f64>,
+    pub on_circuit_open: CircuitOpenPolicy,
+    pub webhook: Option<String>,
 }
 
 /// A model, resolved.
@@ -132,6 +143,7 @@ pub struct Config {
     pub models: BTreeMap<String, ModelConfig>,
     pub chains: BTreeMap<String, ChainConfig>,
     pub agents: BTreeMap<String, AgentConfig>,
+    pub escalation: EscalationConfig,
     default_retry: RetrySpec,
     default_deadline: Duration,
 }
@@ -408,6 +420,18 @@ impl Loader<'_> {
                 self.agent(name, spec, &tools, &models, &chains)?,
             );
         }
+        let webhook = match &file.escalation.webhook {
+            Some(w)
+                if !(w.get_ref().starts_with("http://") || w.get_ref().starts_with("https://")) =>
+            {
+                return Err(self.err(
+                    w.span().start,
+                    "escalation.webhook",
+                    format!("`{}` is not an http(s) URL", w.get_ref()),
+                ));
+            }
+            w => w.as_ref().map(|w| w.get_ref().clone()),
+        };
         let state_path = match &file.state {
             Some(s) => self.path(&s.get_ref()["sqlite:".len()..]),
             None => self.path(".backstop/state.db"),
@@ -431,6 +455,14 @@ impl Loader<'_> {
             models,
             chains,
             agents,
+            escalation: EscalationConfig {
+                confidence_threshold: file.escalation.confidence_threshold,
+                on_circuit_open: file
+                    .escalation
+                    .on_circuit_open
+                    .unwrap_or(CircuitOpenPolicy::Escalate),
+                webhook,
+            },
             default_retry,
             default_deadline: file.defaults.deadline.map_or(DEFAULT_DEADLINE, |d| d.0),
         })
@@ -535,6 +567,7 @@ impl Loader<'_> {
                 .or(defaults.max_output)
                 .unwrap_or(ByteSize(1 << 20)),
             breaker: resolve_breaker(&defaults.breaker, spec.breaker.as_ref()),
+            approval: spec.approval,
             retry: spec.retry.clone().unwrap_or_default(),
         })
     }

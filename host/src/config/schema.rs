@@ -30,6 +30,28 @@ pub struct File {
     pub chains: BTreeMap<String, ChainSpec>,
     #[serde(default)]
     pub agents: BTreeMap<String, AgentSpec>,
+    #[serde(default)]
+    pub escalation: EscalationSpec,
+}
+
+#[derive(Deserialize, Debug, Default)]
+#[serde(deny_unknown_fields)]
+pub struct EscalationSpec {
+    /// Tool outputs with a confidence below this go to a person.
+    #[serde(default, deserialize_with = "rate")]
+    pub confidence_threshold: Option<f64>,
+    /// When every target of a chain has an open breaker: `escalate` at
+    /// once, or `wait` for a half-open probe.
+    pub on_circuit_open: Option<CircuitOpenPolicy>,
+    /// A URL that receives a JSON POST for each new escalation.
+    pub webhook: Option<Spanned<String>>,
+}
+
+#[derive(Deserialize, Debug, Clone, Copy, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum CircuitOpenPolicy {
+    Escalate,
+    Wait,
 }
 
 /// An agent: either a model-driven tool loop (`model`, `tools`,
@@ -182,6 +204,8 @@ pub struct ToolSpec {
     pub max_output: Option<ByteSize>,
     pub retry: Option<RetrySpec>,
     pub breaker: Option<BreakerSpec>,
+    /// Calls need a person's approval first (default: irreversible tools).
+    pub approval: Option<bool>,
 }
 
 #[derive(Deserialize, Debug, Clone, Copy, PartialEq, Eq)]

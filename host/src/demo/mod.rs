@@ -113,7 +113,7 @@ fn scripted_model(a: &Arrival) -> Reply {
             model::openai_tool_call(
                 "call_2",
                 "publish",
-                json!({ "entry": format!("Report on {task}: {first_line}"), "sleep_before_ms": 3000 }),
+                json!({ "entry": format!("Report on {task}: {first_line}"), "sleep_before_ms": 1500 }),
             )
         }
         _ => model::openai_text(&format!("Published a short report on {task}.")),
@@ -237,28 +237,21 @@ pub async fn run(
     Ok(())
 }
 
-async fn agent(
+/// Starts `backstop ARGS` and echoes its output until it exits, or until
+/// `kill_when` says so (then SIGKILLs it). Returns the first run id seen
+/// and whether the child was killed.
+async fn child(
     out: &mut dyn Write,
-    b: &Backstop,
     exe: &Path,
     config_path: &Path,
-    llm: &ScriptedServer,
-) -> anyhow::Result<()> {
+    args: &[&str],
+    mut kill_when: impl FnMut(Option<&str>) -> anyhow::Result<bool>,
+) -> anyhow::Result<(Option<String>, bool)> {
     use std::io::BufRead;
-    writeln!(
-        out,
-        "\n5. An agent run: a model fallback, a kill, a resume, a stop for attention"
-    )?;
-    writeln!(out, "   model chain llm: sonnet (its key variable is unset: fails fast, never called) -> local (a scripted model on 127.0.0.1)")?;
-    let task = "wasm sandboxing";
-    writeln!(
-        out,
-        "   starting `backstop run research --task {task:?}` as a child process:"
-    )?;
     let mut child = std::process::Command::new(exe)
         .arg("-c")
         .arg(config_path)
-        .args(["run", "research", "--task", task])
+        .args(args)
         .env_remove("BACKSTOP_DEMO_NO_KEY")
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::null())
@@ -266,7 +259,7 @@ async fn agent(
         .with_context(|| format!("cannot start {}", exe.display()))?;
     let (tx, rx) = std::sync::mpsc::channel::<String>();
     let stdout = child.stdout.take().expect("piped");
-    std::thread::spawn(move || {
+    let reader = std::thread::spawn(move || {
         for line in std::io::BufReader::new(stdout)
             .lines()
             .map_while(Result::ok)
@@ -276,47 +269,109 @@ async fn agent(
             }
         }
     });
-    let journal = b.journal()?;
     let mut run_id: Option<String> = None;
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
-    // Echo the child's progress; kill it once `publish` has started: its
-    // intent is in the journal, its result is not.
-    let publish_step = loop {
+    loop {
         while let Ok(line) = rx.try_recv() {
-            if run_id.is_none() {
+            if run_id.is_none() && line.starts_with("run ") {
                 run_id = line.split_whitespace().nth(1).map(str::to_owned);
             }
-            writeln!(out, "     {}", line.trim_start())?;
+            writeln!(out, "     | {}", line.trim_start())?;
         }
-        if let Some(id) = &run_id {
-            let started = journal
-                .entries(id)?
-                .into_iter()
-                .find(|e| e.kind == EntryKind::ToolIntent && e.payload["chain"] == "publish");
-            if let Some(e) = started {
-                break e.step;
+        if kill_when(run_id.as_deref())? {
+            child.kill()?;
+            child.wait()?;
+            return Ok((run_id, true));
+        }
+        if let Some(_status) = child.try_wait()? {
+            let _ = reader.join();
+            while let Ok(line) = rx.try_recv() {
+                writeln!(out, "     | {}", line.trim_start())?;
             }
+            return Ok((run_id, false));
         }
         anyhow::ensure!(
             std::time::Instant::now() < deadline,
-            "the agent run did not reach `publish` in time"
+            "the child process took too long"
         );
-        if let Ok(Some(status)) = child.try_wait() {
-            anyhow::bail!("the agent run ended early ({status})");
-        }
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-    };
-    let id = run_id.expect("set before publish started");
-    child.kill()?;
-    child.wait()?;
+    }
+}
+
+async fn agent(
+    out: &mut dyn Write,
+    b: &Backstop,
+    exe: &Path,
+    config_path: &Path,
+    llm: &ScriptedServer,
+) -> anyhow::Result<()> {
+    let journal = b.journal()?;
+    let cfg = config_path.display();
+    writeln!(out, "\n5. An agent run: a model fallback, a stop for approval, a kill, a resume without repeats")?;
+    writeln!(out, "   model chain llm: sonnet (its key variable is unset: fails fast, never called) -> local (a scripted model on 127.0.0.1)")?;
+    let task = "wasm sandboxing";
+    writeln!(out, "   $ backstop run research --task {task:?}")?;
+    let (id, _) = child(
+        out,
+        exe,
+        config_path,
+        &["run", "research", "--task", task],
+        |_| Ok(false),
+    )
+    .await?;
+    let id = id.context("the run printed no id")?;
+    let open = journal.escalations(&crate::escalation::Filter {
+        run: Some(id.clone()),
+        ..Default::default()
+    })?;
+    let esc = open.first().context("the run should wait for approval")?;
+    writeln!(out, "   $ backstop escalations")?;
+    writeln!(
+        out,
+        "     | {} run {} step {}: {} for `{}`, input {}",
+        esc.id, esc.run, esc.step, esc.reason, esc.chain, esc.input
+    )?;
+    let r = journal.resolve(
+        &esc.id,
+        crate::escalation::Resolution::Approve,
+        "demo-operator",
+    )?;
+    writeln!(
+        out,
+        "   $ backstop escalations resolve {} --approve --by demo-operator",
+        esc.id
+    )?;
+    writeln!(
+        out,
+        "     | escalation {} resolved by demo-operator: {}",
+        esc.id,
+        r.escalation
+            .resolution
+            .map(|r| r.to_string())
+            .unwrap_or_default()
+    )?;
+
+    writeln!(
+        out,
+        "   $ backstop resume {id}      (killed with SIGKILL once `publish` has started)"
+    )?;
     let asked = llm.arrivals().len();
-    writeln!(out, "   KILLED the process (SIGKILL) while step {publish_step}, the irreversible `publish`, was running")?;
+    let (_, killed) = child(out, exe, config_path, &["resume", &id], |_| {
+        Ok(journal
+            .entries(&id)?
+            .iter()
+            .any(|e| e.kind == EntryKind::ToolIntent && e.payload["chain"] == "publish"))
+    })
+    .await?;
+    anyhow::ensure!(killed, "the resume ended before `publish` started");
+    writeln!(out, "     | KILLED while `publish` (irreversible, approved) was running: its intent is journaled, its result is not")?;
+
     writeln!(out, "   resuming run {id} in this process:")?;
     let mut lines = Vec::new();
     let report = b
         .resume_run(&id, &ResumeOptions::default(), &mut |p| {
             if let Progress::Step { step, line } = p {
-                lines.push(format!("     step {step}: {line}"));
+                lines.push(format!("     | step {step}: {line}"));
             }
         })
         .await?;
@@ -328,26 +383,25 @@ async fn agent(
             .unwrap_or_default();
     writeln!(
         out,
-        "   => completed steps were replayed from the journal, not repeated: the model was asked {asked} time(s) before the kill, {} during the resume",
+        "   => run {id} is {} after step {}: {}",
+        report.status,
+        report.step,
+        report
+            .output
+            .as_ref()
+            .and_then(|o| o["text"].as_str())
+            .unwrap_or("")
+    )?;
+    writeln!(
+        out,
+        "   => completed steps came from the journal: the model was asked {} more time(s) after the kill (only for its final answer)",
         llm.arrivals().len() - asked
     )?;
-    match &report.attention {
-        Some(a) => writeln!(
-            out,
-            "   => run {id} is {} at step {}: {}: {}",
-            report.status, a.step, a.reason, a.message
-        )?,
-        None => writeln!(out, "   => run {id} is {}", report.status)?,
-    }
     writeln!(
         out,
-        "      `publish` wrote {} line(s): nothing is published twice, and nothing is guessed",
+        "   => `publish` ran exactly once: {} line(s) in its ledger",
         published.lines().count()
     )?;
-    writeln!(
-        out,
-        "      its journal: backstop -c {} runs show {id}",
-        config_path.display()
-    )?;
+    writeln!(out, "   its journal: backstop -c {cfg} runs show {id}")?;
     Ok(())
 }

@@ -146,6 +146,24 @@ impl Breaker {
         self.buckets = [Bucket::default(); BUCKETS];
     }
 
+    /// How long until the breaker admits a call (zero when it would now).
+    pub fn retry_in(&mut self, now: Instant) -> Duration {
+        self.expire(now);
+        match &self.state {
+            State::Closed => Duration::ZERO,
+            State::Open { until } => until.duration_since(now),
+            State::HalfOpen { probes, .. }
+                if (probes.len() as u32) < self.policy.half_open_probes =>
+            {
+                Duration::ZERO
+            }
+            State::HalfOpen { probes, .. } => {
+                let oldest = probes.iter().map(|p| p.1).min().unwrap_or(now);
+                (oldest + self.policy.probe_timeout).duration_since(now)
+            }
+        }
+    }
+
     /// Asks to call the target now.
     pub fn acquire(&mut self, now: Instant) -> Result<Permit, Rejected> {
         self.expire(now);

@@ -70,6 +70,11 @@ impl Breakers {
         self.with(target, |b| *b.policy())
     }
 
+    /// How long until `target`'s breaker admits a call.
+    pub fn retry_in(&self, target: &str) -> Option<Duration> {
+        self.with(target, |b| b.retry_in(Instant::now()))
+    }
+
     /// How many times `target`'s breaker has opened.
     pub fn opened_times(&self, target: &str) -> u64 {
         self.with(target, |b| b.opened_times()).unwrap_or(0)

@@ -11,7 +11,8 @@ use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
 /// Append-only list of migrations; `user_version` counts those applied.
-const MIGRATIONS: &[&str] = &["
+const MIGRATIONS: &[&str] = &[
+    "
     CREATE TABLE runs (
         rid INTEGER PRIMARY KEY,
         id TEXT NOT NULL UNIQUE,
@@ -41,7 +42,8 @@ const MIGRATIONS: &[&str] = &["
         state TEXT NOT NULL,
         checksum INTEGER NOT NULL
     );
-", "
+",
+    "
     CREATE TABLE escalations (
         id TEXT PRIMARY KEY,
         run TEXT NOT NULL,
@@ -55,7 +57,8 @@ const MIGRATIONS: &[&str] = &["
     );
     CREATE INDEX escalations_open ON escalations (resolved_at, created_at);
     CREATE INDEX escalations_by_run ON escalations (run, step);
-"];
+",
+];
 
 pub struct SqliteJournal {
     path: PathBuf,

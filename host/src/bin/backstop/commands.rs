@@ -23,13 +23,57 @@ pub async fn run(command: Command, config: &Path) -> anyhow::Result<ExitCode> {
         Command::Run { agent, task } => {
             let b = Backstop::load(config).await?;
             let report = b.run_agent(&agent, &task, &mut print_progress).await?;
+            b.flush_notifications(std::time::Duration::from_secs(5))
+                .await;
             Ok(finish(&report))
         }
         Command::Resume { run, allow_drift } => {
             let b = Backstop::load(config).await?;
             let options = backstop::agent::ResumeOptions { allow_drift };
             let report = b.resume_run(&run, &options, &mut print_progress).await?;
+            b.flush_notifications(std::time::Duration::from_secs(5))
+                .await;
             Ok(finish(&report))
+        }
+        Command::Escalations {
+            action: None,
+            reason,
+            run,
+            older_than,
+            all,
+            stats,
+            json,
+        } => list_escalations(config, reason, run, older_than, all, stats, json),
+        Command::Escalations {
+            action: Some(crate::EscalationCommand::Show { id, json }),
+            ..
+        } => show_escalation(config, &id, json),
+        Command::Escalations {
+            action:
+                Some(crate::EscalationCommand::Resolve {
+                    id,
+                    approve,
+                    reject,
+                    result,
+                    retry,
+                    abort,
+                    by,
+                    resume,
+                }),
+            ..
+        } => {
+            use backstop::escalation::Resolution;
+            let resolution = match (approve, reject, result, retry, abort) {
+                (true, ..) => Resolution::Approve,
+                (_, Some(comment), ..) => Resolution::Reject { comment },
+                (_, _, Some(json), ..) => Resolution::Result {
+                    value: serde_json::from_str(&json)
+                        .map_err(|e| anyhow::anyhow!("--result is not JSON: {e}"))?,
+                },
+                (_, _, _, true, _) => Resolution::Retry,
+                _ => Resolution::Abort,
+            };
+            resolve(config, &id, resolution, &by, resume).await
         }
         Command::Runs { show: None } => runs(config).await,
         Command::Runs {
@@ -224,10 +268,12 @@ fn finish(r: &backstop::agent::RunReport) -> ExitCode {
                     a.step, a.reason, a.chain, a.message
                 );
             }
-            println!(
-                "after a person decides, continue with: backstop resume {}",
-                r.run
-            );
+            match r.attention.as_ref().and_then(|a| a.escalation.as_ref()) {
+                Some(id) => println!(
+                    "escalation {id} waits for a person: backstop escalations show {id}, then resolve it (--resume continues the run)"
+                ),
+                None => println!("after a person decides, continue with: backstop resume {}", r.run),
+            }
             ExitCode::from(3)
         }
         RunStatus::Failed | RunStatus::Running => {
@@ -334,4 +380,198 @@ async fn show_run(config: &Path, run: &str, json: bool) -> anyhow::Result<ExitCo
         );
     }
     Ok(ExitCode::SUCCESS)
+}
+
+fn queue(config: &Path) -> anyhow::Result<(backstop::Config, backstop::journal::SqliteJournal)> {
+    let config = backstop::Config::from_file(config)?;
+    let journal = backstop::journal::SqliteJournal::open(&config.state_path)?;
+    Ok((config, journal))
+}
+
+fn age(ms: i64) -> String {
+    let secs = (backstop_now() - ms).max(0) / 1000;
+    match secs {
+        s if s < 120 => format!("{s}s"),
+        s if s < 7200 => format!("{}m", s / 60),
+        s if s < 172_800 => format!("{}h", s / 3600),
+        s => format!("{}d", s / 86_400),
+    }
+}
+
+fn backstop_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+fn list_escalations(
+    config: &Path,
+    reason: Option<String>,
+    run: Option<String>,
+    older_than: Option<String>,
+    all: bool,
+    stats: bool,
+    json: bool,
+) -> anyhow::Result<ExitCode> {
+    let (_, q) = queue(config)?;
+    if stats {
+        let s = q.escalation_stats()?;
+        if json {
+            println!("{}", serde_json::to_string(&s)?);
+        } else {
+            println!("open: {}", s.open);
+            println!(
+                "oldest open: {}",
+                s.oldest_open_age_ms
+                    .map(|a| age(backstop_now() - a))
+                    .unwrap_or_else(|| "-".into())
+            );
+            for (r, n) in &s.by_reason {
+                println!("  {r}: {n}");
+            }
+            println!("resolved: {}", s.resolved);
+        }
+        return Ok(ExitCode::SUCCESS);
+    }
+    let reason = reason
+        .map(|r| serde_json::from_value::<backstop::EscalationReason>(serde_json::Value::String(r.clone())).map_err(|_| anyhow::anyhow!("--reason `{r}` is not a reason: use retries-exhausted, ambiguous-state, low-confidence, needs-human, approval-required or circuit-open")))
+        .transpose()?;
+    let older_than_ms = older_than
+        .map(|d| {
+            humantime::parse_duration(&d)
+                .map(|d| d.as_millis() as i64)
+                .map_err(|e| anyhow::anyhow!("--older-than `{d}`: {e}"))
+        })
+        .transpose()?;
+    let list = q.escalations(&backstop::escalation::Filter {
+        reason,
+        run,
+        older_than_ms,
+        all,
+    })?;
+    if json {
+        println!("{}", serde_json::to_string(&list)?);
+        return Ok(ExitCode::SUCCESS);
+    }
+    if list.is_empty() {
+        println!("no {}escalations", if all { "" } else { "open " });
+        return Ok(ExitCode::SUCCESS);
+    }
+    println!(
+        "{:<12} {:<14} {:>4}  {:<18} {:<12} {:>5}  STATUS",
+        "ID", "RUN", "STEP", "REASON", "CHAIN", "AGE"
+    );
+    for e in list {
+        let status = match (&e.resolution, &e.resolved_by) {
+            (Some(r), by) => format!(
+                "resolved: {} by {}",
+                r.kind().as_str(),
+                by.as_deref().unwrap_or("?")
+            ),
+            (None, _) => "open".into(),
+        };
+        println!(
+            "{:<12} {:<14} {:>4}  {:<18} {:<12} {:>5}  {status}",
+            e.id,
+            e.run,
+            e.step,
+            e.reason.as_str(),
+            e.chain,
+            age(e.created_at)
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn show_escalation(config: &Path, id: &str, json: bool) -> anyhow::Result<ExitCode> {
+    let (config, q) = queue(config)?;
+    let e = q.escalation(id)?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&e)?);
+        return Ok(ExitCode::SUCCESS);
+    }
+    println!("escalation {} ({})", e.id, e.reason.as_str());
+    println!("  run      {} step {} (key {})", e.run, e.step, e.key);
+    println!("  chain    {}", e.chain);
+    println!("  why      {}", e.message);
+    println!("  input    {}", e.input);
+    for a in &e.attempts {
+        println!(
+            "  attempt  {} #{}: {}{}",
+            a.target,
+            a.attempt,
+            a.class,
+            if a.message.is_empty() {
+                String::new()
+            } else {
+                format!(" ({})", a.message)
+            }
+        );
+    }
+    println!("  opened   {} ago", age(e.created_at));
+    match &e.resolution {
+        Some(r) => println!(
+            "  resolved {} by {} ({} ago)",
+            r,
+            e.resolved_by.as_deref().unwrap_or("?"),
+            age(e.resolved_at.unwrap_or(0))
+        ),
+        None => {
+            let allowed: Vec<String> = e
+                .allowed
+                .iter()
+                .map(|k| match k.as_str() {
+                    "reject" => "--reject TEXT".to_string(),
+                    "result" => "--result JSON".to_string(),
+                    other => format!("--{other}"),
+                })
+                .collect();
+            println!(
+                "  answer   backstop -c {} escalations resolve {} {} [--by NAME] [--resume]",
+                config.path.display(),
+                e.id,
+                allowed.join(" | ")
+            );
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn resolve(
+    config: &Path,
+    id: &str,
+    resolution: backstop::escalation::Resolution,
+    by: &str,
+    resume: bool,
+) -> anyhow::Result<ExitCode> {
+    let (_, q) = queue(config)?;
+    let r = q.resolve(id, resolution, by)?;
+    let e = &r.escalation;
+    let res = e
+        .resolution
+        .as_ref()
+        .map(|r| r.to_string())
+        .unwrap_or_default();
+    if !r.first {
+        println!(
+            "escalation {id} was already resolved by {} ({} ago): {res}; nothing changed",
+            e.resolved_by.as_deref().unwrap_or("?"),
+            age(e.resolved_at.unwrap_or(0))
+        );
+        return Ok(ExitCode::from(4));
+    }
+    println!("escalation {id} resolved by {by}: {res}");
+    if !resume {
+        println!("continue the run with: backstop resume {}", e.run);
+        return Ok(ExitCode::SUCCESS);
+    }
+    drop(q);
+    let b = Backstop::load(config).await?;
+    let report = b
+        .resume_run(&e.run, &Default::default(), &mut print_progress)
+        .await?;
+    b.flush_notifications(std::time::Duration::from_secs(5))
+        .await;
+    Ok(finish(&report))
 }

@@ -1,7 +1,7 @@
 //! `backstop`: a thin shell over the `backstop` library. Only this file
 //! and `commands.rs` decide exit codes: 0 success, 1 bad config, usage or
 //! state, 2 a call nothing could serve (or a failed run), 3 a run that
-//! needs attention.
+//! needs attention, 4 an escalation that was already resolved.
 
 mod commands;
 
@@ -76,6 +76,29 @@ enum Command {
         #[command(subcommand)]
         show: Option<RunsCommand>,
     },
+    /// The escalation queue: open escalations (filters), or one, or resolve.
+    Escalations {
+        #[command(subcommand)]
+        action: Option<EscalationCommand>,
+        /// Only this reason (retries-exhausted, ambiguous-state, low-confidence,
+        /// needs-human, approval-required, circuit-open).
+        #[arg(long)]
+        reason: Option<String>,
+        /// Only this run.
+        #[arg(long)]
+        run: Option<String>,
+        /// Only those at least this old, such as "10m".
+        #[arg(long)]
+        older_than: Option<String>,
+        /// Include resolved ones.
+        #[arg(long)]
+        all: bool,
+        /// Queue depth and oldest age instead of the list.
+        #[arg(long)]
+        stats: bool,
+        #[arg(long)]
+        json: bool,
+    },
     /// Run the offline demo on the embedded defaults.
     Demo {
         /// Where the built plugins are.
@@ -84,6 +107,43 @@ enum Command {
         /// Working directory for the demo's files.
         #[arg(long, default_value = ".backstop/demo")]
         dir: PathBuf,
+    },
+}
+
+#[derive(Subcommand)]
+enum EscalationCommand {
+    /// Everything about one escalation.
+    Show {
+        id: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Answer an escalation (the first answer wins), then optionally resume
+    /// the run.
+    #[command(group(clap::ArgGroup::new("answer").required(true).args(["approve", "reject", "result", "retry", "abort"])))]
+    Resolve {
+        id: String,
+        /// Run the pending call.
+        #[arg(long)]
+        approve: bool,
+        /// Do not run it; the run sees a tool error carrying this comment.
+        #[arg(long, value_name = "COMMENT")]
+        reject: Option<String>,
+        /// This JSON is the step's result.
+        #[arg(long, value_name = "JSON")]
+        result: Option<String>,
+        /// Try the step again.
+        #[arg(long)]
+        retry: bool,
+        /// Stop the run.
+        #[arg(long)]
+        abort: bool,
+        /// Who is answering (recorded with the resolution).
+        #[arg(long, default_value = "operator")]
+        by: String,
+        /// Resume the run right after.
+        #[arg(long)]
+        resume: bool,
     },
 }
 
