@@ -4,6 +4,7 @@
 mod cli;
 mod common;
 mod demo;
+mod escalations;
 mod guards;
 mod loading;
 mod models;

@@ -82,7 +82,7 @@ fn env() -> Env {
     }
 }
 
-fn spawn(config: &Path, args: &[&str]) -> Child {
+pub fn spawn(config: &Path, args: &[&str]) -> Child {
     Command::new(env!("CARGO_BIN_EXE_backstop"))
         .arg("-c")
         .arg(config)
@@ -94,7 +94,7 @@ fn spawn(config: &Path, args: &[&str]) -> Child {
 }
 
 /// Starts `run`, returns the child once it has printed the run id.
-fn start(config: &Path, agent: &str, task: &str) -> (Child, String) {
+pub fn start(config: &Path, agent: &str, task: &str) -> (Child, String) {
     let mut child = spawn(config, &["run", agent, "--task", task]);
     let mut first = String::new();
     BufReader::new(child.stdout.as_mut().unwrap())
@@ -107,14 +107,14 @@ fn start(config: &Path, agent: &str, task: &str) -> (Child, String) {
     (child, id)
 }
 
-fn finish(child: Child) -> (i32, String) {
+pub fn finish(child: Child) -> (i32, String) {
     let out = child.wait_with_output().unwrap();
     let text =
         String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
     (out.status.code().unwrap_or(-1), text)
 }
 
-fn ledger_counts(root: &Path) -> HashMap<String, usize> {
+pub fn ledger_counts(root: &Path) -> HashMap<String, usize> {
     let mut counts = HashMap::new();
     let text = std::fs::read_to_string(root.join("ledger/ledger.jsonl")).unwrap_or_default();
     for line in text.lines() {
@@ -127,7 +127,7 @@ fn ledger_counts(root: &Path) -> HashMap<String, usize> {
     counts
 }
 
-fn journal(root: &Path) -> SqliteJournal {
+pub fn journal(root: &Path) -> SqliteJournal {
     SqliteJournal::open(root.join("state.db")).unwrap()
 }
 
