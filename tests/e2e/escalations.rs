@@ -3,7 +3,7 @@
 //! processes, kills around approvals, and the webhook.
 
 use crate::common::{load, tempdir, write_config, PRELUDE};
-use crate::runs::{finish, journal, ledger_counts, spawn, start};
+use crate::runs::{finish, journal, ledger_counts, spawn, start, wait_until};
 use backstop::escalation::{Filter, Resolution};
 use backstop::journal::{EntryKind, Journal, RunStatus};
 use backstop::testkit::{Reply, ScriptedServer};
@@ -398,14 +398,6 @@ fn two_processes_resolving_at_once_one_wins_the_other_is_told() {
     }
 }
 
-fn wait_for(what: &str, mut done: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !done() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(5));
-    }
-}
-
 #[test]
 fn kills_around_an_approval_never_run_the_tool_twice() {
     let e = env(NO_HOOK);
@@ -416,7 +408,7 @@ fn kills_around_an_approval_never_run_the_tool_twice() {
         &e.config,
         &["escalations", "resolve", &esc.id, "--approve", "--resume"],
     );
-    wait_for("the resolution", || {
+    wait_until("the resolution", || {
         j.escalation(&esc.id).unwrap().resolution.is_some()
     });
     child.kill().unwrap();
@@ -431,7 +423,7 @@ fn kills_around_an_approval_never_run_the_tool_twice() {
         &e.config,
         &["escalations", "resolve", &esc.id, "--approve", "--resume"],
     );
-    wait_for("the publish intent", || {
+    wait_until("the publish intent", || {
         j.find(&id, 1, EntryKind::ToolIntent).unwrap().is_some()
     });
     child.kill().unwrap();
@@ -453,7 +445,7 @@ fn kills_around_an_approval_never_run_the_tool_twice() {
         &e.config,
         &["escalations", "resolve", &esc.id, "--approve", "--resume"],
     );
-    wait_for("the publish write", || {
+    wait_until("the publish write", || {
         ledger_counts(&e.root).contains_key(&format!("{id}:1"))
     });
     child.kill().unwrap();

@@ -29,9 +29,11 @@ dirs = [{{ host = "{{dir}}/ledger", guest = "/ledger", mode = "rw" }}]
 component = "{{plugins}}/fault.wasm"
 effect = "side-effect"
 
+# Approval is switched off here: these tests are about resume, not approval.
 [tools.publish]
 component = "{{plugins}}/ledger.wasm"
 effect = "irreversible"
+approval = false
 dirs = [{{ host = "{{dir}}/ledger", guest = "/ledger", mode = "rw" }}]
 
 [agents.pipe]
@@ -112,6 +114,15 @@ pub fn finish(child: Child) -> (i32, String) {
     let text =
         String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
     (out.status.code().unwrap_or(-1), text)
+}
+
+/// Polls until `done`, failing the test after 30 s instead of hanging.
+pub fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !done() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(5));
+    }
 }
 
 pub fn ledger_counts(root: &Path) -> HashMap<String, usize> {
@@ -224,11 +235,9 @@ fn a_side_effect_without_reconcile_killed_mid_call_needs_attention() {
     let (mut child, id) = start(&e.config, "unsure", "x");
     // Wait until the intent of step 2 is durable, then kill inside the tool.
     let j = journal(&e.root);
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while j.find(&id, 2, EntryKind::ToolIntent).unwrap().is_none() {
-        assert!(Instant::now() < deadline, "step 2 never started");
-        std::thread::sleep(Duration::from_millis(10));
-    }
+    wait_until("the intent of step 2", || {
+        j.find(&id, 2, EntryKind::ToolIntent).unwrap().is_some()
+    });
     child.kill().unwrap();
     child.wait().unwrap();
     let (code, out) = finish(spawn(&e.config, &["resume", &id]));
@@ -259,9 +268,9 @@ fn an_irreversible_tool_is_never_rerun_on_resume() {
     let e = env();
     let (mut child, id) = start(&e.config, "irreversible", "x");
     let j = journal(&e.root);
-    while j.find(&id, 1, EntryKind::ToolIntent).unwrap().is_none() {
-        std::thread::sleep(Duration::from_millis(10));
-    }
+    wait_until("the publish intent", || {
+        j.find(&id, 1, EntryKind::ToolIntent).unwrap().is_some()
+    });
     child.kill().unwrap();
     child.wait().unwrap();
     let (code, out) = finish(spawn(&e.config, &["resume", &id]));
@@ -422,7 +431,12 @@ async fn a_tool_loop_runs_tools_for_the_model_and_survives_a_kill() {
             .await
             .unwrap();
     let j = journal(&e.root);
+    let deadline = Instant::now() + Duration::from_secs(30);
     while j.find(&id, 2, EntryKind::ToolIntent).unwrap().is_none() {
+        assert!(
+            Instant::now() < deadline,
+            "timed out waiting for the ledger intent"
+        );
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     child.kill().unwrap();
