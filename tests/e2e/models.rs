@@ -706,3 +706,22 @@ fn keys_never_appear_in_any_output() {
         .iter()
         .all(|a| a.credential.as_deref() == Some(secret)));
 }
+
+#[tokio::test]
+async fn connection_refused_is_transient_and_retried() {
+    // Port 9 (discard) has no listener here: every connect is refused.
+    let dir = tempdir();
+    let config = format!(
+        "{PRELUDE}\n[models.m]\nprovider = \"openai\"\nmodel = \"m\"\nbase_url = \"http://127.0.0.1:9/v1\"\nretry = {{ attempts = 2 }}\n{NO_BREAKER}\n"
+    );
+    let b = load(dir.path(), &config).await;
+    let o = b.ask("m", "hi").await.unwrap();
+    assert_eq!(
+        trail(&o),
+        [
+            t("m", "transient", "retry"),
+            t("m", "transient", "fail-over")
+        ]
+    );
+    assert!(o.attempts[0].message.contains("cannot connect"), "{o}");
+}
