@@ -252,6 +252,19 @@ impl Run<'_> {
         })
     }
 
+    /// A step found done in the journal: its outcome, announced as such.
+    fn replayed(&mut self, step: u64, chain: &str, e: &Entry) -> Result<Outcome, RunError> {
+        let outcome = self.outcome_of(e)?;
+        self.say(
+            step,
+            format!(
+                "{chain}: done earlier ({}), not repeated",
+                summary(&outcome)
+            ),
+        );
+        Ok(outcome)
+    }
+
     fn outcome_of(&self, e: &Entry) -> Result<Outcome, RunError> {
         serde_json::from_value(e.payload["outcome"].clone())
             .map_err(|err| self.damaged(e.seq, "not an outcome", err))
@@ -485,17 +498,11 @@ impl Run<'_> {
             ],
         )?;
         match newest.as_ref().map(|e| e.kind) {
-            Some(EntryKind::ToolResult) => {
-                let outcome = self.outcome_of(newest.as_ref().expect("matched"))?;
-                self.say(
-                    step,
-                    format!(
-                        "{chain}: done earlier ({}), not repeated",
-                        summary(&outcome)
-                    ),
-                );
-                Ok(Flow::Go(outcome))
-            }
+            Some(EntryKind::ToolResult) => Ok(Flow::Go(self.replayed(
+                step,
+                chain,
+                newest.as_ref().expect("matched"),
+            )?)),
             Some(EntryKind::Attention) | Some(EntryKind::Resolution) => {
                 match self.pending_resolution(step, newest.as_ref().expect("matched"))? {
                     Err(att) => Ok(self.waiting(step, att)),
@@ -770,15 +777,11 @@ impl Run<'_> {
         )?;
         match newest.as_ref().map(|e| e.kind) {
             Some(EntryKind::ModelCall) => {
-                let outcome = self.outcome_of(newest.as_ref().expect("matched"))?;
-                self.say(
+                return Ok(Flow::Go(self.replayed(
                     step,
-                    format!(
-                        "{chain}: done earlier ({}), not repeated",
-                        summary(&outcome)
-                    ),
-                );
-                return Ok(Flow::Go(outcome));
+                    chain,
+                    newest.as_ref().expect("matched"),
+                )?));
             }
             Some(EntryKind::Attention) | Some(EntryKind::Resolution) => {
                 match self.pending_resolution(step, newest.as_ref().expect("matched"))? {
