@@ -61,7 +61,8 @@ async fn a_file_that_is_not_a_component_is_named_with_its_location() {
         .err()
         .unwrap();
     assert!(
-        e.to_string().contains("not a valid WebAssembly component"),
+        e.to_string()
+            .contains("junk.wasm is not a WebAssembly component (a wasm binary starts with"),
         "{e}"
     );
 }

@@ -317,7 +317,10 @@ impl Loader<'_> {
             )
         })?;
         serde_path_to_error::deserialize(de).map_err(|e| {
-            let key = e.path().to_string();
+            let key = e
+                .path()
+                .to_string()
+                .replace(".$__serde_spanned_private_value", "");
             let inner = e.into_inner();
             let message = with_suggestion(inner.message().trim());
             self.err(inner.span().map_or(0, |s| s.start), key, message)
@@ -854,7 +857,7 @@ impl Loader<'_> {
                 stack.pop();
             } else {
                 let mut msg =
-                    format!("unknown target `{target}`: not a tool or chain in this file");
+                    format!("unknown target `{target}`: not a tool, model or chain in this file");
                 if let Some(s) = closest(target, known.iter().copied()) {
                     msg.push_str(&format!(" (did you mean `{s}`?)"));
                 }

@@ -269,7 +269,7 @@ fn rate<'de, D: Deserializer<'de>>(d: D) -> Result<Option<f64>, D::Error> {
     let r = f64::deserialize(d)?;
     if !(0.0..=1.0).contains(&r) {
         return Err(de::Error::custom(format!(
-            "failure_rate is a share between 0.0 and 1.0, not {r}"
+            "must be a share between 0.0 and 1.0, not {r}"
         )));
     }
     Ok(Some(r))

@@ -141,6 +141,16 @@ impl Runtime {
         if bytes.len() >= 8 && bytes[..4] == *b"\0asm" && bytes[4..8] == [1, 0, 0, 0] {
             anyhow::bail!("{} is a core wasm module, not a component; build it for wasm32-wasip2 or wrap it with `wasm-tools component new`", path.display());
         }
+        // Text is accepted only when it looks like a component in the text
+        // format; anything else gets a one-line answer, not a WAT parse error.
+        let text_component =
+            std::str::from_utf8(&bytes).is_ok_and(|t| t.trim_start().starts_with("(component"));
+        if !bytes.starts_with(b"\0asm") && !text_component {
+            anyhow::bail!(
+                "{} is not a WebAssembly component (a wasm binary starts with \\0asm)",
+                path.display()
+            );
+        }
         let component = Component::new(&self.engine, &bytes).map_err(|e| {
             anyhow::anyhow!(
                 "{} is not a valid WebAssembly component: {e:#}",
