@@ -7,6 +7,7 @@ mod corpus;
 mod demo;
 mod escalations;
 mod guards;
+mod hostile;
 mod loading;
 mod models;
 mod runs;

@@ -18,7 +18,8 @@ const SCHEMA: &str = r#"{
   "type": "object",
   "properties": {
     "mode": {"enum": ["echo", "fail", "sleep", "spin", "alloc", "trap", "panic",
-                      "read", "env", "context", "bad-json", "record"]},
+                      "read", "env", "context", "bad-json", "record",
+                      "recurse", "connect", "big-output", "bad-utf8", "log-flood"]},
     "class": {"enum": ["invalid-input", "transient", "rate-limited", "unavailable",
                        "permanent", "needs-human"]},
     "times": {"type": "integer", "minimum": 0,
@@ -181,6 +182,49 @@ impl Guest for Fault {
                 writeln!(file, "{}", ctx.idempotency_key)
                     .map_err(|e| ToolError::Transient(format!("cannot write {path}: {e}")))?;
                 ok(echo(), confidence)
+            }
+            "recurse" => {
+                #[allow(unconditional_recursion)]
+                fn down(n: u64, pad: [u8; 256]) -> u64 {
+                    std::hint::black_box(pad);
+                    down(n + 1, pad) + 1
+                }
+                ok(json!(down(0, [0; 256])), confidence)
+            }
+            "connect" => {
+                // No socket is granted: this must fail, not connect.
+                let addr = input["addr"]
+                    .as_str()
+                    .ok_or_else(|| invalid("`addr` is required"))?;
+                match std::net::TcpStream::connect(addr) {
+                    Ok(_) => ok(json!({ "connected": addr }), confidence),
+                    Err(e) => Err(ToolError::Permanent(format!(
+                        "cannot connect to {addr}: {e}"
+                    ))),
+                }
+            }
+            "big-output" => {
+                let mb = input["mb"].as_u64().unwrap_or(100) as usize;
+                Ok(Output {
+                    value: "x".repeat(mb << 20),
+                    confidence,
+                })
+            }
+            "bad-utf8" => {
+                // SAFETY: deliberately breaks String's invariant so the
+                // host sees invalid UTF-8 cross the boundary.
+                let value = unsafe { String::from_utf8_unchecked(vec![b'"', 0xff, 0xfe, b'"']) };
+                Ok(Output { value, confidence })
+            }
+            "log-flood" => {
+                let big = "y".repeat(1 << 20);
+                let fields: Vec<(String, String)> =
+                    (0..100).map(|i| (format!("k{i}"), big.clone())).collect();
+                for _ in 0..300 {
+                    log(Level::Error, &big, &fields[..4]);
+                }
+                log(Level::Error, "many fields", &fields);
+                ok(json!("flooded"), confidence)
             }
             other => Err(invalid(format!("unknown mode `{other}`"))),
         }

@@ -1,0 +1,127 @@
+//! Hostile tools: each misbehaviour is contained and classified, the host
+//! keeps serving, and host memory stays bounded across many hostile calls.
+
+use crate::common::{load, tempdir, PRELUDE};
+use backstop::Backstop;
+use serde_json::json;
+
+async fn setup() -> (tempfile::TempDir, Backstop) {
+    let dir = tempdir();
+    let text = format!(
+        "{PRELUDE}\n[tools.hostile]\ncomponent = \"{{plugins}}/fault.wasm\"\nmemory = \"160MiB\"\ntimeout = \"5s\"\nretry = {{ attempts = 1 }}\nbreaker = {{ consecutive_failures = 0, failure_rate = 0.0 }}\n"
+    );
+    let b = load(dir.path(), &text).await;
+    (dir, b)
+}
+
+async fn first(b: &Backstop, input: serde_json::Value) -> (String, String) {
+    let o = b.call("hostile", input).await.unwrap();
+    (o.attempts[0].class.clone(), o.attempts[0].message.clone())
+}
+
+#[tokio::test]
+async fn each_hostile_behaviour_is_contained_and_classified() {
+    let (_d, b) = setup().await;
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.set_nonblocking(true).unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    let cases = [
+        (json!({"mode": "recurse"}), "trap", ""),
+        (json!({"mode": "trap"}), "trap", "unreachable"),
+        (
+            json!({"mode": "panic"}),
+            "trap",
+            "fault tool asked to panic",
+        ),
+        (
+            json!({"mode": "alloc"}),
+            "resource-exhausted",
+            "memory cap 160MiB reached",
+        ),
+        (
+            json!({"mode": "big-output", "mb": 100}),
+            "malformed-output",
+            "exceeds max_output 1MiB",
+        ),
+        (json!({"mode": "bad-utf8"}), "trap", "utf-8"),
+        (json!({"mode": "bad-json"}), "malformed-output", "not JSON"),
+        (
+            json!({"mode": "connect", "addr": addr}),
+            "permanent",
+            "cannot connect",
+        ),
+        (
+            json!({"mode": "read", "path": "/etc/passwd"}),
+            "permanent",
+            "cannot read /etc/passwd",
+        ),
+        (json!({"mode": "env", "key": "PATH"}), "ok", ""),
+        (json!({"mode": "log-flood"}), "ok", ""),
+    ];
+    for (input, class, fragment) in cases {
+        let (got, message) = first(&b, input.clone()).await;
+        assert_eq!(got, class, "{input}: {message}");
+        assert!(
+            message.to_lowercase().contains(&fragment.to_lowercase()),
+            "{input}: {message}"
+        );
+        // The host keeps serving after every one of them.
+        let (ok, m) = first(&b, json!({"mode": "echo"})).await;
+        assert_eq!(ok, "ok", "after {input}: {m}");
+    }
+    assert!(
+        listener.accept().is_err(),
+        "a tool without a socket grant reached the network"
+    );
+    // The env probe saw nothing the host did not grant.
+    let o = b
+        .call("hostile", json!({"mode": "env", "key": "PATH"}))
+        .await
+        .unwrap();
+    assert_eq!(o.value.unwrap()["value"], serde_json::Value::Null);
+}
+
+fn rss_kib() -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap()
+}
+
+#[tokio::test]
+async fn host_memory_stays_bounded_across_a_thousand_hostile_calls() {
+    let (_d, b) = setup().await;
+    let modes = [
+        json!({"mode": "trap"}),
+        json!({"mode": "panic"}),
+        json!({"mode": "recurse"}),
+        json!({"mode": "bad-json"}),
+        json!({"mode": "bad-utf8"}),
+        json!({"mode": "big-output", "mb": 4}),
+        json!({"mode": "read", "path": "/etc/passwd"}),
+    ];
+    for i in 0..100 {
+        b.call("hostile", modes[i % modes.len()].clone())
+            .await
+            .unwrap();
+    }
+    let before = rss_kib();
+    for i in 0..1000 {
+        let o = b
+            .call("hostile", modes[i % modes.len()].clone())
+            .await
+            .unwrap();
+        assert!(!o.ok);
+    }
+    let after = rss_kib();
+    println!(
+        "RSS across 1,000 hostile calls: {before} KiB -> {after} KiB ({:+} KiB)",
+        after as i64 - before as i64
+    );
+    assert!(
+        after < before + 64 * 1024,
+        "host RSS grew from {before} KiB to {after} KiB"
+    );
+}
