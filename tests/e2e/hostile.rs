@@ -125,3 +125,45 @@ async fn host_memory_stays_bounded_across_a_thousand_hostile_calls() {
         "host RSS grew from {before} KiB to {after} KiB"
     );
 }
+
+#[tokio::test]
+async fn output_that_violates_its_declared_schema_is_malformed() {
+    let dir = tempdir();
+    let text = format!(
+        "{PRELUDE}\n[tools.shaped]\ncomponent = \"{{plugins}}/fault.wasm\"\nenv = ['FAULT_OUTPUT_SCHEMA={{\"type\":\"object\",\"required\":[\"answer\"],\"properties\":{{\"answer\":{{\"type\":\"string\"}}}}}}']\nretry = {{ attempts = 1 }}\n"
+    );
+    let b = load(dir.path(), &text).await;
+    assert_eq!(
+        b.tool("shaped")
+            .unwrap()
+            .description()
+            .output_schema
+            .as_ref()
+            .unwrap()["required"][0],
+        "answer"
+    );
+    let o = b
+        .call("shaped", json!({"mode": "echo", "value": 1}))
+        .await
+        .unwrap();
+    assert_eq!(o.attempts[0].class, "malformed-output", "{o}");
+    assert!(
+        o.attempts[0]
+            .message
+            .contains("does not match the declared output schema"),
+        "{o}"
+    );
+    assert!(o.attempts[0].message.contains("answer"), "{o}");
+
+    // A schema that is not a JSON Schema is refused at load, naming the tool.
+    let bad = tempdir();
+    let path = crate::common::write_config(
+        bad.path(),
+        "[tools.broken]\ncomponent = \"{plugins}/fault.wasm\"\nenv = ['FAULT_OUTPUT_SCHEMA={\"type\": 5}']\n",
+    );
+    let e = Backstop::load(&path).await.err().unwrap().to_string();
+    assert!(
+        e.contains("tools.broken.component") && e.contains("not a valid JSON Schema"),
+        "{e}"
+    );
+}

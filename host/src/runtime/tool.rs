@@ -63,6 +63,8 @@ pub struct WasmTool {
     origins: Arc<Vec<Origin>>,
     tick: Duration,
     instantiations: AtomicU64,
+    /// The declared output schema, compiled; outputs are checked against it.
+    output_schema: Option<jsonschema::Validator>,
 }
 
 impl From<WitEffect> for Effect {
@@ -133,6 +135,7 @@ impl WasmTool {
             origins: Arc::new(config.http.clone()),
             tick: rt.tick,
             instantiations: AtomicU64::new(0),
+            output_schema: None,
         };
         let info = tool
             .describe()
@@ -157,6 +160,13 @@ impl WasmTool {
             description: info.description,
             effect: declared,
         };
+        if let Some(schema) = &tool.description.output_schema {
+            tool.output_schema = Some(jsonschema::validator_for(schema).map_err(|e| {
+                fail(format!(
+                    "`describe` returned an output schema that is not a valid JSON Schema: {e}"
+                ))
+            })?);
+        }
         tool.effect = match config.effect {
             Some(op) if op < declared => {
                 return Err(LoadError {
@@ -327,6 +337,19 @@ impl WasmTool {
         }
         let value = serde_json::from_str(&out.value)
             .map_err(|e| malformed(format!("output is not JSON ({e}): {}", preview(&out.value))))?;
+        if let Some(v) = &self.output_schema {
+            if let Err(e) = v.validate(&value) {
+                let at = e.instance_path.to_string();
+                let at = if at.is_empty() {
+                    "the output".to_owned()
+                } else {
+                    format!("output at {at}")
+                };
+                return Err(malformed(format!(
+                    "{at} does not match the declared output schema: {e}"
+                )));
+            }
+        }
         if let Some(c) = out.confidence {
             if !(0.0..=1.0).contains(&c) {
                 return Err(malformed(format!("confidence {c} is outside 0.0 to 1.0")));

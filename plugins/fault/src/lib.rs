@@ -66,7 +66,8 @@ impl Guest for Fault {
             description: "Test tool: fails, stalls, loops, allocates or traps as its input asks."
                 .into(),
             input_schema: SCHEMA.into(),
-            output_schema: None,
+            // Tests declare an output schema through a granted env key.
+            output_schema: std::env::var("FAULT_OUTPUT_SCHEMA").ok(),
             // Tests declare other effects through the granted env key.
             effect: match std::env::var("FAULT_EFFECT").as_deref() {
                 Ok("idempotent") => Effect::Idempotent,
