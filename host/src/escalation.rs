@@ -490,4 +490,23 @@ mod tests {
             1
         );
     }
+
+    #[test]
+    fn a_damaged_record_is_reported_not_guessed() {
+        let d = tempfile::tempdir().unwrap();
+        let j = SqliteJournal::open(d.path().join("s.db")).unwrap();
+        j.escalate(esc("e1", EscalationReason::NeedsHuman)).unwrap();
+        j.lock()
+            .execute(
+                "UPDATE escalations SET record = 'garbage' WHERE id = 'e1'",
+                [],
+            )
+            .unwrap();
+        let e = j.escalation("e1").unwrap_err().to_string();
+        assert!(e.contains("escalation record is not valid"), "{e}");
+        assert!(
+            j.resolve("e1", Resolution::Retry, "ann").is_err(),
+            "a damaged escalation is never resolved"
+        );
+    }
 }

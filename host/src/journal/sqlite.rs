@@ -501,6 +501,35 @@ mod tests {
     }
 
     #[test]
+    fn a_tampered_snapshot_is_named() {
+        let (d, j) = store();
+        j.create_run("r1", "a", "t").unwrap();
+        j.append("r1", EntryKind::ToolResult, 1, &json!({"ok": true}))
+            .unwrap();
+        j.write_snapshot(
+            "r1",
+            &Snapshot {
+                seq: 1,
+                state: json!({"next": 1}),
+            },
+        )
+        .unwrap();
+        drop(j);
+        let conn = Connection::open(d.path().join("state.db")).unwrap();
+        conn.execute("UPDATE snapshots SET state = '{\"next\":99}'", [])
+            .unwrap();
+        drop(conn);
+        let j = SqliteJournal::open(d.path().join("state.db")).unwrap();
+        let e = j.load("r1").unwrap_err().to_string();
+        assert!(
+            e.contains("run r1: journal entry 1 is damaged: snapshot: checksum mismatch"),
+            "{e}"
+        );
+        // The entries themselves are intact and readable.
+        assert_eq!(j.entries("r1").unwrap().len(), 1);
+    }
+
+    #[test]
     fn a_file_that_is_not_a_database_is_reported_not_overwritten() {
         let d = tempfile::tempdir().unwrap();
         let path = d.path().join("state.db");
