@@ -64,12 +64,7 @@ fn usage(v: &Value) -> Usage {
 /// Parses a Messages API response body.
 pub fn parse(v: &Value) -> Result<ChatResponse, Failure> {
     if v.get("type").and_then(Value::as_str) == Some("error") {
-        let kind = v["error"]["type"].as_str().unwrap_or("unknown");
-        return Err(super::classify::stream_error(
-            kind,
-            v["error"]["message"].as_str().unwrap_or(""),
-            false,
-        ));
+        return Err(super::classify::error_object(&v["error"], false));
     }
     let content: Vec<Block> = serde_json::from_value(
         v.get("content")
@@ -154,14 +149,7 @@ async fn stream(response: reqwest::Response, deadline: Instant) -> Result<ChatRe
                     .unwrap_or(use_.output_tokens);
             }
             "message_stop" => finished = true,
-            "error" => {
-                let e = &data["error"];
-                return Err(super::classify::stream_error(
-                    e["type"].as_str().unwrap_or("unknown"),
-                    e["message"].as_str().unwrap_or(""),
-                    began,
-                ));
-            }
+            "error" => return Err(super::classify::error_object(&data["error"], began)),
             _ => {} // ping, content_block_stop
         }
         Ok(began)

@@ -162,6 +162,16 @@ pub fn stream_error(kind: &str, message: &str, output_began: bool) -> Failure {
     }
 }
 
+/// Classifies a provider's `error` object (`{"type"|"code", "message"}`),
+/// found in a 200 body or a stream event.
+pub fn error_object(e: &serde_json::Value, output_began: bool) -> Failure {
+    let kind = e["code"]
+        .as_str()
+        .or(e["type"].as_str())
+        .unwrap_or("unknown");
+    stream_error(kind, e["message"].as_str().unwrap_or(""), output_began)
+}
+
 /// Classifies a transport error from reqwest.
 pub fn transport(err: &reqwest::Error, output_began: bool) -> Failure {
     // reqwest's Display can include the URL; ours carry no secrets, but

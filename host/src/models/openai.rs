@@ -143,15 +143,7 @@ fn tool_input(name: &str, arguments: &str) -> Result<Value, Failure> {
 /// Parses a chat-completion response body.
 pub fn parse(v: &Value) -> Result<ChatResponse, Failure> {
     if let Some(e) = v.get("error") {
-        let kind = e["code"]
-            .as_str()
-            .or(e["type"].as_str())
-            .unwrap_or("unknown");
-        return Err(super::classify::stream_error(
-            kind,
-            e["message"].as_str().unwrap_or(""),
-            false,
-        ));
+        return Err(super::classify::error_object(e, false));
     }
     let choice = v["choices"]
         .get(0)
@@ -216,15 +208,7 @@ async fn stream(response: reqwest::Response, deadline: Instant) -> Result<ChatRe
             }
         })?;
         if let Some(e) = data.get("error") {
-            let kind = e["code"]
-                .as_str()
-                .or(e["type"].as_str())
-                .unwrap_or("unknown");
-            return Err(super::classify::stream_error(
-                kind,
-                e["message"].as_str().unwrap_or(""),
-                began,
-            ));
+            return Err(super::classify::error_object(e, began));
         }
         if let Some(m) = data["model"].as_str() {
             model = m.to_owned();
