@@ -1,11 +1,86 @@
 #!/usr/bin/env bash
-# Builds every Rust tool in this folder for wasm32-wasip2 into plugins/dist/.
+# Builds every tool in this folder into plugins/dist/: Rust (wasm32-wasip2),
+# Python (componentize-py), JavaScript (componentize-js) and C (clang +
+# wasi-libc). Installs the toolchains it needs on first use, at pinned
+# versions, and rebuilds a component only when its sources changed.
+# `./build.sh rust` (or python, js, c) builds one language.
 set -euo pipefail
 cd "$(dirname "$0")"
-rustup target add wasm32-wasip2 >/dev/null 2>&1 || true
-cargo build --release --target wasm32-wasip2 --quiet
+here=$(pwd)
 mkdir -p dist
-for wasm in target/wasm32-wasip2/release/*.wasm; do
-  cp "$wasm" dist/
+langs=${*:-rust python js c}
+
+COMPONENTIZE_PY=0.25.1
+C_PACKAGES="clang lld wasi-libc libclang-rt-dev-wasm32"
+
+say() { echo "build.sh: $*" >&2; }
+
+# True when $1 is missing or older than any of the other paths.
+stale() {
+  local out=$1
+  shift
+  [ -e "$out" ] || return 0
+  [ -n "$(find "$@" -newer "$out" -print -quit 2>/dev/null)" ]
+}
+
+build_rust() {
+  rustup target add wasm32-wasip2 >/dev/null 2>&1 || true
+  cargo build --release --target wasm32-wasip2 --quiet
+  cp target/wasm32-wasip2/release/*.wasm dist/
+}
+
+build_python() {
+  local venv=python/.venv
+  if [ "$("$venv/bin/componentize-py" --version 2>/dev/null | awk '{print $2}')" != "$COMPONENTIZE_PY" ]; then
+    say "installing componentize-py $COMPONENTIZE_PY into $venv"
+    python3 -m venv "$venv"
+    "$venv/bin/pip" install --quiet --disable-pip-version-check "componentize-py==$COMPONENTIZE_PY"
+  fi
+  for dir in python/*/; do
+    local name
+    name=$(basename "$dir")
+    [ -f "$dir/app.py" ] || continue
+    if stale "dist/$name.wasm" "$dir" ../wit build.sh; then
+      say "python: $name"
+      (cd "$dir" && "$here/$venv/bin/componentize-py" -d ../../../wit -w tool componentize app \
+        -o "$here/dist/$name.wasm" >/dev/null)
+    fi
+  done
+}
+
+build_js() {
+  # The bundled tooling cannot read paths outside the project: keep a copy
+  # of the WIT inside it.
+  rm -rf js/wit && cp -r ../wit js/wit
+  if ! cmp -s js/package-lock.json js/node_modules/.installed-lock.json; then
+    say "installing componentize-js (npm ci, versions from js/package-lock.json)"
+    (cd js && npm ci --no-audit --no-fund --loglevel=error && cp package-lock.json node_modules/.installed-lock.json)
+  fi
+  for src in js/*.js; do
+    local name
+    name=$(basename "$src" .js)
+    if stale "dist/$name.wasm" "$src" ../wit build.sh; then
+      say "js: $name"
+      (cd js && npx --no-install componentize-js "$name.js" --wit wit -n tool -o "$here/dist/$name.wasm" >/dev/null)
+    fi
+  done
+}
+
+build_c() {
+  if ! command -v clang >/dev/null || ! command -v wasm-ld >/dev/null || [ ! -e /usr/lib/wasm32-wasi/libc.a ]; then
+    say "installing $C_PACKAGES (Debian packages)"
+    local sudo=""
+    [ "$(id -u)" = 0 ] || sudo=sudo
+    $sudo apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq $C_PACKAGES >/dev/null
+  fi
+  c/build.sh
+}
+
+for lang in $langs; do
+  case $lang in
+    rust | python | js | c) "build_$lang" ;;
+    *) say "unknown language '$lang' (rust, python, js, c)"; exit 1 ;;
+  esac
 done
 ls dist

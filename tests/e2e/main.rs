@@ -8,6 +8,7 @@ mod demo;
 mod escalations;
 mod guards;
 mod hostile;
+mod languages;
 mod loading;
 mod models;
 mod runs;
