@@ -40,7 +40,7 @@ build_python() {
     local name
     name=$(basename "$dir")
     [ -f "$dir/app.py" ] || continue
-    if stale "dist/$name.wasm" "$dir" ../wit build.sh; then
+    if stale "dist/$name.wasm" "$dir"/*.py ../wit build.sh; then
       say "python: $name"
       (cd "$dir" && "$here/$venv/bin/componentize-py" -d ../../../wit -w tool componentize app \
         -o "$here/dist/$name.wasm" >/dev/null)
