@@ -26,7 +26,13 @@ stale() {
 build_rust() {
   rustup target add wasm32-wasip2 >/dev/null 2>&1 || true
   cargo build --release --target wasm32-wasip2 --quiet
-  cp target/wasm32-wasip2/release/*.wasm dist/
+  # Only the workspace's own crates (each folder's name is its crate's):
+  # a removed tool's old build must not reappear in dist/.
+  for manifest in */Cargo.toml; do
+    local name
+    name=$(dirname "$manifest")
+    cp "target/wasm32-wasip2/release/$name.wasm" dist/
+  done
 }
 
 build_python() {

@@ -1,7 +1,8 @@
-//! Tools written in Python, JavaScript and C, built from `plugins/` by the
-//! same script as the Rust ones, called through the host: every
-//! `tool-error` case and the call context must cross the boundary intact
-//! in each language, and each language's real tool must do its job.
+//! Tools written in Rust, Python, JavaScript and C, built from `plugins/`
+//! by one script, called through the host: every `tool-error` case and the
+//! call context must cross the boundary intact in each language (through
+//! each language's template tool, the one plugins/README.md starts from),
+//! and each language's real tool must do its job.
 
 use crate::common::{load, t, tempdir, trail, PRELUDE};
 use backstop::{Backstop, EscalationReason, FailureClass};
@@ -141,6 +142,12 @@ async fn conformance(b: &Backstop, language: &str) {
             "{language}"
         );
     }
+}
+
+#[tokio::test]
+async fn rust_template() {
+    let (_d, b) = setup("echo_rs.wasm", "").await;
+    conformance(&b, "rust").await;
 }
 
 #[tokio::test]
