@@ -49,7 +49,7 @@ pub async fn complete(
     }
     let response = send(req, timeout).await?;
     if config.stream {
-        return stream(response, deadline).await;
+        return stream(response.bytes_stream(), deadline).await;
     }
     parse(&json_body(response, deadline).await?)
 }
@@ -90,14 +90,18 @@ enum Partial {
     },
 }
 
-async fn stream(response: reqwest::Response, deadline: Instant) -> Result<ChatResponse, Failure> {
+/// Assembles a streamed answer from the body's chunks.
+pub(crate) async fn stream(
+    body: impl futures_util::Stream<Item = reqwest::Result<bytes::Bytes>>,
+    deadline: Instant,
+) -> Result<ChatResponse, Failure> {
     let mut model = String::new();
     let mut blocks: Vec<Partial> = Vec::new();
     let mut stop_reason = None;
     let mut use_ = Usage::default();
     let mut finished = false;
     let mut began = false;
-    sse::read(response, deadline, |ev| {
+    sse::read(body, deadline, |ev| {
         let data: Value = serde_json::from_str(&ev.data).map_err(|e| {
             let f = malformed(format!("stream event is not JSON ({e})"));
             if began {

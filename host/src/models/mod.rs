@@ -334,3 +334,42 @@ pub(crate) fn malformed(what: impl std::fmt::Display) -> Failure {
         format!("malformed response: {what}"),
     )
 }
+
+/// What the adapters do with a provider's bytes once HTTP has delivered
+/// them, without the network: a whole body, a streamed body in chunks, an
+/// error status. The fuzz targets (`fuzz/`) drive these; an app replaying
+/// recorded exchanges can too.
+pub mod decode {
+    use super::{anthropic, openai, ChatResponse, Provider};
+    use crate::outcome::Failure;
+    use std::time::{Duration, SystemTime};
+
+    /// A whole (non-streamed) 2xx body.
+    pub fn body(provider: Provider, body: &[u8]) -> Result<ChatResponse, Failure> {
+        let v: serde_json::Value =
+            serde_json::from_slice(body).map_err(|e| super::malformed(format!("not JSON: {e}")))?;
+        match provider {
+            Provider::Anthropic => anthropic::parse(&v),
+            Provider::Openai => openai::parse(&v),
+        }
+    }
+
+    /// A streamed (SSE) 2xx body, arriving in `chunks` as split on the wire.
+    pub async fn stream(provider: Provider, chunks: Vec<Vec<u8>>) -> Result<ChatResponse, Failure> {
+        let body = futures_util::stream::iter(
+            chunks
+                .into_iter()
+                .map(|c| Ok::<_, reqwest::Error>(bytes::Bytes::from(c))),
+        );
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(3600);
+        match provider {
+            Provider::Anthropic => anthropic::stream(body, deadline).await,
+            Provider::Openai => openai::stream(body, deadline).await,
+        }
+    }
+
+    /// An error status with its headers and body, classified.
+    pub fn http_failure(status: u16, headers: &http::HeaderMap, body: &str) -> Failure {
+        super::classify::http_failure(status, headers, body, SystemTime::now())
+    }
+}

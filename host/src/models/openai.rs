@@ -118,7 +118,7 @@ pub async fn complete(
     }
     let response = send(req, timeout).await?;
     if config.stream {
-        return stream(response, deadline).await;
+        return stream(response.bytes_stream(), deadline).await;
     }
     parse(&json_body(response, deadline).await?)
 }
@@ -183,7 +183,11 @@ struct Call {
     arguments: String,
 }
 
-async fn stream(response: reqwest::Response, deadline: Instant) -> Result<ChatResponse, Failure> {
+/// Assembles a streamed answer from the body's chunks.
+pub(crate) async fn stream(
+    body: impl futures_util::Stream<Item = reqwest::Result<bytes::Bytes>>,
+    deadline: Instant,
+) -> Result<ChatResponse, Failure> {
     let mut model = String::new();
     let mut text = String::new();
     let mut calls: Vec<Call> = Vec::new();
@@ -191,7 +195,7 @@ async fn stream(response: reqwest::Response, deadline: Instant) -> Result<ChatRe
     let mut usage = Usage::default();
     let mut done = false;
     let mut began = false;
-    sse::read(response, deadline, |ev| {
+    sse::read(body, deadline, |ev| {
         if ev.data.trim() == "[DONE]" {
             done = true;
             return Ok(began);

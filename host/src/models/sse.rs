@@ -2,6 +2,8 @@
 
 use super::classify;
 use crate::outcome::{Failure, FailureClass};
+use bytes::Bytes;
+use futures_util::{Stream, StreamExt};
 use tokio::time::Instant;
 
 #[derive(Debug, Default, PartialEq)]
@@ -10,18 +12,23 @@ pub struct Event {
     pub data: String,
 }
 
-/// Reads events from `response` until it ends, calling `each` for every
-/// event; `each` returns whether output has begun (so a broken stream can
-/// be classified) and may stop the stream with an error.
-pub async fn read(
-    mut response: reqwest::Response,
+/// Reads events from `body` (a response's chunks) until it ends, calling
+/// `each` for every event; `each` returns whether output has begun (so a
+/// broken stream can be classified) and may stop the stream with an error.
+pub async fn read<S>(
+    body: S,
     deadline: Instant,
     mut each: impl FnMut(Event) -> Result<bool, Failure>,
-) -> Result<(), Failure> {
+) -> Result<(), Failure>
+where
+    S: Stream<Item = reqwest::Result<Bytes>>,
+{
+    let mut body = std::pin::pin!(body);
     let mut buf: Vec<u8> = Vec::new();
     let mut began = false;
     loop {
-        let chunk = match tokio::time::timeout_at(deadline, response.chunk()).await {
+        let next = tokio::time::timeout_at(deadline, body.next()).await;
+        let chunk = match next.map(Option::transpose) {
             Err(_) if began => {
                 return Err(Failure::new(FailureClass::StreamBroken, "stream stalled past the deadline after output began; restarting on the next target"))
             }
