@@ -22,14 +22,21 @@ pub fn retry_after(headers: &http::HeaderMap, now: SystemTime) -> Option<Duratio
             .and_then(|v| v.to_str().ok())
             .map(str::trim)
     };
+    // A wait too long for `Duration` is still a wait: saturate, and let
+    // `max_retry_after` fail over (found by the `models` fuzz target: a
+    // 31-digit Retry-After panicked in `Duration::from_secs_f64`).
+    let seconds = |s: f64| {
+        (s.is_finite() && s >= 0.0)
+            .then(|| Duration::try_from_secs_f64(s).unwrap_or(Duration::MAX))
+    };
     if let Some(ms) = text("retry-after-ms").and_then(|v| v.parse::<f64>().ok()) {
-        if ms.is_finite() && ms >= 0.0 {
-            return Some(Duration::from_secs_f64(ms / 1000.0));
+        if let Some(d) = seconds(ms / 1000.0) {
+            return Some(d);
         }
     }
     let v = text("retry-after")?;
     if let Ok(secs) = v.parse::<f64>() {
-        return (secs.is_finite() && secs >= 0.0).then(|| Duration::from_secs_f64(secs));
+        return seconds(secs);
     }
     let at = httpdate::parse_http_date(v).ok()?;
     Some(at.duration_since(now).unwrap_or(Duration::ZERO))
@@ -215,6 +222,20 @@ mod tests {
             .iter()
             .map(|(k, v)| (http::HeaderName::from_static(k), v.parse().unwrap()))
             .collect()
+    }
+
+    #[test]
+    fn absurd_retry_after_saturates_instead_of_panicking() {
+        let now = SystemTime::now();
+        for (name, value) in [
+            ("retry-after", "1111111111111111111101111111113"),
+            ("retry-after-ms", "1e300"),
+            ("retry-after", "1e20"),
+        ] {
+            let h = headers(&[(name, value)]);
+            assert_eq!(retry_after(&h, now), Some(Duration::MAX), "{name}: {value}");
+        }
+        assert_eq!(retry_after(&headers(&[("retry-after", "NaN")]), now), None);
     }
 
     #[test]
