@@ -34,12 +34,19 @@ pub use config::{Config, ConfigError};
 pub use error::Error;
 pub use outcome::{Attempt, CallError, Effect, EscalationReason, Failure, FailureClass, Outcome};
 
-use guard::{BreakerState, Breakers, CallTarget, ChainRunner};
+use guard::{BreakerState, Breakers, CallTarget, ChainRunner, ChainTarget};
 use rand::{rngs::StdRng, SeedableRng};
 use runtime::{Runtime, WasmTool};
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
+
+/// A chain (or a lone tool or model) resolved for calling.
+struct Plan {
+    name: Arc<str>,
+    targets: Vec<ChainTarget>,
+    deadline: std::time::Duration,
+}
 
 /// A loaded configuration: its tools compiled and described, a breaker per
 /// target, ready to serve calls from many tasks at once.
@@ -49,6 +56,7 @@ pub struct Backstop {
     tools: BTreeMap<String, Arc<WasmTool>>,
     models: BTreeMap<String, Arc<models::ModelTarget>>,
     breakers: Breakers,
+    plans: std::collections::HashMap<String, Plan>,
     rng: Mutex<StdRng>,
     journal: std::sync::OnceLock<Arc<journal::SqliteJournal>>,
     http: reqwest::Client,
@@ -93,7 +101,7 @@ impl Backstop {
             return Err(e.into());
         }
         let client = models::http_client();
-        let models = config
+        let models: BTreeMap<String, Arc<models::ModelTarget>> = config
             .models
             .values()
             .map(|m| {
@@ -110,6 +118,38 @@ impl Backstop {
                 .map(|t| (t.name.clone(), t.breaker))
                 .chain(config.models.values().map(|m| (m.name.clone(), m.breaker))),
         );
+        // Every callable name resolved once: a call then reaches its
+        // targets, retry policies and breakers without lookups by name.
+        let mut plans = std::collections::HashMap::new();
+        let names = config
+            .chains
+            .keys()
+            .chain(config.tools.keys())
+            .chain(config.models.keys());
+        for name in names {
+            let Some(chain) = config.chain(name) else {
+                continue;
+            };
+            let targets = chain
+                .targets
+                .iter()
+                .map(|t| {
+                    let target: Arc<dyn CallTarget> = match tools.get(t) {
+                        Some(tool) => tool.clone(),
+                        None => models[t].clone(),
+                    };
+                    ChainTarget::new(target, config.retry_policy(&chain.name, t), &breakers)
+                })
+                .collect();
+            plans.insert(
+                name.clone(),
+                Plan {
+                    name: chain.name.as_str().into(),
+                    targets,
+                    deadline: chain.deadline,
+                },
+            );
+        }
         let rng = match config.seed {
             Some(seed) => StdRng::seed_from_u64(seed),
             None => StdRng::from_os_rng(),
@@ -120,6 +160,7 @@ impl Backstop {
             tools,
             models,
             breakers,
+            plans,
             rng: Mutex::new(rng),
             journal: std::sync::OnceLock::new(),
             http: client,
@@ -233,34 +274,19 @@ impl Backstop {
         input: serde_json::Value,
         key: String,
     ) -> Result<Outcome, Error> {
-        let plan = self
-            .config
-            .chain(chain)
-            .ok_or_else(|| Error::UnknownChain {
-                name: chain.to_owned(),
-                hint: match self.config.callable() {
-                    names if names.is_empty() => " (the config declares none)".into(),
-                    names => format!(" (known: {})", names.join(", ")),
-                },
-            })?;
-        let targets = plan
-            .targets
-            .iter()
-            .map(|t| {
-                let target: Arc<dyn CallTarget> = match self.tools.get(t) {
-                    Some(tool) => tool.clone(),
-                    None => self.models[t].clone(),
-                };
-                (target, self.config.retry_policy(&plan.name, t))
-            })
-            .collect();
+        let plan = self.plans.get(chain).ok_or_else(|| Error::UnknownChain {
+            name: chain.to_owned(),
+            hint: match self.config.callable() {
+                names if names.is_empty() => " (the config declares none)".into(),
+                names => format!(" (known: {})", names.join(", ")),
+            },
+        })?;
         let runner = ChainRunner {
             chain: &plan.name,
-            targets,
+            targets: &plan.targets,
             deadline: plan.deadline,
-            breakers: &self.breakers,
             rng: &self.rng,
         };
-        Ok(runner.run(&input, key).await)
+        Ok(runner.run(&input, key.into()).await)
     }
 }

@@ -2,7 +2,9 @@
 //! of every attempt, and the marked outcome of a whole chain call.
 
 use serde::{Deserialize, Serialize};
+use std::borrow::Cow;
 use std::fmt;
+use std::sync::Arc;
 use std::time::Duration;
 
 /// What a call does to the world; decides what is safe to repeat.
@@ -126,7 +128,9 @@ impl fmt::Display for FailureClass {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Failure {
     pub class: FailureClass,
-    pub message: String,
+    /// Static where it can be, so a failure the host knows well (an open
+    /// breaker, say) costs no allocation.
+    pub message: Cow<'static, str>,
     /// For `RateLimited`: the wait the target asked for, if it said.
     #[serde(
         default,
@@ -138,7 +142,7 @@ pub struct Failure {
 }
 
 impl Failure {
-    pub fn new(class: FailureClass, message: impl Into<String>) -> Self {
+    pub fn new(class: FailureClass, message: impl Into<Cow<'static, str>>) -> Self {
         Failure {
             class,
             message: message.into(),
@@ -146,7 +150,10 @@ impl Failure {
         }
     }
 
-    pub fn rate_limited(message: impl Into<String>, retry_after: Option<Duration>) -> Self {
+    pub fn rate_limited(
+        message: impl Into<Cow<'static, str>>,
+        retry_after: Option<Duration>,
+    ) -> Self {
         Failure {
             class: FailureClass::RateLimited,
             message: message.into(),
@@ -201,27 +208,52 @@ impl fmt::Display for EscalationReason {
 /// One attempt on one target, as the outcome reports it.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Attempt {
-    pub target: String,
+    pub target: Arc<str>,
     /// 1-based attempt number on this target.
     pub attempt: u32,
     /// `ok`, or the failure class.
-    pub class: String,
-    #[serde(default, skip_serializing_if = "String::is_empty")]
-    pub message: String,
+    pub class: Cow<'static, str>,
+    #[serde(default, skip_serializing_if = "str::is_empty")]
+    pub message: Cow<'static, str>,
     /// How long the attempt ran.
     pub elapsed_ms: u64,
     /// The wait before the next attempt on this target (0 when the chain
     /// moved on or stopped).
     pub delay_ms: u64,
     /// What the guard did next: `done`, `retry`, `fail-over`, `stop`.
-    pub then: String,
+    pub then: Cow<'static, str>,
 }
+
+impl Attempt {
+    /// The record of an attempt that failed with `f`.
+    pub fn failed(
+        target: &Arc<str>,
+        attempt: u32,
+        f: &Failure,
+        elapsed_ms: u64,
+        then: &'static str,
+    ) -> Attempt {
+        Attempt {
+            target: target.clone(),
+            attempt,
+            class: Cow::Borrowed(f.class.as_str()),
+            message: f.message.clone(),
+            elapsed_ms,
+            delay_ms: 0,
+            then: Cow::Borrowed(then),
+        }
+    }
+}
+
+/// The attempts of one call: the first inline, so a call that succeeds at
+/// once allocates no list.
+pub type Attempts = smallvec::SmallVec<[Attempt; 1]>;
 
 /// Why nothing could serve a call.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct CallError {
     pub class: FailureClass,
-    pub message: String,
+    pub message: Cow<'static, str>,
     /// Set when the failure needs a person.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub escalate: Option<EscalationReason>,
@@ -232,20 +264,20 @@ pub struct CallError {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Outcome {
     pub ok: bool,
-    pub chain: String,
+    pub chain: Arc<str>,
     /// The call's idempotency key, the same across every attempt.
-    pub key: String,
+    pub key: Arc<str>,
     #[serde(default)]
     pub value: Option<serde_json::Value>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub confidence: Option<f64>,
     /// The target that produced `value`.
-    pub served_by: Option<String>,
+    pub served_by: Option<Arc<str>>,
     /// True when a target other than the chain's first served the call.
     pub degraded: bool,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub degraded_reason: Option<String>,
-    pub attempts: Vec<Attempt>,
+    pub attempts: Attempts,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<CallError>,
     pub elapsed_ms: u64,
@@ -259,7 +291,7 @@ impl fmt::Display for Outcome {
             if !a.message.is_empty() {
                 write!(f, " ({})", a.message)?;
             }
-            match a.then.as_str() {
+            match &*a.then {
                 "retry" => writeln!(f, " -> retry in {} ms", a.delay_ms)?,
                 "fail-over" => writeln!(f, " -> fall back")?,
                 "stop" => writeln!(f, " -> stop")?,

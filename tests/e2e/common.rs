@@ -84,7 +84,13 @@ open_for = "300ms"
 pub fn trail(o: &Outcome) -> Vec<(String, String, String)> {
     o.attempts
         .iter()
-        .map(|a| (a.target.clone(), a.class.clone(), a.then.clone()))
+        .map(|a| {
+            (
+                a.target.to_string(),
+                a.class.to_string(),
+                a.then.to_string(),
+            )
+        })
         .collect()
 }
 

@@ -87,7 +87,7 @@ async fn transient_failure_is_retried_within_jitter_bounds() {
     // The tool saw the attempt number and one key across retries.
     let v = o.value.unwrap();
     assert_eq!(v["attempt"], 3);
-    assert_eq!(v["key"], o.key.as_str());
+    assert_eq!(v["key"], &*o.key);
     assert_eq!(v["echo"], "hi");
 }
 

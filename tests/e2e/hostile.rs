@@ -16,7 +16,10 @@ async fn setup() -> (tempfile::TempDir, Backstop) {
 
 async fn first(b: &Backstop, input: serde_json::Value) -> (String, String) {
     let o = b.call("hostile", input).await.unwrap();
-    (o.attempts[0].class.clone(), o.attempts[0].message.clone())
+    (
+        o.attempts[0].class.to_string(),
+        o.attempts[0].message.to_string(),
+    )
 }
 
 #[tokio::test]

@@ -97,7 +97,7 @@ async fn read_only_grant_refuses_writes_and_read_write_allows_them() {
         .unwrap();
     assert!(o.ok, "{o}");
     let written = std::fs::read_to_string(d.path().join("out/log.txt")).unwrap();
-    assert_eq!(written.trim(), o.key);
+    assert_eq!(written.trim(), &*o.key);
 }
 
 #[tokio::test]

@@ -347,29 +347,29 @@ impl Run<'_> {
     ) -> Outcome {
         Outcome {
             ok,
-            chain: chain.to_owned(),
-            key: key.to_owned(),
+            chain: chain.into(),
+            key: key.into(),
             value,
             confidence: None,
-            served_by: ok.then(|| format!("person:{by}")),
+            served_by: ok.then(|| format!("person:{by}").into()),
             degraded: ok,
             degraded_reason: ok.then(|| format!("result supplied by a person ({by})")),
-            attempts: vec![Attempt {
-                target: format!("person:{by}"),
+            attempts: smallvec::smallvec![Attempt {
+                target: format!("person:{by}").into(),
                 attempt: 0,
                 class: if ok {
                     "supplied".into()
                 } else {
                     "rejected".into()
                 },
-                message: note.clone(),
+                message: note.clone().into(),
                 elapsed_ms: 0,
                 delay_ms: 0,
                 then: "done".into(),
             }],
             error: (!ok).then_some(crate::outcome::CallError {
                 class: crate::FailureClass::Permanent,
-                message: note,
+                message: note.into(),
                 escalate: None,
             }),
             elapsed_ms: 0,
@@ -565,15 +565,15 @@ impl Run<'_> {
             Some((target, Reconciled::Done(out))) => {
                 let outcome = Outcome {
                     ok: true,
-                    chain: chain.to_owned(),
-                    key: key.clone(),
+                    chain: chain.into(),
+                    key: key.as_str().into(),
                     value: Some(out.value),
                     confidence: out.confidence,
-                    served_by: Some(target.clone()),
+                    served_by: Some(target.as_str().into()),
                     degraded: false,
                     degraded_reason: None,
-                    attempts: vec![Attempt {
-                        target,
+                    attempts: smallvec::smallvec![Attempt {
+                        target: target.into(),
                         attempt: 0,
                         class: "reconciled".into(),
                         message: "the tool says this call already happened".into(),
@@ -678,9 +678,9 @@ impl Run<'_> {
                 message: outcome
                     .error
                     .as_ref()
-                    .map(|e| e.message.clone())
+                    .map(|e| e.message.to_string())
                     .unwrap_or_default(),
-                attempts: outcome.attempts.clone(),
+                attempts: outcome.attempts.to_vec(),
                 escalation: None,
             };
             self.say(
@@ -710,7 +710,7 @@ impl Run<'_> {
                     input: input.clone(),
                     key,
                     message: format!("confidence {c:.2} is below the threshold {threshold:.2}"),
-                    attempts: outcome.attempts.clone(),
+                    attempts: outcome.attempts.to_vec(),
                     escalation: None,
                 };
                 self.say(step, format!("{chain}: NEEDS ATTENTION: {}", att.message));
@@ -854,11 +854,11 @@ impl Run<'_> {
                 .unwrap_or(EscalationReason::RetriesExhausted),
             chain: chain.to_owned(),
             input,
-            key: o.key.clone(),
+            key: o.key.to_string(),
             message: e
                 .map(|e| format!("{}: {}", e.class, e.message))
                 .unwrap_or_default(),
-            attempts: o.attempts.clone(),
+            attempts: o.attempts.to_vec(),
             escalation: None,
         }
     }
@@ -1164,7 +1164,7 @@ fn rejection(o: &Outcome) -> Option<String> {
     (!o.ok && o.attempts.first().is_some_and(|a| a.class == "rejected")).then(|| {
         o.error
             .as_ref()
-            .map(|e| e.message.clone())
+            .map(|e| e.message.to_string())
             .unwrap_or_default()
     })
 }

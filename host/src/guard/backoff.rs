@@ -19,6 +19,10 @@ pub enum Jitter {
     Decorrelated,
     /// Plain exponential, no randomness (for comparison only).
     None,
+    /// `t * uniform[0.75, 1.0]`: the narrow jitter of the provider SDKs
+    /// (for comparison: clients failing together still retry nearly
+    /// together).
+    Narrow,
 }
 
 /// Exponential backoff with jitter. Construct with [`Backoff::new`], which
@@ -85,6 +89,10 @@ impl Backoff {
                 let prev = previous.max(self.base);
                 uniform(rng, self.base, prev.saturating_mul(3)).min(self.cap)
             }
+            Jitter::Narrow => {
+                let t = self.ceiling(retry);
+                uniform(rng, t.mul_f64(0.75), t)
+            }
         }
     }
 }
@@ -114,7 +122,12 @@ mod tests {
     #[test]
     fn every_jitter_stays_in_bounds() {
         let mut rng = StdRng::seed_from_u64(7);
-        for jitter in [Jitter::Full, Jitter::Equal, Jitter::Decorrelated] {
+        for jitter in [
+            Jitter::Full,
+            Jitter::Equal,
+            Jitter::Decorrelated,
+            Jitter::Narrow,
+        ] {
             let b = Backoff::new(ms(10), ms(500), jitter).unwrap();
             let mut prev = Duration::ZERO;
             for n in 0..50 {
@@ -123,6 +136,7 @@ mod tests {
                 match jitter {
                     Jitter::Full => assert!(d <= ceiling),
                     Jitter::Equal => assert!(d >= ceiling / 2 && d <= ceiling),
+                    Jitter::Narrow => assert!(d >= ceiling.mul_f64(0.75) && d <= ceiling),
                     _ => assert!(d >= ms(10) && d <= ms(500) && d <= prev.max(ms(10)) * 3),
                 }
                 prev = d;

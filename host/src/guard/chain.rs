@@ -4,10 +4,11 @@
 use super::breaker::{Breaker, BreakerPolicy, BreakerState, Permit, Rejected};
 use super::retry::{Decision, RetryPolicy};
 use crate::outcome::{
-    Attempt, CallError, Effect, EscalationReason, Failure, FailureClass, Outcome,
+    Attempt, Attempts, CallError, Effect, EscalationReason, Failure, FailureClass, Outcome,
 };
 use crate::runtime::{CallCtx, ToolOutput};
 use rand::rngs::StdRng;
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::future::Future;
 use std::pin::Pin;
@@ -29,26 +30,36 @@ pub trait CallTarget: Send + Sync {
     ) -> Pin<Box<dyn Future<Output = Result<ToolOutput, Failure>> + Send + 'a>>;
 }
 
+/// A breaker shared by every chain that calls its target.
+pub type SharedBreaker = Arc<Mutex<Breaker>>;
+
+fn lock(b: &SharedBreaker) -> std::sync::MutexGuard<'_, Breaker> {
+    b.lock().unwrap_or_else(|p| p.into_inner())
+}
+
 /// The breakers of every target, shared by all calls of a process.
 #[derive(Default)]
 pub struct Breakers {
-    map: Mutex<HashMap<String, Breaker>>,
+    map: HashMap<String, SharedBreaker>,
 }
 
 impl Breakers {
     pub fn new(policies: impl IntoIterator<Item = (String, BreakerPolicy)>) -> Self {
         let map = policies
             .into_iter()
-            .map(|(k, p)| (k, Breaker::new(p)))
+            .map(|(k, p)| (k, Arc::new(Mutex::new(Breaker::new(p)))))
             .collect();
-        Breakers {
-            map: Mutex::new(map),
-        }
+        Breakers { map }
+    }
+
+    /// `target`'s breaker, for a chain to hold on to: calls then reach it
+    /// without a lookup by name.
+    pub fn get(&self, target: &str) -> Option<SharedBreaker> {
+        self.map.get(target).cloned()
     }
 
     fn with<R>(&self, target: &str, f: impl FnOnce(&mut Breaker) -> R) -> Option<R> {
-        let mut map = self.map.lock().unwrap_or_else(|p| p.into_inner());
-        map.get_mut(target).map(f)
+        self.map.get(target).map(|b| f(&mut lock(b)))
     }
 
     /// Asks to call `target`; a target without a breaker is always admitted.
@@ -81,12 +92,33 @@ impl Breakers {
     }
 }
 
+/// One target of a chain, resolved once when the config loads: the
+/// target, its name, its retry policy and its breaker.
+#[derive(Clone)]
+pub struct ChainTarget {
+    pub target: Arc<dyn CallTarget>,
+    pub name: Arc<str>,
+    pub retry: RetryPolicy,
+    pub breaker: Option<SharedBreaker>,
+}
+
+impl ChainTarget {
+    pub fn new(target: Arc<dyn CallTarget>, retry: RetryPolicy, breakers: &Breakers) -> Self {
+        let name: Arc<str> = target.name().into();
+        ChainTarget {
+            breaker: breakers.get(&name),
+            target,
+            name,
+            retry,
+        }
+    }
+}
+
 /// One chain call's plan: targets in order, each with its retry policy.
 pub struct ChainRunner<'a> {
-    pub chain: &'a str,
-    pub targets: Vec<(Arc<dyn CallTarget>, RetryPolicy)>,
+    pub chain: &'a Arc<str>,
+    pub targets: &'a [ChainTarget],
     pub deadline: Duration,
-    pub breakers: &'a Breakers,
     pub rng: &'a Mutex<StdRng>,
 }
 
@@ -96,21 +128,25 @@ fn millis(d: Duration) -> u64 {
 
 impl ChainRunner<'_> {
     /// Runs the call. Never fails: every way it can end is in the outcome.
-    pub async fn run(&self, input: &serde_json::Value, key: String) -> Outcome {
+    ///
+    /// The happy path (first target, first attempt) allocates nothing of
+    /// its own: names and the key are shared, the attempt record is inline.
+    pub async fn run(&self, input: &serde_json::Value, key: Arc<str>) -> Outcome {
         let started = Instant::now();
         let deadline = started + self.deadline;
-        let mut attempts: Vec<Attempt> = Vec::new();
+        let mut attempts = Attempts::new();
         // Why each target before the one that served did not.
-        let mut passed_over: Vec<String> = Vec::new();
+        let mut passed_over: smallvec::SmallVec<[(Arc<str>, FailureClass); 2]> =
+            smallvec::SmallVec::new();
         let mut last: Option<Failure> = None;
         let mut all_open = true;
+        let mut now = started;
 
-        for (target, policy) in &self.targets {
-            let name = target.name().to_owned();
+        for t in self.targets {
+            let name = &t.name;
             let mut attempt = 1u32;
             let mut previous_delay = Duration::ZERO;
             loop {
-                let now = Instant::now();
                 let remaining = deadline.saturating_duration_since(now);
                 if remaining.is_zero() {
                     let f = Failure::new(
@@ -120,15 +156,7 @@ impl ChainRunner<'_> {
                             humantime::format_duration(self.deadline)
                         ),
                     );
-                    attempts.push(Attempt {
-                        target: name.clone(),
-                        attempt,
-                        class: f.class.to_string(),
-                        message: f.message.clone(),
-                        elapsed_ms: 0,
-                        delay_ms: 0,
-                        then: "stop".into(),
-                    });
+                    attempts.push(Attempt::failed(name, attempt, &f, 0, "stop"));
                     return self.failed(
                         started,
                         key,
@@ -137,40 +165,34 @@ impl ChainRunner<'_> {
                         Some(EscalationReason::RetriesExhausted),
                     );
                 }
-                let permit = match self.breakers.acquire(&name, now) {
-                    Ok(p) => p,
-                    Err(rejected) => {
+                let admitted = t.breaker.as_ref().map(|b| lock(b).acquire(now));
+                let permit = match admitted {
+                    None => None,
+                    Some(Ok(p)) => Some(p),
+                    Some(Err(rejected)) => {
+                        // Static text and the wait in `delay_ms`: failing
+                        // fast should cost next to nothing.
                         let f = Failure::new(
                             FailureClass::CircuitOpen,
-                            format!(
-                                "breaker {}; next probe in {:.1}s",
-                                if rejected.state == BreakerState::Open {
-                                    "open"
-                                } else {
-                                    "half-open, probe in flight"
-                                },
-                                rejected.retry_in.as_secs_f64()
-                            ),
+                            if rejected.state == BreakerState::Open {
+                                "breaker open"
+                            } else {
+                                "breaker half-open, probe in flight"
+                            },
                         );
-                        attempts.push(Attempt {
-                            target: name.clone(),
-                            attempt,
-                            class: f.class.to_string(),
-                            message: f.message.clone(),
-                            elapsed_ms: 0,
-                            delay_ms: 0,
-                            then: "fail-over".into(),
-                        });
-                        passed_over.push(format!("{name}: circuit open"));
+                        let mut record = Attempt::failed(name, attempt, &f, 0, "fail-over");
+                        record.delay_ms = millis(rejected.retry_in);
+                        attempts.push(record);
+                        passed_over.push((name.clone(), FailureClass::CircuitOpen));
                         last = Some(f);
                         break;
                     }
                 };
                 all_open = false;
-                let mut timeout = target.timeout().min(remaining);
+                let mut timeout = t.target.timeout().min(remaining);
                 if permit.as_ref().is_some_and(Permit::is_probe) {
-                    if let Some(p) = self.breakers.policy(&name) {
-                        timeout = timeout.min(p.probe_timeout);
+                    if let Some(b) = &t.breaker {
+                        timeout = timeout.min(lock(b).policy().probe_timeout);
                     }
                 }
                 let ctx = CallCtx {
@@ -178,85 +200,81 @@ impl ChainRunner<'_> {
                     attempt,
                     timeout,
                 };
-                let t0 = Instant::now();
-                let result = target.call(input, &ctx).await;
-                let elapsed = t0.elapsed();
+                let result = t.target.call(input, &ctx).await;
+                let ended = Instant::now();
+                let elapsed = ended - now;
+                now = ended;
                 let failed = result
                     .as_ref()
                     .err()
                     .is_some_and(|f| f.class.counts_for_breaker());
-                self.breakers.record(&name, permit, failed, Instant::now());
+                if let (Some(b), Some(p)) = (&t.breaker, permit) {
+                    lock(b).record(p, failed, ended);
+                }
                 let failure = match result {
                     Ok(out) => {
                         attempts.push(Attempt {
                             target: name.clone(),
                             attempt,
-                            class: "ok".into(),
-                            message: String::new(),
+                            class: Cow::Borrowed("ok"),
+                            message: Cow::Borrowed(""),
                             elapsed_ms: millis(elapsed),
                             delay_ms: 0,
-                            then: "done".into(),
+                            then: Cow::Borrowed("done"),
                         });
                         let degraded = !passed_over.is_empty();
                         return Outcome {
                             ok: true,
-                            chain: self.chain.to_owned(),
+                            chain: self.chain.clone(),
                             key,
                             value: Some(out.value),
                             confidence: out.confidence,
-                            served_by: Some(name),
+                            served_by: Some(name.clone()),
                             degraded,
                             degraded_reason: degraded
-                                .then(|| format!("fallback: {}", passed_over.join("; "))),
+                                .then(|| format!("fallback: {}", summary(&passed_over))),
                             attempts,
                             error: None,
-                            elapsed_ms: millis(started.elapsed()),
+                            elapsed_ms: millis(ended - started),
                         };
                     }
                     Err(f) => f,
                 };
-                let remaining = deadline.saturating_duration_since(Instant::now());
+                let remaining = deadline.saturating_duration_since(now);
                 let decision = {
                     let mut rng = self.rng.lock().unwrap_or_else(|p| p.into_inner());
-                    policy.decide(
+                    t.retry.decide(
                         &failure,
-                        target.effect(),
+                        t.target.effect(),
                         attempt,
                         previous_delay,
                         remaining,
                         &mut *rng,
                     )
                 };
-                let mut record = Attempt {
-                    target: name.clone(),
-                    attempt,
-                    class: failure.class.to_string(),
-                    message: failure.message.clone(),
-                    elapsed_ms: millis(elapsed),
-                    delay_ms: 0,
-                    then: String::new(),
-                };
+                let mut record = Attempt::failed(name, attempt, &failure, millis(elapsed), "");
                 match decision {
                     Decision::Retry(delay) => {
                         record.delay_ms = millis(delay);
-                        record.then = "retry".into();
+                        record.then = Cow::Borrowed("retry");
                         attempts.push(record);
                         tokio::time::sleep(delay).await;
+                        now = Instant::now();
                         previous_delay = delay;
                         attempt += 1;
                     }
                     Decision::FailOver(note) => {
-                        record.then = "fail-over".into();
+                        record.then = Cow::Borrowed("fail-over");
                         if let Some(n) = &note {
-                            record.message = format!("{}; {n}", record.message);
+                            record.message = format!("{}; {n}", record.message).into();
                         }
                         attempts.push(record);
-                        passed_over.push(format!("{name}: {}", failure.class));
+                        passed_over.push((name.clone(), failure.class));
                         last = Some(failure);
                         break;
                     }
                     Decision::Stop(reason) => {
-                        record.then = "stop".into();
+                        record.then = Cow::Borrowed("stop");
                         attempts.push(record);
                         return self.failed(started, key, attempts, failure, Some(reason));
                     }
@@ -270,13 +288,19 @@ impl ChainRunner<'_> {
         } else {
             EscalationReason::RetriesExhausted
         };
-        let summary = Failure {
-            message: format!(
-                "every target failed ({}); last: {}",
-                passed_over.join("; "),
-                last.message
-            ),
-            ..last
+        // One target: its own failure says it all (the attempts name it).
+        let summary = if passed_over.len() < 2 {
+            last
+        } else {
+            Failure {
+                message: format!(
+                    "every target failed ({}); last: {}",
+                    summary(&passed_over),
+                    last.message
+                )
+                .into(),
+                ..last
+            }
         };
         self.failed(started, key, attempts, summary, Some(reason))
     }
@@ -284,14 +308,14 @@ impl ChainRunner<'_> {
     fn failed(
         &self,
         started: Instant,
-        key: String,
-        attempts: Vec<Attempt>,
+        key: Arc<str>,
+        attempts: Attempts,
         f: Failure,
         escalate: Option<EscalationReason>,
     ) -> Outcome {
         Outcome {
             ok: false,
-            chain: self.chain.to_owned(),
+            chain: self.chain.clone(),
             key,
             value: None,
             confidence: None,
@@ -307,4 +331,22 @@ impl ChainRunner<'_> {
             elapsed_ms: millis(started.elapsed()),
         }
     }
+}
+
+/// `name: class; name: class` for the targets passed over.
+fn summary(passed_over: &[(Arc<str>, FailureClass)]) -> String {
+    let mut s = String::new();
+    for (i, (name, class)) in passed_over.iter().enumerate() {
+        if i > 0 {
+            s.push_str("; ");
+        }
+        s.push_str(name);
+        s.push_str(": ");
+        s.push_str(if *class == FailureClass::CircuitOpen {
+            "circuit open"
+        } else {
+            class.as_str()
+        });
+    }
+    s
 }

@@ -19,5 +19,5 @@ mod retry;
 
 pub use backoff::{Backoff, Jitter};
 pub use breaker::{Breaker, BreakerPolicy, BreakerState, Permit, Rejected};
-pub use chain::{Breakers, CallTarget, ChainRunner};
+pub use chain::{Breakers, CallTarget, ChainRunner, ChainTarget, SharedBreaker};
 pub use retry::{Decision, RetryPolicy};

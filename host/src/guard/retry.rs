@@ -64,8 +64,11 @@ impl RetryPolicy {
                     humantime::format_duration(self.max_retry_after)
                 )));
             }
-            // Never call sooner than the target asked.
-            delay = delay.max(asked);
+            // Never call sooner than the target asked, and spread the
+            // callers told the same wait by the jittered backoff on top:
+            // waiting exactly `asked` brings every rejected caller back in
+            // the same instant (the `report` bench's rate-limit scenario).
+            delay = asked.saturating_add(delay);
         }
         if delay >= remaining {
             return Decision::FailOver(Some(

@@ -26,8 +26,7 @@ pub fn retry_after(headers: &http::HeaderMap, now: SystemTime) -> Option<Duratio
     // `max_retry_after` fail over (found by the `models` fuzz target: a
     // 31-digit Retry-After panicked in `Duration::from_secs_f64`).
     let seconds = |s: f64| {
-        (s.is_finite() && s >= 0.0)
-            .then(|| Duration::try_from_secs_f64(s).unwrap_or(Duration::MAX))
+        (s.is_finite() && s >= 0.0).then(|| Duration::try_from_secs_f64(s).unwrap_or(Duration::MAX))
     };
     if let Some(ms) = text("retry-after-ms").and_then(|v| v.parse::<f64>().ok()) {
         if let Some(d) = seconds(ms / 1000.0) {

@@ -208,7 +208,7 @@ impl ModelTarget {
         // A provider may echo the key in an error body: never pass it on.
         result.map_err(|mut f| {
             if let Some(k) = key.as_deref().filter(|k| k.len() >= 4) {
-                f.message = f.message.replace(k, "[redacted]");
+                f.message = f.message.replace(k, "[redacted]").into();
             }
             f
         })

@@ -29,7 +29,7 @@ pub struct ToolDescription {
 /// The per-attempt facts a call needs.
 #[derive(Clone, Debug)]
 pub struct CallCtx {
-    pub key: String,
+    pub key: Arc<str>,
     pub attempt: u32,
     /// This attempt's time limit (already cut to the call's deadline).
     pub timeout: Duration,
@@ -297,7 +297,7 @@ impl WasmTool {
     pub async fn invoke(&self, input: &str, ctx: &CallCtx) -> Result<ToolOutput, Failure> {
         let call = CallInfo {
             tool: self.config.name.clone(),
-            key: ctx.key.clone(),
+            key: ctx.key.to_string(),
             attempt: ctx.attempt,
             deadline: Instant::now() + ctx.timeout,
         };

@@ -1,8 +1,7 @@
-//! Load: 200 concurrent callers through a chain with 30% injected failures
-//! for 60 s (BENCH_SECONDS, BENCH_CONCURRENCY to change). Checks that every
-//! call ends with an outcome, that progress never stalls (a watchdog), and
-//! reports throughput, latency and RSS. Run `plugins/build.sh` first, then
-//! `cargo bench -p backstop --bench load`.
+//! Load (issue 7): concurrent callers through a chain with 30% injected
+//! failures for a fixed time. Checks that every call ends with an outcome,
+//! that progress never stalls (a watchdog), and reports throughput,
+//! latency and RSS.
 
 use backstop::{Backstop, Config};
 use rand::Rng;
@@ -12,26 +11,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-fn rss_kib() -> u64 {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find_map(|l| l.strip_prefix("VmRSS:"))
-                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        })
-        .unwrap_or(0)
-}
+use crate::stats::rss_kib;
 
-fn main() {
-    let seconds: u64 = std::env::var("BENCH_SECONDS")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(60);
-    let concurrency: usize = std::env::var("BENCH_CONCURRENCY")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(200);
+pub fn run(seconds: u64, concurrency: usize) -> String {
+    let mut out = String::new();
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();
     let fault = root.join("plugins/dist/fault.wasm");
     assert!(fault.is_file(), "run plugins/build.sh first");
@@ -71,7 +54,7 @@ deadline = "5s"
     let rss_start = rss_kib();
     let start = Instant::now();
     let end = start + Duration::from_secs(seconds);
-    let latencies = rt.block_on(async {
+    let (latencies, rss_peak) = rt.block_on(async {
         let mut tasks = Vec::new();
         for _ in 0..concurrency {
             let (b, done, ok, degraded, failed) = (
@@ -128,8 +111,7 @@ deadline = "5s"
                     .unwrap(),
             );
         }
-        println!("RSS peak during the run: {rss_peak} KiB");
-        all
+        (all, rss_peak)
     });
     let elapsed = start.elapsed();
     let mut lat = latencies;
@@ -137,25 +119,29 @@ deadline = "5s"
     let n = lat.len();
     let total = done.load(Ordering::Relaxed);
     assert_eq!(total as usize, n);
-    println!(
+    p!(
+        out,
         "load: {concurrency} concurrent callers, 30% injected failures, {:.1} s",
         elapsed.as_secs_f64()
     );
-    println!(
+    p!(out,
         "  {total} calls ({:.0}/s), every one ended with an outcome: {} served by the primary, {} degraded (fallback), {} failed",
         total as f64 / elapsed.as_secs_f64(),
         ok.load(Ordering::Relaxed),
         degraded.load(Ordering::Relaxed),
         failed.load(Ordering::Relaxed)
     );
-    println!(
+    p!(
+        out,
         "  latency p50 {:?}, p99 {:?}, max {:?}",
         lat[n / 2],
         lat[n * 99 / 100],
         lat[n - 1]
     );
-    println!(
-        "  RSS {rss_start} KiB at start, {} KiB at the end",
+    p!(
+        out,
+        "  RSS {rss_start} KiB at start, peak {rss_peak} KiB, {} KiB at the end",
         rss_kib()
     );
+    out
 }

@@ -3,21 +3,11 @@
 //! cached start (a new engine reading the compiled-code cache), and one
 //! guarded call. Each language's template tool (`echo_*`: parse the JSON
 //! input, ask the host for the call context, log, answer JSON).
-//!
-//! `plugins/build.sh && cargo bench -p backstop --bench languages`
-//! (`BENCH_FIRST=3 BENCH_CACHED=10 BENCH_CALLS=300` by default).
 
 use backstop::{Backstop, Config};
 use serde_json::json;
 use std::path::Path;
 use std::time::{Duration, Instant};
-
-fn env(name: &str, default: usize) -> usize {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
 
 /// Median, min and max.
 fn summary(mut xs: Vec<Duration>) -> (Duration, Duration, Duration) {
@@ -52,25 +42,21 @@ async fn start(root: &Path, component: &Path, cache: &Path) -> (Backstop, Durati
     (b, t0.elapsed())
 }
 
-fn main() {
+pub fn run(firsts: usize, cacheds: usize, calls: usize) -> String {
+    let mut out = String::new();
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .unwrap();
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();
     let dist = root.join("plugins/dist");
-    let (firsts, cacheds, calls) = (
-        env("BENCH_FIRST", 3),
-        env("BENCH_CACHED", 10),
-        env("BENCH_CALLS", 300),
-    );
     let tools: [(&str, &str, serde_json::Value); 4] = [
         ("Rust", "echo_rs.wasm", json!({"say": "hi"})),
         ("Python", "echo_py.wasm", json!({"say": "hi"})),
         ("JavaScript", "echo_js.wasm", json!({"say": "hi"})),
         ("C", "echo_c.wasm", json!({"say": "hi"})),
     ];
-    println!(
+    p!(out,
         "| language | component | size | first start | cached start | guarded call |\n| --- | --- | --- | --- | --- | --- |"
     );
     for (language, file, input) in tools {
@@ -102,7 +88,8 @@ fn main() {
                 assert!(o.ok, "{o}");
             }
         });
-        println!(
+        p!(
+            out,
             "| {language} | `{file}` | {:.2} MB | {} | {} | {} |",
             size as f64 / 1e6,
             triple(summary(first)),
@@ -110,4 +97,5 @@ fn main() {
             triple(summary(per_call)),
         );
     }
+    out
 }

@@ -1,5 +1,4 @@
-//! Journal cost as a run grows. `cargo bench -p backstop --bench journal`
-//! (set BENCH_STEPS for another run length; default 10,000).
+//! Goal 4: journal cost as a run grows (BENCH_STEPS steps, 10,000 by default).
 //!
 //! 1. Per-step cost: one step = a durable tool intent + a durable tool
 //!    result (what the runner writes for a tool call), with the runner's
@@ -21,11 +20,8 @@ fn median(mut v: Vec<Duration>) -> Duration {
     v[v.len() / 2]
 }
 
-fn main() {
-    let steps: u64 = std::env::var("BENCH_STEPS")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(10_000);
+pub fn run(steps: u64) -> String {
+    let mut out = String::new();
     let dir = tempfile::tempdir().unwrap();
 
     // 1 and 2: the journal alone.
@@ -66,15 +62,17 @@ fn main() {
     let early = median(costs[0..20.min(n)].to_vec());
     let late = median(costs[n.saturating_sub(21)..n].to_vec());
     let disk = j.size_on_disk().unwrap();
-    println!("journal: {steps} steps, {seq} entries");
-    println!("  per-step cost (intent + result, fsync'd): around step 10 {early:?}, around step {steps} {late:?}, ratio {:.2} (goal <= 1.2)", late.as_secs_f64() / early.as_secs_f64());
-    println!(
+    p!(out, "journal: {steps} steps, {seq} entries");
+    p!(out, "  per-step cost (intent + result, fsync'd): around step 10 {early:?}, around step {steps} {late:?}, ratio {:.2} (goal <= 1.2)", late.as_secs_f64() / early.as_secs_f64());
+    p!(
+        out,
         "  bytes on disk {disk} against raw payload {raw}: ratio {:.2} (goal <= 2)",
         disk as f64 / raw as f64
     );
     let t0 = Instant::now();
     let loaded = j.load("rbench").unwrap();
-    println!(
+    p!(
+        out,
         "  load for resume (snapshot + tail of {} entries): {:?}",
         loaded.tail.len(),
         t0.elapsed()
@@ -114,11 +112,14 @@ fn main() {
         median(per_step[1..21.min(k)].to_vec()),
         median(per_step[k.saturating_sub(21)..k - 1].to_vec()),
     );
-    println!(
+    p!(
+        out,
         "pipeline run: {} steps in {:?}, ended {}",
-        report.step, run_time, report.status
+        report.step,
+        run_time,
+        report.status
     );
-    println!(
+    p!(out,
         "  per-step cost of the whole step (tool call + journal): around step 10 {early:?}, around step {steps} {late:?}, ratio {:.2} (goal <= 1.2)",
         late.as_secs_f64() / early.as_secs_f64()
     );
@@ -131,5 +132,6 @@ fn main() {
         resumes.push(t0.elapsed());
         assert_eq!(r.step, steps);
     }
-    println!("  resume of the {steps}-step run (replays from its snapshot, re-runs the failed last step): median {:?} (goal <= 100 ms)", median(resumes));
+    p!(out, "  resume of the {steps}-step run (replays from its snapshot, re-runs the failed last step): median {:?} (goal <= 100 ms)", median(resumes));
+    out
 }
