@@ -8,9 +8,21 @@ use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use wasmtime::component::{Linker, ResourceTable, Val};
+use wasmtime::component::{HasSelf, Linker, ResourceTable};
 use wasmtime::Store;
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
+
+/// Typed bindings for the baseline, as any wasmtime host would generate.
+mod typed {
+    wasmtime::component::bindgen!({
+        world: "tool",
+        path: "../wit",
+        imports: { default: async },
+        exports: { default: async },
+    });
+}
+
+use typed::backstop::tool::host::{CallContext, Host, Level};
 
 struct Bare {
     wasi: WasiCtx,
@@ -22,6 +34,21 @@ impl WasiView for Bare {
         WasiCtxView {
             ctx: &mut self.wasi,
             table: &mut self.table,
+        }
+    }
+}
+
+impl typed::backstop::tool::types::Host for Bare {}
+
+/// Host imports that answer constants.
+impl Host for Bare {
+    async fn log(&mut self, _: Level, _: String, _: Vec<(String, String)>) {}
+    async fn context(&mut self) -> CallContext {
+        CallContext {
+            idempotency_key: "key".into(),
+            attempt: 1,
+            deadline_ms: 1000,
+            tool_name: "echo".into(),
         }
     }
 }
@@ -52,27 +79,14 @@ pub fn measure(root: &Path, samples: usize, n: u64, seconds: u64) -> Figures {
     let input_text = input.to_string();
 
     // The bare call: the runtime's engine (same pooling allocator and
-    // epoch settings) and compiled component, a plain WASI context, host
-    // imports that answer constants.
+    // epoch settings) and compiled component, typed bindings, a plain WASI
+    // context, host imports that answer constants.
     let engine = b.runtime().engine().clone();
     let (component, _, _) = b.runtime().compile(&component_path).unwrap();
     let mut linker: Linker<Bare> = Linker::new(&engine);
     wasmtime_wasi::p2::add_to_linker_async(&mut linker).unwrap();
-    {
-        let mut host = linker.instance("backstop:tool/host@0.1.0").unwrap();
-        host.func_new("log", |_, _, _, _| Ok(())).unwrap();
-        host.func_new("context", |_, _, _, results| {
-            results[0] = Val::Record(vec![
-                ("idempotency-key".into(), Val::String("key".into())),
-                ("attempt".into(), Val::U32(1)),
-                ("deadline-ms".into(), Val::U64(1000)),
-                ("tool-name".into(), Val::String("echo".into())),
-            ]);
-            Ok(())
-        })
-        .unwrap();
-    }
-    let pre = linker.instantiate_pre(&component).unwrap();
+    typed::Tool::add_to_linker::<_, HasSelf<Bare>>(&mut linker, |s| s).unwrap();
+    let pre = typed::ToolPre::new(linker.instantiate_pre(&component).unwrap()).unwrap();
     let bare_call = || async {
         let mut store = Store::new(
             &engine,
@@ -82,23 +96,10 @@ pub fn measure(root: &Path, samples: usize, n: u64, seconds: u64) -> Figures {
             },
         );
         store.set_epoch_deadline(100);
-        let instance = pre.instantiate_async(&mut store).await.unwrap();
-        let invoke = instance.get_func(&mut store, "invoke").unwrap();
-        let mut results = [Val::Bool(false)];
-        invoke
-            .call_async(&mut store, &[Val::String(input_text.clone())], &mut results)
-            .await
-            .unwrap();
-        assert!(matches!(&results[0], Val::Result(Ok(_))), "{results:?}");
+        let tool = pre.instantiate_async(&mut store).await.unwrap();
+        let out = tool.call_invoke(&mut store, &input_text).await.unwrap();
+        assert!(out.is_ok());
     };
-    if std::env::var_os("BENCH_PROFILE_BARE").is_some() {
-        rt.block_on(async {
-            for _ in 0..20000 {
-                bare_call().await;
-            }
-        });
-        std::process::exit(0);
-    }
     let bare = per_op(samples, n, || {
         rt.block_on(async {
             for _ in 0..n {

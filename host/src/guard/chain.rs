@@ -158,7 +158,7 @@ impl ChainRunner<'_> {
                     );
                     attempts.push(Attempt::failed(name, attempt, &f, 0, "stop"));
                     return self.failed(
-                        started,
+                        now - started,
                         key,
                         attempts,
                         f,
@@ -276,7 +276,7 @@ impl ChainRunner<'_> {
                     Decision::Stop(reason) => {
                         record.then = Cow::Borrowed("stop");
                         attempts.push(record);
-                        return self.failed(started, key, attempts, failure, Some(reason));
+                        return self.failed(now - started, key, attempts, failure, Some(reason));
                     }
                 }
             }
@@ -302,12 +302,14 @@ impl ChainRunner<'_> {
                 ..last
             }
         };
-        self.failed(started, key, attempts, summary, Some(reason))
+        self.failed(now - started, key, attempts, summary, Some(reason))
     }
 
+    /// `elapsed` comes from the last clock read of the call: reading the
+    /// clock again costs more than a rejection's whole decision.
     fn failed(
         &self,
-        started: Instant,
+        elapsed: Duration,
         key: Arc<str>,
         attempts: Attempts,
         f: Failure,
@@ -328,7 +330,7 @@ impl ChainRunner<'_> {
                 message: f.message,
                 escalate,
             }),
-            elapsed_ms: millis(started.elapsed()),
+            elapsed_ms: millis(elapsed),
         }
     }
 }
