@@ -20,7 +20,9 @@ pub enum AgentKind {
         max_steps: u32,
         system: Option<String>,
     },
-    Pipeline(Vec<Step>),
+    /// Shared: a run clones its agent, and a pipeline may have thousands
+    /// of steps (cloning them cost a 10,000-step resume most of its time).
+    Pipeline(std::sync::Arc<[Step]>),
 }
 
 #[derive(Clone, Debug)]

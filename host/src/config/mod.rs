@@ -761,7 +761,7 @@ impl Loader<'_> {
                     }
                     steps.push(Step { name: s.name.clone(), action });
                 }
-                Ok(AgentConfig { name: name.to_owned(), kind: AgentKind::Pipeline(steps) })
+                Ok(AgentConfig { name: name.to_owned(), kind: AgentKind::Pipeline(steps.into()) })
             }
             (Some(model), false) => Err(self.err(model.span().start, &key, "an agent is either a tool loop (`model`, `tools`) or a pipeline (`steps`), not both")),
             (None, true) => Err(self.err(anchor, &key, "an agent needs `model` (a tool loop) or `steps` (a pipeline)")),

@@ -258,7 +258,9 @@ impl ChainRunner<'_> {
                         record.delay_ms = millis(delay);
                         record.then = Cow::Borrowed("retry");
                         attempts.push(record);
-                        tokio::time::sleep(delay).await;
+                        // Boxed: a retry can afford the allocation, and an
+                        // inline timer would make every call's future larger.
+                        Box::pin(tokio::time::sleep(delay)).await;
                         now = Instant::now();
                         previous_delay = delay;
                         attempt += 1;

@@ -353,12 +353,18 @@ impl Journal for SqliteJournal {
     fn find(&self, run: &str, step: u64, kind: EntryKind) -> Result<Option<Entry>, StoreError> {
         let conn = self.lock();
         let rid = Self::rid(&conn, run)?;
+        // INDEXED BY: left to itself, SQLite satisfies `ORDER BY seq` with
+        // the primary key and scans the whole run backwards looking for a
+        // kind a step never had, which made each lookup O(run length) (a
+        // 10,000-step resume spent most of its time here).
         let row: Option<(i64, String, i64, String, i64, i64)> = conn
-            .query_row(
-                "SELECT seq, kind, step, payload, checksum, at FROM entries WHERE rid = ?1 AND step = ?2 AND kind = ?3 ORDER BY seq DESC LIMIT 1",
-                params![rid, step as i64, kind.as_str()],
-                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?)),
-            )
+            .prepare_cached(
+                "SELECT seq, kind, step, payload, checksum, at FROM entries INDEXED BY entries_by_step
+                 WHERE rid = ?1 AND step = ?2 AND kind = ?3 ORDER BY seq DESC LIMIT 1",
+            )?
+            .query_row(params![rid, step as i64, kind.as_str()], |r| {
+                Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?))
+            })
             .optional()?;
         row.map(|(seq, k, st, p, sum, at)| Self::decode(run, seq as u64, k, st as u64, p, sum, at))
             .transpose()
