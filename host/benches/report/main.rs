@@ -84,6 +84,10 @@ fn main() {
         match only.to_str() {
             Some("load") => eprintln!("{}", load::run(if quick { 10 } else { 60 }, 200)),
             Some("journal") => eprintln!("{}", journal::run(if quick { 1_000 } else { 10_000 })),
+            Some("invoke") => {
+                // For a profiler: `WasmTool::invoke` in a loop.
+                wasm::profile_invoke(root, 200_000);
+            }
             Some("wasm") => {
                 let w = wasm::measure(root, samples, 2_000, 2);
                 eprintln!(
@@ -263,7 +267,7 @@ fn main() {
         g.breaker_open.show()
     );
     p!(page, "Peers: Polly's five-strategy pipeline 766 ns; resilience4j's breaker about 243 ns; tower-resilience's about 298 ns.\n");
-    p!(page, "Where the guarded call's time goes: two clock reads (start, end: 25 ns each here), two breaker lock round trips, and moving the call's state ({} B future) and its outcome record ({} B) into place. The happy path allocates nothing of its own: target names and the key are shared (`Arc<str>`), class and next-step names are static, the first attempt record is inline. A rejection allocates for the outcome's error record and its attempt.\n", g.future_bytes, g.outcome_bytes);
+    p!(page, "Where the guarded call's time goes: two clock reads (start, end: 25 ns each here), two breaker lock round trips, and moving the call's state ({} B future) and its outcome record ({} B) into place. The happy path allocates nothing of its own: target names and the key are shared (`Arc<str>`), class and next-step names are static, the first attempt record is inline. A rejection allocates nothing either: its message is static and the wait until the next probe goes in the attempt's `delay_ms`. What keeps both above their goals is the floor named above (clock reads, locks, moves), not work that could be dropped; a lock-free closed state for the breaker is the next step.\n", g.future_bytes, g.outcome_bytes);
 
     p!(
         page,
@@ -282,7 +286,7 @@ fn main() {
     p!(page, "| `WasmTool::invoke`: grants, limits, deadline, host imports, output checks | {} | {:.2} |", w.invoke.show(), w.invoke.median.as_secs_f64() / w.bare.median.as_secs_f64());
     p!(page, "| `Backstop::call`: the same through chain, breaker, retry, outcome | {} | **{ratio:.2}** |\n", w.guarded.show());
     p!(page, "Peers (brief): `InstancePre` with pooling and copy-on-write heaps instantiates in about 5 µs; a naive fresh Store + WASI + instantiate + call 60-100 µs.\n");
-    p!(page, "What the host adds to the bare call, every part of it on purpose: a WASI context built from the tool's grants (preopened directories, environment, no sockets), the HTTP gate, the memory limiter, a captured stderr pipe (to explain a panic), a host-side timer beside the epoch deadline (for a guest blocked in a host call), and parsing the output as JSON; `Backstop::call` then adds a fresh idempotency key, serializing the input, and the outcome record. Two settings found by this bench matter more than all of that: the pooling allocator keeps each slot's first pages resident (reset by `memset`, scanned with `PAGEMAP_SCAN`) instead of returning them to the kernel, and library backtraces are off by default, because with `RUST_BACKTRACE=1` wasmtime captures a stack trace on every Store drop.\n");
+    p!(page, "What the host adds to the bare call, every part of it on purpose: a WASI context built from the tool's grants (preopened directories, environment, no sockets), the HTTP gate, the memory limiter, a captured stderr pipe (to explain a panic), a host-side timer beside the epoch deadline (for a guest blocked in a host call), and parsing the output as JSON; `Backstop::call` then adds a fresh idempotency key, serializing the input, and the outcome record. Two settings found by this bench matter more than all of that: the pooling allocator keeps each slot's first pages resident (reset by `memset`, scanned with `PAGEMAP_SCAN`) instead of returning them to the kernel, and library backtraces are off by default, because with `RUST_BACKTRACE=1` wasmtime captures a stack trace on every Store drop. The host's own additions are what keep the ratio above 1.10: a profile of `WasmTool::invoke` (`BENCH_ONLY=invoke` under `perf`) shows no single item above a few percent.\n");
 
     p!(page, "## 3. Throughput\n");
     p!(page, "`Backstop::call` of the `echo_rs` component from {} callers on a {}-worker runtime for {} s: **{:.0} calls/s** (`{{\"say\": \"hi\"}}`), {:.0} calls/s (empty input). Each call is a fresh instance.\n", w.workers * 8, w.workers, if quick { 2 } else { 10 }, w.throughput, w.throughput_noop_wasm);

@@ -167,3 +167,29 @@ pub fn measure(root: &Path, samples: usize, n: u64, seconds: u64) -> Figures {
         workers,
     }
 }
+
+/// `WasmTool::invoke` of `echo_rs` `n` times, for a profiler.
+pub fn profile_invoke(root: &Path, n: u64) {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let text = format!(
+        "version = 1\ncache_dir = \"{}\"\n[tools.echo]\ncomponent = \"{}\"\n",
+        root.join("target/bench-cache").display(),
+        root.join("plugins/dist/echo_rs.wasm").display()
+    );
+    let config = Config::from_str(&text, "bench.toml", root).unwrap();
+    let b = rt.block_on(Backstop::from_config(config)).unwrap();
+    let tool = b.tool("echo").unwrap();
+    let ctx = backstop::runtime::CallCtx {
+        key: "key".into(),
+        attempt: 1,
+        timeout: Duration::from_secs(5),
+    };
+    rt.block_on(async {
+        for _ in 0..n {
+            tool.invoke("{\"say\":\"hi\"}", &ctx).await.unwrap();
+        }
+    });
+}
