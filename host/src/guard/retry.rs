@@ -175,6 +175,36 @@ mod tests {
     }
 
     #[test]
+    fn callers_told_the_same_wait_are_spread_after_it() {
+        // Waiting exactly `Retry-After` would bring them all back at once
+        // (the report bench's rate-limit scenario).
+        let asked = Duration::from_millis(1500);
+        let f = Failure::rate_limited("", Some(asked));
+        let waits: std::collections::BTreeSet<Duration> = (0..50)
+            .map(|seed| {
+                let mut rng = StdRng::seed_from_u64(seed);
+                match policy().decide(
+                    &f,
+                    Effect::ReadOnly,
+                    1,
+                    Duration::ZERO,
+                    Duration::from_secs(60),
+                    &mut rng,
+                ) {
+                    Decision::Retry(d) => d,
+                    other => panic!("expected a retry, got {other:?}"),
+                }
+            })
+            .collect();
+        let ceiling = policy().backoff.ceiling(0);
+        assert!(
+            waits.iter().all(|d| *d >= asked && *d <= asked + ceiling),
+            "{waits:?}"
+        );
+        assert!(waits.len() > 40, "only {} distinct waits", waits.len());
+    }
+
+    #[test]
     fn no_retry_past_the_deadline() {
         let mut rng = StdRng::seed_from_u64(1);
         let f = Failure::rate_limited("", Some(Duration::from_secs(2)));
