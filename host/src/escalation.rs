@@ -339,25 +339,37 @@ impl SqliteJournal {
         Ok(out)
     }
 
+    /// Counted in SQL (a metrics scrape calls this): no record is read.
     pub fn escalation_stats(&self) -> Result<Stats, QueueError> {
-        let all = self.escalations(&Filter {
-            all: true,
-            ..Filter::default()
+        let conn = self.lock();
+        let mut stmt = conn.prepare_cached(
+            "SELECT reason, COUNT(*), MIN(created_at) FROM escalations
+             WHERE resolved_at IS NULL GROUP BY reason ORDER BY MIN(created_at)",
+        )?;
+        let rows = stmt.query_map([], |r| {
+            Ok((
+                r.get::<_, String>(0)?,
+                r.get::<_, i64>(1)?,
+                r.get::<_, i64>(2)?,
+            ))
         })?;
-        let now = now_ms();
-        let open: Vec<&Escalation> = all.iter().filter(|e| e.resolution.is_none()).collect();
-        let mut by_reason: Vec<(String, u64)> = Vec::new();
-        for e in &open {
-            match by_reason.iter_mut().find(|(r, _)| r == e.reason.as_str()) {
-                Some((_, n)) => *n += 1,
-                None => by_reason.push((e.reason.as_str().to_owned(), 1)),
-            }
+        let (mut open, mut oldest, mut by_reason) = (0u64, None::<i64>, Vec::new());
+        for row in rows {
+            let (reason, n, first) = row?;
+            open += n.max(0) as u64;
+            oldest = Some(oldest.map_or(first, |o| o.min(first)));
+            by_reason.push((reason, n.max(0) as u64));
         }
+        let resolved: i64 = conn.query_row(
+            "SELECT COUNT(*) FROM escalations WHERE resolved_at IS NOT NULL",
+            [],
+            |r| r.get(0),
+        )?;
         Ok(Stats {
-            open: open.len() as u64,
-            oldest_open_age_ms: open.iter().map(|e| now - e.created_at).max(),
+            open,
+            oldest_open_age_ms: oldest.map(|o| (now_ms() - o).max(0)),
             by_reason,
-            resolved: (all.len() - open.len()) as u64,
+            resolved: resolved.max(0) as u64,
         })
     }
 }

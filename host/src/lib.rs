@@ -25,9 +25,12 @@ mod error;
 pub mod escalation;
 pub mod guard;
 pub mod journal;
+pub mod metrics;
 pub mod models;
 pub mod outcome;
 pub mod runtime;
+pub mod serve;
+pub mod status;
 pub mod testkit;
 
 pub use config::{Config, ConfigError};
@@ -46,6 +49,7 @@ struct Plan {
     name: Arc<str>,
     targets: Vec<ChainTarget>,
     deadline: std::time::Duration,
+    counters: metrics::ChainCounters,
 }
 
 /// A loaded configuration: its tools compiled and described, a breaker per
@@ -61,6 +65,7 @@ pub struct Backstop {
     journal: std::sync::OnceLock<Arc<journal::SqliteJournal>>,
     http: reqwest::Client,
     notifications: Mutex<Vec<tokio::task::JoinHandle<()>>>,
+    metrics: metrics::Metrics,
 }
 
 impl Backstop {
@@ -111,6 +116,18 @@ impl Backstop {
                 )
             })
             .collect();
+        // The store is opened now so breakers start from the state other
+        // processes (or this one before a restart) left. A store that
+        // cannot be opened leaves breakers per process; runs report it.
+        let journal = std::sync::OnceLock::new();
+        let store = match journal::SqliteJournal::open(&config.state_path) {
+            Ok(j) => {
+                let store = journal::BreakerStore::beside(&j);
+                let _ = journal.set(Arc::new(j));
+                store
+            }
+            Err(e) => Err(e),
+        };
         let breakers = Breakers::new(
             config
                 .tools
@@ -118,6 +135,17 @@ impl Backstop {
                 .map(|t| (t.name.clone(), t.breaker))
                 .chain(config.models.values().map(|m| (m.name.clone(), m.breaker))),
         );
+        let breakers = match store {
+            Ok(store) => breakers.shared(guard::shared::BreakerSync::new(
+                store,
+                guard::shared::SYNC_EVERY,
+            )),
+            Err(e) => {
+                tracing::warn!("breaker states stay in this process: {e}");
+                breakers
+            }
+        };
+        let metrics = metrics::Metrics::new();
         // Every callable name resolved once: a call then reaches its
         // targets, retry policies and breakers without lookups by name.
         let mut plans = std::collections::HashMap::new();
@@ -140,11 +168,12 @@ impl Backstop {
                     };
                     ChainTarget::new(target, config.retry_policy(&chain.name, t), &breakers)
                 })
-                .collect();
+                .collect::<Vec<_>>();
             plans.insert(
                 name.clone(),
                 Plan {
                     name: chain.name.as_str().into(),
+                    counters: metrics.chain(&chain.name, &targets),
                     targets,
                     deadline: chain.deadline,
                 },
@@ -162,9 +191,10 @@ impl Backstop {
             breakers,
             plans,
             rng: Mutex::new(rng),
-            journal: std::sync::OnceLock::new(),
+            journal,
             http: client,
             notifications: Mutex::new(Vec::new()),
+            metrics,
         })
     }
 
@@ -287,6 +317,99 @@ impl Backstop {
             deadline: plan.deadline,
             rng: &self.rng,
         };
-        Ok(runner.run(&input, key.into()).await)
+        let span = tracing::info_span!(
+            "call",
+            chain = &*plan.name,
+            key = key.as_str(),
+            result = tracing::field::Empty,
+            served_by = tracing::field::Empty,
+            attempts = tracing::field::Empty,
+            elapsed_ms = tracing::field::Empty,
+        );
+        let started = std::time::Instant::now();
+        let outcome = {
+            use tracing::Instrument;
+            runner
+                .run(&input, key.into())
+                .instrument(span.clone())
+                .await
+        };
+        let took = started.elapsed();
+        self.metrics
+            .observe(&plan.counters, &plan.targets, &outcome, took);
+        if !span.is_disabled() {
+            span.record(
+                "result",
+                match (outcome.ok, outcome.degraded) {
+                    (true, false) => "ok",
+                    (true, true) => "degraded",
+                    (false, _) => outcome
+                        .error
+                        .as_ref()
+                        .map_or("failed", |e| e.class.as_str()),
+                },
+            );
+            span.record("served_by", outcome.served_by.as_deref().unwrap_or("-"));
+            span.record("attempts", outcome.attempts.len());
+            span.record("elapsed_ms", outcome.elapsed_ms);
+        }
+        Ok(outcome)
     }
+
+    /// The metrics in Prometheus's text format: counters since load, and
+    /// breaker states and the escalation queue as they are now.
+    pub fn metrics_text(&self) -> String {
+        let queue = self.journal().ok().and_then(|j| {
+            j.escalation_stats()
+                .map_err(|e| tracing::warn!("metrics: cannot read the escalation queue: {e}"))
+                .ok()
+        });
+        self.metrics.render(&self.breakers, queue.as_ref())
+    }
+
+    /// Breakers (this process's view), the queue and the `recent_runs`
+    /// newest runs.
+    pub fn status(&self, recent_runs: u32) -> Result<status::Status, journal::StoreError> {
+        status::Status::with_breakers(&*self.journal()?, self.breakers(), recent_runs)
+    }
+
+    /// Every breaker: this process's view, refreshed from the shared store.
+    pub fn breakers(&self) -> Vec<BreakerStatus> {
+        let rows: std::collections::HashMap<String, journal::BreakerRow> = self
+            .breakers
+            .sync()
+            .and_then(|s| s.store().all().ok())
+            .unwrap_or_default()
+            .into_iter()
+            .map(|r| (r.target.clone(), r))
+            .collect();
+        let mut out: Vec<BreakerStatus> = self
+            .breakers
+            .targets()
+            .filter_map(|t| {
+                Some(BreakerStatus {
+                    target: t.to_owned(),
+                    state: self.breakers.state(t)?,
+                    retry_in_ms: self.breakers.retry_in(t)?.as_millis() as u64,
+                    opened: rows.get(t).map_or(0, |r| r.opened),
+                    changed_at: rows.get(t).map(|r| r.updated_at),
+                })
+            })
+            .collect();
+        out.sort_by(|a, b| a.target.cmp(&b.target));
+        out
+    }
+}
+
+/// A breaker as `backstop status` shows it.
+#[derive(Clone, Debug, PartialEq, serde::Serialize)]
+pub struct BreakerStatus {
+    pub target: String,
+    pub state: BreakerState,
+    /// Until it admits a call (0 when it would now).
+    pub retry_in_ms: u64,
+    /// Times opened, by every process sharing the store.
+    pub opened: u64,
+    /// When it last opened or closed (Unix ms), if ever.
+    pub changed_at: Option<i64>,
 }

@@ -76,6 +76,22 @@ pub enum FailureClass {
 }
 
 impl FailureClass {
+    pub const ALL: [FailureClass; 13] = [
+        FailureClass::InvalidInput,
+        FailureClass::Transient,
+        FailureClass::RateLimited,
+        FailureClass::Unavailable,
+        FailureClass::Permanent,
+        FailureClass::NeedsHuman,
+        FailureClass::Timeout,
+        FailureClass::Trap,
+        FailureClass::ResourceExhausted,
+        FailureClass::MalformedOutput,
+        FailureClass::CircuitOpen,
+        FailureClass::DeadlineExceeded,
+        FailureClass::StreamBroken,
+    ];
+
     pub fn as_str(self) -> &'static str {
         match self {
             FailureClass::InvalidInput => "invalid-input",

@@ -116,7 +116,7 @@ struct Run<'a> {
     /// The highest step the journal held when this process took the run:
     /// later steps can only have entries this process wrote itself.
     known_steps: u64,
-    progress: &'a mut (dyn FnMut(Progress) + Send),
+    progress: &'a mut (dyn FnMut(Progress) + Send + Sync),
 }
 
 fn new_run_id() -> String {
@@ -1205,7 +1205,7 @@ impl Backstop {
         &self,
         agent: &str,
         task: &str,
-        progress: &mut (dyn FnMut(Progress) + Send),
+        progress: &mut (dyn FnMut(Progress) + Send + Sync),
     ) -> Result<RunReport, RunError> {
         let agent = self.agent(agent)?;
         let journal = self.journal()?;
@@ -1242,7 +1242,7 @@ impl Backstop {
         &self,
         id: &str,
         options: &ResumeOptions,
-        progress: &mut (dyn FnMut(Progress) + Send),
+        progress: &mut (dyn FnMut(Progress) + Send + Sync),
     ) -> Result<RunReport, RunError> {
         let journal = self.journal()?;
         let record = journal.run(id)?;

@@ -34,6 +34,16 @@ pub enum BreakerState {
     HalfOpen,
 }
 
+impl BreakerState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            BreakerState::Closed => "closed",
+            BreakerState::Open => "open",
+            BreakerState::HalfOpen => "half-open",
+        }
+    }
+}
+
 /// Permission to call the target; hand it back with the result.
 #[derive(Debug)]
 #[must_use = "report the call's result with Breaker::record"]
@@ -76,6 +86,31 @@ enum State {
     },
 }
 
+/// How many times a breaker entered each state, for metrics.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct Transitions {
+    pub open: u64,
+    pub half_open: u64,
+    pub closed: u64,
+}
+
+/// A change other processes should learn of (see [`Breaker::take_change`]).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Change {
+    Opened { until: Instant },
+    Closed,
+}
+
+/// A state learnt from another process.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Remote {
+    /// Open for this much longer (zero: its open time is over).
+    Open {
+        remaining: Duration,
+    },
+    Closed,
+}
+
 #[derive(Debug)]
 pub struct Breaker {
     policy: BreakerPolicy,
@@ -83,7 +118,12 @@ pub struct Breaker {
     consecutive: u32,
     buckets: [Bucket; BUCKETS],
     next_probe_id: u64,
-    opened_times: u64,
+    transitions: Transitions,
+    change: Option<Change>,
+    /// When this process next reads the shared state, and the version of
+    /// it last seen (see `guard::shared`).
+    pub(crate) next_sync: Option<Instant>,
+    pub(crate) seen_version: i64,
 }
 
 impl Breaker {
@@ -94,7 +134,10 @@ impl Breaker {
             consecutive: 0,
             buckets: [Bucket::default(); BUCKETS],
             next_probe_id: 0,
-            opened_times: 0,
+            transitions: Transitions::default(),
+            change: None,
+            next_sync: None,
+            seen_version: 0,
         }
     }
 
@@ -104,7 +147,58 @@ impl Breaker {
 
     /// How many times this breaker has opened.
     pub fn opened_times(&self) -> u64 {
-        self.opened_times
+        self.transitions.open
+    }
+
+    pub fn transitions(&self) -> Transitions {
+        self.transitions
+    }
+
+    /// The last open or close since the previous call, if any: what a
+    /// process shares with the others. Half-open needs no sharing: every
+    /// process reaches it when the open time is over.
+    pub fn take_change(&mut self) -> Option<Change> {
+        self.change.take()
+    }
+
+    /// Takes on a state another process reached. Counted as a transition
+    /// here too (this process's breaker did change) but not shared back.
+    pub fn adopt(&mut self, remote: Remote, now: Instant) {
+        match remote {
+            Remote::Open { remaining } => {
+                let until = now + remaining;
+                if matches!(self.state, State::Open { until: u } if u >= until) {
+                    return;
+                }
+                if !matches!(self.state, State::Open { .. }) {
+                    self.transitions.open += 1;
+                }
+                self.state = State::Open { until };
+                self.consecutive = 0;
+                self.buckets = [Bucket::default(); BUCKETS];
+                self.expire(now);
+            }
+            Remote::Closed => {
+                if !matches!(self.state, State::Closed) {
+                    self.close();
+                }
+            }
+        }
+    }
+
+    fn close(&mut self) {
+        self.state = State::Closed;
+        self.consecutive = 0;
+        self.buckets = [Bucket::default(); BUCKETS];
+        self.transitions.closed += 1;
+    }
+
+    /// When an open breaker admits a probe again.
+    pub fn open_until(&self) -> Option<Instant> {
+        match self.state {
+            State::Open { until } => Some(until),
+            _ => None,
+        }
     }
 
     pub fn state(&mut self, now: Instant) -> BreakerState {
@@ -125,6 +219,7 @@ impl Breaker {
                     probes: Vec::new(),
                     successes: 0,
                 };
+                self.transitions.half_open += 1;
             }
         }
         if let State::HalfOpen { probes, .. } = &self.state {
@@ -138,10 +233,10 @@ impl Breaker {
     }
 
     fn open(&mut self, now: Instant) {
-        self.state = State::Open {
-            until: now + self.policy.open_for,
-        };
-        self.opened_times += 1;
+        let until = now + self.policy.open_for;
+        self.state = State::Open { until };
+        self.change = Some(Change::Opened { until });
+        self.transitions.open += 1;
         self.consecutive = 0;
         self.buckets = [Bucket::default(); BUCKETS];
     }
@@ -210,9 +305,8 @@ impl Breaker {
             } else {
                 *successes += 1;
                 if *successes >= close_after {
-                    self.state = State::Closed;
-                    self.consecutive = 0;
-                    self.buckets = [Bucket::default(); BUCKETS];
+                    self.close();
+                    self.change = Some(Change::Closed);
                 }
             }
             return;
@@ -386,5 +480,71 @@ mod tests {
         }
         call(&mut b, true, later); // 1 of 4 in the window
         assert_eq!(b.state(later), BreakerState::Closed);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn transitions_are_counted_and_changes_reported_once() {
+        let mut b = Breaker::new(policy());
+        let t = Instant::now();
+        for _ in 0..3 {
+            call(&mut b, true, t);
+        }
+        assert_eq!(
+            b.take_change(),
+            Some(Change::Opened {
+                until: t + Duration::from_secs(5)
+            })
+        );
+        assert_eq!(b.take_change(), None);
+        let t = t + Duration::from_secs(5);
+        call(&mut b, false, t);
+        assert_eq!(b.take_change(), None, "half-open is not shared");
+        call(&mut b, false, t);
+        assert_eq!(b.take_change(), Some(Change::Closed));
+        assert_eq!(
+            b.transitions(),
+            Transitions {
+                open: 1,
+                half_open: 1,
+                closed: 1
+            }
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn adopts_states_from_elsewhere_without_sharing_them_back() {
+        let mut b = Breaker::new(policy());
+        let t = Instant::now();
+        b.adopt(
+            Remote::Open {
+                remaining: Duration::from_secs(2),
+            },
+            t,
+        );
+        let r = b.acquire(t).unwrap_err();
+        assert_eq!(
+            (r.state, r.retry_in),
+            (BreakerState::Open, Duration::from_secs(2))
+        );
+        assert_eq!(b.take_change(), None);
+        // An open whose time is over arrives as half-open: one probe.
+        let mut late = Breaker::new(policy());
+        late.adopt(
+            Remote::Open {
+                remaining: Duration::ZERO,
+            },
+            t,
+        );
+        assert_eq!(late.state(t), BreakerState::HalfOpen);
+        assert!(late.acquire(t).unwrap().is_probe());
+        // A close elsewhere closes it here, and failure counts start over.
+        b.adopt(Remote::Closed, t);
+        assert_eq!(b.state(t), BreakerState::Closed);
+        call(&mut b, true, t);
+        call(&mut b, true, t);
+        assert_eq!(b.state(t), BreakerState::Closed);
+        assert_eq!(b.take_change(), None);
+        assert_eq!(b.transitions().open, 1);
+        assert_eq!(b.transitions().closed, 1);
     }
 }

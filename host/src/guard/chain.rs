@@ -1,8 +1,9 @@
 //! Runs one call through an ordered chain of targets, under one deadline,
 //! with a breaker and a retry policy per target, and reports every attempt.
 
-use super::breaker::{Breaker, BreakerPolicy, BreakerState, Permit, Rejected};
+use super::breaker::{Breaker, BreakerPolicy, BreakerState, Permit, Rejected, Transitions};
 use super::retry::{Decision, RetryPolicy};
+use super::shared::BreakerSync;
 use crate::outcome::{
     Attempt, Attempts, CallError, Effect, EscalationReason, Failure, FailureClass, Outcome,
 };
@@ -41,6 +42,7 @@ fn lock(b: &SharedBreaker) -> std::sync::MutexGuard<'_, Breaker> {
 #[derive(Default)]
 pub struct Breakers {
     map: HashMap<String, SharedBreaker>,
+    sync: Option<Arc<BreakerSync>>,
 }
 
 impl Breakers {
@@ -49,7 +51,32 @@ impl Breakers {
             .into_iter()
             .map(|(k, p)| (k, Arc::new(Mutex::new(Breaker::new(p)))))
             .collect();
-        Breakers { map }
+        Breakers { map, sync: None }
+    }
+
+    /// Shares these breakers with other processes through `sync`'s store.
+    pub fn shared(mut self, sync: BreakerSync) -> Self {
+        self.sync = Some(Arc::new(sync));
+        self
+    }
+
+    pub fn sync(&self) -> Option<&BreakerSync> {
+        self.sync.as_deref()
+    }
+
+    /// Every target with a breaker.
+    pub fn targets(&self) -> impl Iterator<Item = &str> {
+        self.map.keys().map(String::as_str)
+    }
+
+    /// Brings `target`'s breaker up to date with the shared state, when a
+    /// read is due.
+    fn refresh(&self, target: &str, now: Instant) {
+        if let (Some(sync), Some(b)) = (&self.sync, self.map.get(target)) {
+            if sync.due(&mut lock(b), now) {
+                sync.pull(target, b, now);
+            }
+        }
     }
 
     /// `target`'s breaker, for a chain to hold on to: calls then reach it
@@ -74,7 +101,13 @@ impl Breakers {
     }
 
     pub fn state(&self, target: &str) -> Option<BreakerState> {
-        self.with(target, |b| b.state(Instant::now()))
+        let now = Instant::now();
+        self.refresh(target, now);
+        self.with(target, |b| b.state(now))
+    }
+
+    pub fn transitions(&self, target: &str) -> Option<Transitions> {
+        self.with(target, |b| b.transitions())
     }
 
     pub fn policy(&self, target: &str) -> Option<BreakerPolicy> {
@@ -83,7 +116,9 @@ impl Breakers {
 
     /// How long until `target`'s breaker admits a call.
     pub fn retry_in(&self, target: &str) -> Option<Duration> {
-        self.with(target, |b| b.retry_in(Instant::now()))
+        let now = Instant::now();
+        self.refresh(target, now);
+        self.with(target, |b| b.retry_in(now))
     }
 
     /// How many times `target`'s breaker has opened.
@@ -100,6 +135,7 @@ pub struct ChainTarget {
     pub name: Arc<str>,
     pub retry: RetryPolicy,
     pub breaker: Option<SharedBreaker>,
+    pub sync: Option<Arc<BreakerSync>>,
 }
 
 impl ChainTarget {
@@ -107,10 +143,50 @@ impl ChainTarget {
         let name: Arc<str> = target.name().into();
         ChainTarget {
             breaker: breakers.get(&name),
+            sync: breakers.sync.clone(),
             target,
             name,
             retry,
         }
+    }
+
+    /// Asks the breaker for a permit, first taking on what other processes
+    /// wrote when a read is due.
+    fn admit(&self, b: &SharedBreaker, now: Instant) -> Result<Permit, Rejected> {
+        let mut guard = lock(b);
+        if let Some(sync) = &self.sync {
+            if sync.due(&mut guard, now) {
+                drop(guard);
+                sync.pull(&self.name, b, now);
+                guard = lock(b);
+            }
+        }
+        let admitted = guard.acquire(now);
+        let change = guard.take_change();
+        drop(guard);
+        if let (Some(change), Some(sync)) = (change, &self.sync) {
+            sync.push(&self.name, b, change);
+        }
+        admitted
+    }
+
+    /// Reports an attempt's result to the breaker; returns its state after.
+    fn record(
+        &self,
+        b: &SharedBreaker,
+        permit: Permit,
+        failed: bool,
+        now: Instant,
+    ) -> BreakerState {
+        let mut guard = lock(b);
+        guard.record(permit, failed, now);
+        let state = guard.state(now);
+        let change = guard.take_change();
+        drop(guard);
+        if let (Some(change), Some(sync)) = (change, &self.sync) {
+            sync.push(&self.name, b, change);
+        }
+        state
     }
 }
 
@@ -147,6 +223,17 @@ impl ChainRunner<'_> {
             let mut attempt = 1u32;
             let mut previous_delay = Duration::ZERO;
             loop {
+                // Fields are filled in as the attempt goes; a disabled span
+                // costs a branch.
+                let span = tracing::info_span!(
+                    "attempt",
+                    target = &**name,
+                    attempt,
+                    class = tracing::field::Empty,
+                    then = tracing::field::Empty,
+                    delay_ms = tracing::field::Empty,
+                    breaker = tracing::field::Empty,
+                );
                 let remaining = deadline.saturating_duration_since(now);
                 if remaining.is_zero() {
                     let f = Failure::new(
@@ -157,6 +244,7 @@ impl ChainRunner<'_> {
                         ),
                     );
                     attempts.push(Attempt::failed(name, attempt, &f, 0, "stop"));
+                    trace_attempt(&span, attempts.last());
                     return self.failed(
                         now - started,
                         key,
@@ -165,7 +253,7 @@ impl ChainRunner<'_> {
                         Some(EscalationReason::RetriesExhausted),
                     );
                 }
-                let admitted = t.breaker.as_ref().map(|b| lock(b).acquire(now));
+                let admitted = t.breaker.as_ref().map(|b| t.admit(b, now));
                 let permit = match admitted {
                     None => None,
                     Some(Ok(p)) => Some(p),
@@ -182,6 +270,8 @@ impl ChainRunner<'_> {
                         );
                         let mut record = Attempt::failed(name, attempt, &f, 0, "fail-over");
                         record.delay_ms = millis(rejected.retry_in);
+                        span.record("breaker", rejected.state.as_str());
+                        trace_attempt(&span, Some(&record));
                         attempts.push(record);
                         passed_over.push((name.clone(), FailureClass::CircuitOpen));
                         last = Some(f);
@@ -200,7 +290,10 @@ impl ChainRunner<'_> {
                     attempt,
                     timeout,
                 };
-                let result = t.target.call(input, &ctx).await;
+                let result = {
+                    use tracing::Instrument;
+                    t.target.call(input, &ctx).instrument(span.clone()).await
+                };
                 let ended = Instant::now();
                 let elapsed = ended - now;
                 now = ended;
@@ -209,7 +302,8 @@ impl ChainRunner<'_> {
                     .err()
                     .is_some_and(|f| f.class.counts_for_breaker());
                 if let (Some(b), Some(p)) = (&t.breaker, permit) {
-                    lock(b).record(p, failed, ended);
+                    let state = t.record(b, p, failed, ended);
+                    span.record("breaker", state.as_str());
                 }
                 let failure = match result {
                     Ok(out) => {
@@ -222,6 +316,7 @@ impl ChainRunner<'_> {
                             delay_ms: 0,
                             then: Cow::Borrowed("done"),
                         });
+                        trace_attempt(&span, attempts.last());
                         let degraded = !passed_over.is_empty();
                         return Outcome {
                             ok: true,
@@ -257,6 +352,7 @@ impl ChainRunner<'_> {
                     Decision::Retry(delay) => {
                         record.delay_ms = millis(delay);
                         record.then = Cow::Borrowed("retry");
+                        trace_attempt(&span, Some(&record));
                         attempts.push(record);
                         // Boxed: a retry can afford the allocation, and an
                         // inline timer would make every call's future larger.
@@ -270,6 +366,7 @@ impl ChainRunner<'_> {
                         if let Some(n) = &note {
                             record.message = format!("{}; {n}", record.message).into();
                         }
+                        trace_attempt(&span, Some(&record));
                         attempts.push(record);
                         passed_over.push((name.clone(), failure.class));
                         last = Some(failure);
@@ -277,6 +374,7 @@ impl ChainRunner<'_> {
                     }
                     Decision::Stop(reason) => {
                         record.then = Cow::Borrowed("stop");
+                        trace_attempt(&span, Some(&record));
                         attempts.push(record);
                         return self.failed(now - started, key, attempts, failure, Some(reason));
                     }
@@ -334,6 +432,20 @@ impl ChainRunner<'_> {
             }),
             elapsed_ms: millis(elapsed),
         }
+    }
+}
+
+/// Fills in an attempt's span and logs a failed attempt inside it.
+fn trace_attempt(span: &tracing::Span, a: Option<&Attempt>) {
+    let Some(a) = a else { return };
+    if span.is_disabled() {
+        return;
+    }
+    span.record("class", &*a.class);
+    span.record("then", &*a.then);
+    span.record("delay_ms", a.delay_ms);
+    if a.class != "ok" {
+        span.in_scope(|| tracing::warn!(elapsed_ms = a.elapsed_ms, "{}", a.message));
     }
 }
 

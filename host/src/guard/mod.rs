@@ -16,8 +16,11 @@ mod backoff;
 mod breaker;
 mod chain;
 mod retry;
+pub mod shared;
 
 pub use backoff::{Backoff, Jitter};
-pub use breaker::{Breaker, BreakerPolicy, BreakerState, Permit, Rejected};
+pub use breaker::{
+    Breaker, BreakerPolicy, BreakerState, Change, Permit, Rejected, Remote, Transitions,
+};
 pub use chain::{Breakers, CallTarget, ChainRunner, ChainTarget, SharedBreaker};
 pub use retry::{Decision, RetryPolicy};

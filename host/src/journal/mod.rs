@@ -9,8 +9,10 @@
 //! [`SNAPSHOT_EVERY`] entries, and resume reads the last snapshot plus the
 //! tail after it; earlier outputs are looked up by index when needed.
 
+mod breakers;
 mod sqlite;
 
+pub use breakers::{BreakerRow, BreakerStore};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 pub use sqlite::SqliteJournal;

@@ -58,6 +58,17 @@ const MIGRATIONS: &[&str] = &[
     CREATE INDEX escalations_open ON escalations (resolved_at, created_at);
     CREATE INDEX escalations_by_run ON escalations (run, step);
 ",
+    "
+    CREATE TABLE breakers (
+        target TEXT PRIMARY KEY,
+        state TEXT NOT NULL,
+        open_until INTEGER NOT NULL DEFAULT 0,
+        opened INTEGER NOT NULL DEFAULT 0,
+        version INTEGER NOT NULL DEFAULT 0,
+        writer INTEGER NOT NULL DEFAULT 0,
+        updated_at INTEGER NOT NULL
+    );
+",
 ];
 
 pub struct SqliteJournal {
@@ -409,11 +420,18 @@ impl Journal for SqliteJournal {
     }
 
     fn runs(&self) -> Result<Vec<RunRecord>, StoreError> {
+        self.recent_runs(u32::MAX)
+    }
+}
+
+impl SqliteJournal {
+    /// The `limit` most recently started runs, newest first.
+    pub fn recent_runs(&self, limit: u32) -> Result<Vec<RunRecord>, StoreError> {
         let conn = self.lock();
         let mut stmt = conn.prepare(&format!(
-            "SELECT {RUN_COLUMNS} FROM runs ORDER BY started_at DESC, rid DESC"
+            "SELECT {RUN_COLUMNS} FROM runs ORDER BY started_at DESC, rid DESC LIMIT ?1"
         ))?;
-        let rows = stmt.query_map([], Self::record)?;
+        let rows = stmt.query_map([limit], Self::record)?;
         let mut out = Vec::new();
         for r in rows {
             // A damaged row is reported in its place; the others stay readable.

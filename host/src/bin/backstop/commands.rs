@@ -7,6 +7,8 @@ use std::process::ExitCode;
 pub async fn run(command: Command, config: &Path) -> anyhow::Result<ExitCode> {
     match command {
         Command::Check => check(config).await,
+        Command::Status { json, runs } => status(config, json, runs),
+        Command::Serve { listen } => serve(config, listen).await,
         Command::Tools { json } => tools(config, json).await,
         Command::Call {
             chain,
@@ -574,4 +576,93 @@ async fn resolve(
     b.flush_notifications(std::time::Duration::from_secs(5))
         .await;
     Ok(finish(&report))
+}
+
+fn status(config: &Path, json: bool, runs: u32) -> anyhow::Result<ExitCode> {
+    let config = backstop::Config::from_file(config)?;
+    let s = backstop::status::Status::read(&config, runs)?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&s)?);
+        return Ok(ExitCode::SUCCESS);
+    }
+    let mut out = std::io::stdout().lock();
+    writeln!(out, "BREAKERS")?;
+    writeln!(
+        out,
+        "  {:<20} {:<10} {:>10} {:>7}  CHANGED",
+        "TARGET", "STATE", "RETRY IN", "OPENED"
+    )?;
+    for b in &s.breakers {
+        writeln!(
+            out,
+            "  {:<20} {:<10} {:>10} {:>7}  {}",
+            b.target,
+            b.state.as_str(),
+            if b.retry_in_ms == 0 {
+                "-".to_string()
+            } else {
+                humantime::format_duration(std::time::Duration::from_secs(
+                    b.retry_in_ms.div_ceil(1000),
+                ))
+                .to_string()
+            },
+            b.opened,
+            b.changed_at
+                .map(|t| format!("{} ago", age(t)))
+                .unwrap_or_else(|| "never".into())
+        )?;
+    }
+    let q = &s.escalations;
+    writeln!(
+        out,
+        "\nESCALATIONS  open {}, oldest {}, resolved {}",
+        q.open,
+        q.oldest_open_age_ms
+            .map(|a| age(backstop_now() - a))
+            .unwrap_or_else(|| "-".into()),
+        q.resolved
+    )?;
+    for (reason, n) in &q.by_reason {
+        writeln!(out, "  {reason}: {n}")?;
+    }
+    writeln!(out, "\nRECENT RUNS")?;
+    if s.runs.is_empty() {
+        writeln!(out, "  none")?;
+    }
+    for r in &s.runs {
+        writeln!(
+            out,
+            "  {:<14} {:<12} {:<16} step {:<5} {} ago",
+            r.id,
+            r.agent,
+            r.status.as_str(),
+            r.step,
+            age(r.updated_at)
+        )?;
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn serve(config: &Path, listen: std::net::SocketAddr) -> anyhow::Result<ExitCode> {
+    let token = std::env::var(backstop::serve::TOKEN_ENV).ok();
+    // Refused before any tool loads: a server open to the network without
+    // a token must not start at all.
+    backstop::serve::check_exposure(listen, token.as_deref())?;
+    let b = std::sync::Arc::new(Backstop::load(config).await?);
+    let listener = backstop::serve::bind(listen, token.as_deref()).await?;
+    let addr = listener.local_addr()?;
+    println!("listening on http://{addr}");
+    std::io::stdout().flush()?;
+    let shutdown = async {
+        let mut term =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = async { match term.as_mut() { Some(t) => { t.recv().await; } None => std::future::pending().await } } => {}
+        }
+    };
+    backstop::serve::serve(b.clone(), listener, token, shutdown).await?;
+    b.flush_notifications(std::time::Duration::from_secs(5))
+        .await;
+    Ok(ExitCode::SUCCESS)
 }

@@ -19,12 +19,45 @@ struct Cli {
     /// Config file.
     #[arg(short, long, global = true, default_value = backstop::config::DEFAULT_FILE)]
     config: PathBuf,
+    /// Log format on stderr: readable text, or one JSON object per line.
+    /// The level comes from BACKSTOP_LOG (default: info for serve, error
+    /// otherwise); a span closes per call and per attempt at info.
+    #[arg(
+        long,
+        global = true,
+        value_enum,
+        env = "BACKSTOP_LOG_FORMAT",
+        default_value = "text"
+    )]
+    log_format: LogFormat,
     #[command(subcommand)]
     command: Command,
 }
 
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
 #[derive(Subcommand)]
 enum Command {
+    /// Breakers, the escalation queue and recent runs, as every process
+    /// sharing the state store sees them.
+    Status {
+        #[arg(long)]
+        json: bool,
+        /// How many recent runs to show.
+        #[arg(long, default_value_t = 10)]
+        runs: u32,
+    },
+    /// Serve the HTTP API (described at /openapi.json) and /metrics. With
+    /// BACKSTOP_API_TOKEN set, requests need `Authorization: Bearer TOKEN`;
+    /// without it, only a loopback address is allowed.
+    Serve {
+        #[arg(long, default_value = "127.0.0.1:7878")]
+        listen: std::net::SocketAddr,
+    },
     /// Validate the config and load every tool; exit 1 on any error.
     Check,
     /// List tools: what they say about themselves and what they may touch.
@@ -157,6 +190,26 @@ enum RunsCommand {
     },
 }
 
+fn logging(cli: &Cli) {
+    use tracing_subscriber::fmt::format::FmtSpan;
+    let default = if matches!(cli.command, Command::Serve { .. }) {
+        "info"
+    } else {
+        "error"
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_env("BACKSTOP_LOG")
+        .unwrap_or_else(|_| default.into());
+    let fmt = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_span_events(FmtSpan::CLOSE);
+    match cli.log_format {
+        LogFormat::Text => fmt.init(),
+        LogFormat::Json => fmt.json().with_current_span(true).init(),
+    }
+}
+
 fn main() -> ExitCode {
     // With RUST_BACKTRACE=1 in the environment, wasmtime captures a stack
     // trace for an internal error value on every Store drop: a bare call of
@@ -167,14 +220,8 @@ fn main() -> ExitCode {
         // SAFETY: no other thread exists yet.
         unsafe { std::env::set_var("RUST_LIB_BACKTRACE", "0") };
     }
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("BACKSTOP_LOG")
-                .unwrap_or_else(|_| "error".into()),
-        )
-        .with_writer(std::io::stderr)
-        .init();
     let cli = Cli::parse();
+    logging(&cli);
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

@@ -1,0 +1,109 @@
+//! Sharing breaker states between processes through the state store.
+//!
+//! A process writes when one of its breakers opens or closes, and reads a
+//! target's row at most every [`SYNC_EVERY`], just before it would call the
+//! target; a row written by another process since the last read is taken
+//! on ([`Breaker::adopt`]). A breaker opened by a `backstop call` is thus
+//! open for the server running beside it, and after a restart.
+
+use super::breaker::{Breaker, Change, Remote};
+use super::chain::SharedBreaker;
+use crate::journal::{BreakerRow, BreakerStore};
+use std::time::Duration;
+use tokio::time::Instant;
+
+/// How stale a process's view of another's breaker may be.
+pub const SYNC_EVERY: Duration = Duration::from_millis(250);
+
+pub struct BreakerSync {
+    store: BreakerStore,
+    /// Tells this process's own rows from others'.
+    writer: i64,
+    every: Duration,
+}
+
+fn lock(b: &SharedBreaker) -> std::sync::MutexGuard<'_, Breaker> {
+    b.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+fn now_wall_ms() -> i64 {
+    crate::journal::now_ms()
+}
+
+impl BreakerSync {
+    pub fn new(store: BreakerStore, every: Duration) -> Self {
+        BreakerSync {
+            store,
+            writer: rand::random::<i64>() & i64::MAX,
+            every,
+        }
+    }
+
+    pub fn store(&self) -> &BreakerStore {
+        &self.store
+    }
+
+    /// Whether to read the shared state now; marks the next read.
+    pub(crate) fn due(&self, b: &mut Breaker, now: Instant) -> bool {
+        if b.next_sync.is_some_and(|next| now < next) {
+            return false;
+        }
+        b.next_sync = Some(now + self.every);
+        true
+    }
+
+    /// Reads `target`'s row and takes on a newer state written elsewhere.
+    /// A store that cannot be read leaves the breaker as it is.
+    pub(crate) fn pull(&self, target: &str, breaker: &SharedBreaker, now: Instant) {
+        let row = match self.store.read(target) {
+            Ok(Some(row)) => row,
+            Ok(None) => return,
+            Err(e) => {
+                tracing::warn!(
+                    target_name = target,
+                    "cannot read the shared breaker state: {e}"
+                );
+                return;
+            }
+        };
+        let mut b = lock(breaker);
+        if row.version <= b.seen_version {
+            return;
+        }
+        b.seen_version = row.version;
+        if row.writer != self.writer {
+            b.adopt(remote(&row, now_wall_ms()), now);
+        }
+    }
+
+    /// Writes an open or a close for the other processes.
+    pub(crate) fn push(&self, target: &str, breaker: &SharedBreaker, change: Change) {
+        let open_until = match change {
+            Change::Opened { until } => {
+                let left = until.saturating_duration_since(Instant::now());
+                Some(now_wall_ms() + i64::try_from(left.as_millis()).unwrap_or(i64::MAX / 2))
+            }
+            Change::Closed => None,
+        };
+        match self.store.write(target, open_until, self.writer) {
+            Ok(version) => {
+                let mut b = lock(breaker);
+                b.seen_version = b.seen_version.max(version);
+            }
+            Err(e) => {
+                tracing::warn!(target_name = target, "cannot share the breaker state: {e}")
+            }
+        }
+    }
+}
+
+/// What a stored row means now.
+pub fn remote(row: &BreakerRow, now_ms: i64) -> Remote {
+    if row.state == "open" {
+        Remote::Open {
+            remaining: Duration::from_millis((row.open_until - now_ms).max(0) as u64),
+        }
+    } else {
+        Remote::Closed
+    }
+}

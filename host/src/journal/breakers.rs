@@ -1,0 +1,140 @@
+//! Breaker states in the state store, so a breaker opened by one process
+//! stays open after a restart and for every process on the machine.
+//!
+//! Only opens and closes are written (half-open follows from the open
+//! time); failure counts stay per process. Its own connection, with a short
+//! busy timeout: a call never waits behind a run's journal write for long.
+
+use super::{now_ms, SqliteJournal, StoreError};
+use rusqlite::{params, Connection, OptionalExtension};
+use serde::Serialize;
+use std::path::Path;
+use std::sync::Mutex;
+use std::time::Duration;
+
+/// One target's shared breaker state.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct BreakerRow {
+    pub target: String,
+    /// `open` or `closed` as last written; an open row whose `open_until`
+    /// has passed is half-open.
+    pub state: String,
+    /// Milliseconds since the Unix epoch.
+    pub open_until: i64,
+    /// Times opened, by every process.
+    pub opened: u64,
+    /// Bumped on every write, so a reader sees what changed.
+    pub version: i64,
+    pub writer: i64,
+    pub updated_at: i64,
+}
+
+pub struct BreakerStore {
+    conn: Mutex<Connection>,
+}
+
+const COLUMNS: &str = "target, state, open_until, opened, version, writer, updated_at";
+
+fn row(r: &rusqlite::Row<'_>) -> rusqlite::Result<BreakerRow> {
+    Ok(BreakerRow {
+        target: r.get(0)?,
+        state: r.get(1)?,
+        open_until: r.get(2)?,
+        opened: r.get::<_, i64>(3)?.max(0) as u64,
+        version: r.get(4)?,
+        writer: r.get(5)?,
+        updated_at: r.get(6)?,
+    })
+}
+
+impl BreakerStore {
+    /// A second connection to `journal`'s file (already migrated).
+    pub fn beside(journal: &SqliteJournal) -> Result<BreakerStore, StoreError> {
+        let path = journal.path();
+        let conn = Connection::open(path).map_err(|e| StoreError::Open {
+            path: path.display().to_string(),
+            message: e.to_string(),
+        })?;
+        conn.busy_timeout(Duration::from_millis(100))?;
+        // A breaker state lost to a power cut only costs a few calls.
+        conn.pragma_update(None, "synchronous", "NORMAL")?;
+        Ok(BreakerStore {
+            conn: Mutex::new(conn),
+        })
+    }
+
+    /// Opens the store at `path`, creating and migrating it as the journal
+    /// does.
+    pub fn open(path: impl AsRef<Path>) -> Result<BreakerStore, StoreError> {
+        Self::beside(&SqliteJournal::open(path)?)
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Connection> {
+        self.conn.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub fn read(&self, target: &str) -> Result<Option<BreakerRow>, StoreError> {
+        let conn = self.lock();
+        let mut stmt =
+            conn.prepare_cached(&format!("SELECT {COLUMNS} FROM breakers WHERE target = ?1"))?;
+        Ok(stmt.query_row([target], row).optional()?)
+    }
+
+    pub fn all(&self) -> Result<Vec<BreakerRow>, StoreError> {
+        let conn = self.lock();
+        let mut stmt = conn.prepare(&format!("SELECT {COLUMNS} FROM breakers ORDER BY target"))?;
+        let rows = stmt.query_map([], row)?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    /// Records that `target`'s breaker opened (until `open_until`, Unix
+    /// ms) or closed; returns the row's new version.
+    pub fn write(
+        &self,
+        target: &str,
+        open_until: Option<i64>,
+        writer: i64,
+    ) -> Result<i64, StoreError> {
+        let conn = self.lock();
+        let mut stmt = conn.prepare_cached(
+            "INSERT INTO breakers (target, state, open_until, opened, version, writer, updated_at)
+             VALUES (?1, ?2, ?3, ?4, 1, ?5, ?6)
+             ON CONFLICT (target) DO UPDATE SET
+                state = excluded.state, open_until = excluded.open_until,
+                opened = opened + excluded.opened, version = version + 1,
+                writer = excluded.writer, updated_at = excluded.updated_at
+             RETURNING version",
+        )?;
+        let (state, until, opened) = match open_until {
+            Some(u) => ("open", u, 1),
+            None => ("closed", 0, 0),
+        };
+        Ok(stmt.query_row(
+            params![target, state, until, opened, writer, now_ms()],
+            |r| r.get(0),
+        )?)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn writes_are_versioned_and_counted() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = BreakerStore::open(dir.path().join("state.db")).unwrap();
+        assert_eq!(s.read("t").unwrap(), None);
+        assert_eq!(s.write("t", Some(5_000), 7).unwrap(), 1);
+        assert_eq!(s.write("t", None, 8).unwrap(), 2);
+        assert_eq!(s.write("t", Some(9_000), 7).unwrap(), 3);
+        let r = s.read("t").unwrap().unwrap();
+        assert_eq!(
+            (r.state.as_str(), r.open_until, r.opened, r.writer),
+            ("open", 9_000, 2, 7)
+        );
+        // A second connection (another process) sees the same row.
+        let other = BreakerStore::open(dir.path().join("state.db")).unwrap();
+        assert_eq!(other.all().unwrap(), vec![r]);
+    }
+}

@@ -1,0 +1,556 @@
+//! `backstop serve`: the library over HTTP, for apps in other languages.
+//!
+//! Every route answers JSON (except `/metrics`); every error is a 4xx or
+//! 5xx with `{"error": {"status", "message"}}`. With a token (from
+//! [`TOKEN_ENV`]) every route but `/healthz` and `/openapi.json` wants
+//! `Authorization: Bearer TOKEN`; without one the server only listens on
+//! loopback. The routes are described in `openapi.json` (served at
+//! `/openapi.json`).
+
+use crate::agent::{Progress, ResumeOptions, RunError};
+use crate::escalation::{Filter, QueueError, Resolution};
+use crate::journal::{Journal, StoreError};
+use crate::{Backstop, Error, EscalationReason};
+use axum::body::Bytes;
+use axum::extract::{Path, Query, Request, State};
+use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode, Uri};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde::de::DeserializeOwned;
+use serde::Deserialize;
+use serde_json::{json, Value};
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+/// The environment variable holding the API's bearer token.
+pub const TOKEN_ENV: &str = "BACKSTOP_API_TOKEN";
+
+/// The API's description, OpenAPI 3.1.
+pub const OPENAPI: &str = include_str!("openapi.json");
+
+/// Why the server cannot start.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    #[error("refusing to listen on {addr} without a token: set {TOKEN_ENV} (only a loopback address may go without one)")]
+    NoToken { addr: SocketAddr },
+    #[error("{TOKEN_ENV} is set but empty")]
+    EmptyToken,
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("server stopped: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// Checks, before binding, that `addr` may be served with `token`.
+pub fn check_exposure(addr: SocketAddr, token: Option<&str>) -> Result<(), ServeError> {
+    match token {
+        Some("") => Err(ServeError::EmptyToken),
+        None if !addr.ip().is_loopback() => Err(ServeError::NoToken { addr }),
+        _ => Ok(()),
+    }
+}
+
+/// Binds `addr` (after [`check_exposure`]).
+pub async fn bind(
+    addr: SocketAddr,
+    token: Option<&str>,
+) -> Result<tokio::net::TcpListener, ServeError> {
+    check_exposure(addr, token)?;
+    tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|source| ServeError::Bind { addr, source })
+}
+
+/// Serves the API on `listener` until `shutdown` completes.
+pub async fn serve(
+    backstop: Arc<Backstop>,
+    listener: tokio::net::TcpListener,
+    token: Option<String>,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> Result<(), ServeError> {
+    axum::serve(listener, router(backstop, token))
+        .with_graceful_shutdown(shutdown)
+        .await?;
+    Ok(())
+}
+
+/// An error answer: status and a message naming what is wrong.
+#[derive(Debug)]
+pub struct ApiError {
+    status: StatusCode,
+    message: String,
+}
+
+impl ApiError {
+    fn new(status: StatusCode, message: impl Into<String>) -> Self {
+        ApiError {
+            status,
+            message: message.into(),
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let body = json!({"error": {"status": self.status.as_u16(), "message": self.message}});
+        (self.status, Json(body)).into_response()
+    }
+}
+
+impl From<Error> for ApiError {
+    fn from(e: Error) -> Self {
+        let status = match &e {
+            Error::UnknownChain { .. } => StatusCode::NOT_FOUND,
+            Error::Input { .. } => StatusCode::BAD_REQUEST,
+            Error::Run(r) => return ApiError::from_run(r, e.to_string()),
+            Error::Store(s) => return ApiError::from(s),
+            _ => StatusCode::INTERNAL_SERVER_ERROR,
+        };
+        ApiError::new(status, e.to_string())
+    }
+}
+
+impl From<&StoreError> for ApiError {
+    fn from(e: &StoreError) -> Self {
+        let status = match e {
+            StoreError::NoSuchRun(_) => StatusCode::NOT_FOUND,
+            _ => StatusCode::INTERNAL_SERVER_ERROR,
+        };
+        ApiError::new(status, e.to_string())
+    }
+}
+
+impl From<StoreError> for ApiError {
+    fn from(e: StoreError) -> Self {
+        ApiError::from(&e)
+    }
+}
+
+impl ApiError {
+    fn from_run(e: &RunError, message: String) -> Self {
+        let status = match e {
+            RunError::UnknownAgent { .. } => StatusCode::NOT_FOUND,
+            RunError::Busy { .. } | RunError::Drift { .. } => StatusCode::CONFLICT,
+            RunError::Store(s) => return ApiError::from(s),
+            RunError::Invalid { .. } | RunError::Lock { .. } => StatusCode::INTERNAL_SERVER_ERROR,
+        };
+        ApiError::new(status, message)
+    }
+}
+
+impl From<RunError> for ApiError {
+    fn from(e: RunError) -> Self {
+        let message = e.to_string();
+        ApiError::from_run(&e, message)
+    }
+}
+
+impl From<QueueError> for ApiError {
+    fn from(e: QueueError) -> Self {
+        match e {
+            QueueError::Store(s) => ApiError::from(s),
+            QueueError::NoSuch(_) => ApiError::new(StatusCode::NOT_FOUND, e.to_string()),
+            QueueError::NotAllowed { .. } => {
+                ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, e.to_string())
+            }
+        }
+    }
+}
+
+type Api<T> = Result<T, ApiError>;
+
+/// Parses a JSON body, naming the field and position of what is wrong.
+fn body<T: DeserializeOwned>(headers: &HeaderMap, bytes: &[u8]) -> Api<T> {
+    if let Some(ct) = headers.get(header::CONTENT_TYPE) {
+        let ct = ct.to_str().unwrap_or("");
+        if !ct.starts_with("application/json") {
+            return Err(ApiError::new(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                format!("the body must be application/json, not `{ct}`"),
+            ));
+        }
+    }
+    let bytes = if bytes.iter().all(u8::is_ascii_whitespace) {
+        b"{}".as_slice()
+    } else {
+        bytes
+    };
+    let de = &mut serde_json::Deserializer::from_slice(bytes);
+    serde_path_to_error::deserialize(de).map_err(|e| {
+        let at = e.path().to_string();
+        let message = if at == "." {
+            format!("invalid body: {}", e.inner())
+        } else {
+            format!("invalid body at `{at}`: {}", e.inner())
+        };
+        ApiError::new(StatusCode::BAD_REQUEST, message)
+    })
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CallBody {
+    chain: String,
+    input: Value,
+    #[serde(default)]
+    key: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AskBody {
+    chain: String,
+    prompt: String,
+    #[serde(default)]
+    system: Option<String>,
+}
+
+fn yes() -> bool {
+    true
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RunBody {
+    agent: String,
+    task: String,
+    /// Answer when the run stops (true) or as soon as it has an id.
+    #[serde(default = "yes")]
+    wait: bool,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct ResumeBody {
+    #[serde(default)]
+    allow_drift: bool,
+}
+
+fn operator() -> String {
+    "operator".into()
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ResolveBody {
+    resolution: Resolution,
+    #[serde(default = "operator")]
+    by: String,
+    #[serde(default)]
+    resume: bool,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RunsQuery {
+    limit: Option<u32>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct EscalationsQuery {
+    reason: Option<String>,
+    run: Option<String>,
+    older_than: Option<String>,
+    #[serde(default)]
+    all: bool,
+}
+
+type App = Arc<Backstop>;
+
+/// The API's routes, with auth and JSON errors.
+pub fn router(backstop: Arc<Backstop>, token: Option<String>) -> Router {
+    let token: Option<Arc<str>> = token.map(Into::into);
+    Router::new()
+        .route("/healthz", get(healthz))
+        .route("/openapi.json", get(openapi))
+        .route("/metrics", get(metrics))
+        .route("/v1/status", get(status))
+        .route("/v1/calls", post(call))
+        .route("/v1/asks", post(ask))
+        .route("/v1/runs", get(runs).post(start_run))
+        .route("/v1/runs/{id}", get(show_run))
+        .route("/v1/runs/{id}/resume", post(resume_run))
+        .route("/v1/escalations", get(escalations))
+        .route("/v1/escalations/{id}", get(show_escalation))
+        .route("/v1/escalations/{id}/resolve", post(resolve))
+        .fallback(no_route)
+        .with_state(backstop)
+        .layer(middleware::from_fn_with_state(token, auth))
+        .layer(middleware::from_fn(json_errors))
+}
+
+async fn healthz() -> Json<Value> {
+    Json(json!({"status": "ok"}))
+}
+
+async fn openapi() -> Response {
+    (
+        [(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        )],
+        OPENAPI,
+    )
+        .into_response()
+}
+
+async fn metrics(State(b): State<App>) -> Response {
+    (
+        [(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/openmetrics-text; version=1.0.0; charset=utf-8"),
+        )],
+        b.metrics_text(),
+    )
+        .into_response()
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct StatusQuery {
+    runs: Option<u32>,
+}
+
+async fn status(State(b): State<App>, q: Query<StatusQuery>) -> Api<Json<Value>> {
+    let s = b.status(q.runs.unwrap_or(10))?;
+    Ok(Json(serde_json::to_value(s).expect("status serializes")))
+}
+
+async fn call(State(b): State<App>, headers: HeaderMap, bytes: Bytes) -> Api<Json<Value>> {
+    let req: CallBody = body(&headers, &bytes)?;
+    let outcome = match req.key {
+        Some(k) => b.call_with_key(&req.chain, req.input, k).await?,
+        None => b.call(&req.chain, req.input).await?,
+    };
+    Ok(Json(
+        serde_json::to_value(outcome).expect("outcome serializes"),
+    ))
+}
+
+async fn ask(State(b): State<App>, headers: HeaderMap, bytes: Bytes) -> Api<Json<Value>> {
+    let req: AskBody = body(&headers, &bytes)?;
+    let mut chat = crate::models::ChatRequest::prompt(&req.prompt);
+    chat.system = req.system;
+    let chat = serde_json::to_value(chat).expect("a request serializes");
+    let outcome = b.call(&req.chain, chat).await?;
+    Ok(Json(
+        serde_json::to_value(outcome).expect("outcome serializes"),
+    ))
+}
+
+async fn runs(State(b): State<App>, q: Query<RunsQuery>) -> Api<Json<Value>> {
+    let runs = b.journal()?.recent_runs(q.limit.unwrap_or(50))?;
+    Ok(Json(json!(runs)))
+}
+
+async fn start_run(State(b): State<App>, headers: HeaderMap, bytes: Bytes) -> Api<Response> {
+    let req: RunBody = body(&headers, &bytes)?;
+    if req.wait {
+        let report = b.run_agent(&req.agent, &req.task, &mut |_| {}).await?;
+        return Ok(Json(json!(report)).into_response());
+    }
+    // Answer with the run's id as soon as it is journaled; the run goes on
+    // in the background (a crash leaves it to `resume`, as ever).
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    let task = tokio::spawn(async move {
+        let mut tx = Some(tx);
+        let mut progress = |p: Progress| {
+            if let (Progress::Started { run, .. }, Some(tx)) = (p, tx.take()) {
+                let _ = tx.send(run);
+            }
+        };
+        b.run_agent(&req.agent, &req.task, &mut progress).await
+    });
+    match rx.await {
+        Ok(run) => Ok((
+            StatusCode::ACCEPTED,
+            Json(json!({"run": run, "status": "running"})),
+        )
+            .into_response()),
+        Err(_) => match task.await {
+            Ok(Ok(report)) => Ok(Json(json!(report)).into_response()),
+            Ok(Err(e)) => Err(e.into()),
+            Err(e) => Err(ApiError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                format!("the run's task failed: {e}"),
+            )),
+        },
+    }
+}
+
+async fn show_run(State(b): State<App>, Path(id): Path<String>) -> Api<Json<Value>> {
+    let journal = b.journal()?;
+    let run = journal.run(&id)?;
+    let entries = journal.entries(&id)?;
+    Ok(Json(json!({"run": run, "entries": entries})))
+}
+
+async fn resume_run(
+    State(b): State<App>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    bytes: Bytes,
+) -> Api<Json<Value>> {
+    let req: ResumeBody = body(&headers, &bytes)?;
+    let options = ResumeOptions {
+        allow_drift: req.allow_drift,
+    };
+    let report = b.resume_run(&id, &options, &mut |_| {}).await?;
+    Ok(Json(json!(report)))
+}
+
+async fn escalations(State(b): State<App>, q: Query<EscalationsQuery>) -> Api<Json<Value>> {
+    let q = q.0;
+    let reason = q
+        .reason
+        .map(|r| {
+            serde_json::from_value::<EscalationReason>(Value::String(r.clone())).map_err(|_| {
+                ApiError::new(
+                    StatusCode::BAD_REQUEST,
+                    format!("reason `{r}` is not one of retries-exhausted, ambiguous-state, low-confidence, needs-human, approval-required, circuit-open"),
+                )
+            })
+        })
+        .transpose()?;
+    let older_than_ms = q
+        .older_than
+        .map(|d| {
+            humantime::parse_duration(&d)
+                .map(|d| d.as_millis() as i64)
+                .map_err(|e| {
+                    ApiError::new(StatusCode::BAD_REQUEST, format!("older_than `{d}`: {e}"))
+                })
+        })
+        .transpose()?;
+    let list = b.journal()?.escalations(&Filter {
+        reason,
+        run: q.run,
+        older_than_ms,
+        all: q.all,
+    })?;
+    Ok(Json(json!(list)))
+}
+
+async fn show_escalation(State(b): State<App>, Path(id): Path<String>) -> Api<Json<Value>> {
+    Ok(Json(json!(b.journal()?.escalation(&id)?)))
+}
+
+async fn resolve(
+    State(b): State<App>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    bytes: Bytes,
+) -> Api<Json<Value>> {
+    let req: ResolveBody = body(&headers, &bytes)?;
+    let r = b.journal()?.resolve(&id, req.resolution, &req.by)?;
+    let e = r.escalation;
+    if !r.first {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            format!(
+                "escalation {id} was already resolved by {}: {}; nothing changed",
+                e.resolved_by.as_deref().unwrap_or("?"),
+                e.resolution
+                    .as_ref()
+                    .map(|r| r.to_string())
+                    .unwrap_or_default()
+            ),
+        ));
+    }
+    if !req.resume {
+        return Ok(Json(json!({"escalation": e})));
+    }
+    let report = b
+        .resume_run(&e.run, &ResumeOptions::default(), &mut |_| {})
+        .await?;
+    b.flush_notifications(std::time::Duration::from_secs(5))
+        .await;
+    Ok(Json(json!({"escalation": e, "run": report})))
+}
+
+async fn no_route(method: Method, uri: Uri) -> ApiError {
+    ApiError::new(
+        StatusCode::NOT_FOUND,
+        format!("no route {method} {} (see /openapi.json)", uri.path()),
+    )
+}
+
+/// Constant-time comparison, so the token cannot be guessed byte by byte
+/// from response times.
+fn same(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+async fn auth(State(token): State<Option<Arc<str>>>, req: Request, next: Next) -> Response {
+    let open = matches!(req.uri().path(), "/healthz" | "/openapi.json");
+    if let (Some(token), false) = (&token, open) {
+        let given = req
+            .headers()
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "));
+        let ok = given.is_some_and(|g| same(g.as_bytes(), token.as_bytes()));
+        if !ok {
+            let message = if given.is_some() {
+                "the bearer token is wrong"
+            } else {
+                "this server wants `Authorization: Bearer TOKEN` (the token in BACKSTOP_API_TOKEN)"
+            };
+            let mut res = ApiError::new(StatusCode::UNAUTHORIZED, message).into_response();
+            res.headers_mut()
+                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+            return res;
+        }
+    }
+    next.run(req).await
+}
+
+fn is_json(headers: &HeaderMap) -> bool {
+    headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/json"))
+}
+
+/// Logs every request, and turns the framework's own plain-text errors
+/// (405, 413, a bad path or query) into the JSON error body.
+async fn json_errors(req: Request, next: Next) -> Response {
+    let (method, path) = (req.method().clone(), req.uri().path().to_owned());
+    let started = std::time::Instant::now();
+    let res = next.run(req).await;
+    let status = res.status();
+    tracing::info!(
+        target: "backstop::serve",
+        %method,
+        path,
+        status = status.as_u16(),
+        elapsed_ms = started.elapsed().as_millis() as u64,
+        "request"
+    );
+    if !(status.is_client_error() || status.is_server_error()) || is_json(res.headers()) {
+        return res;
+    }
+    let (parts, body) = res.into_parts();
+    let text = axum::body::to_bytes(body, 64 * 1024)
+        .await
+        .unwrap_or_default();
+    let text = String::from_utf8_lossy(&text).trim().to_owned();
+    let message = if text.is_empty() {
+        status.canonical_reason().unwrap_or("error").to_owned()
+    } else {
+        text
+    };
+    let mut out = ApiError::new(status, message).into_response();
+    for keep in [header::ALLOW, header::WWW_AUTHENTICATE] {
+        if let Some(v) = parts.headers.get(&keep) {
+            out.headers_mut().insert(keep, v.clone());
+        }
+    }
+    out
+}

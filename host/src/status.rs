@@ -1,0 +1,84 @@
+//! What `backstop status` shows: breakers, the escalation queue and recent
+//! runs, read from the state store, so any process on the machine (or an
+//! operator's shell) sees the same picture.
+
+use crate::escalation::Stats;
+use crate::guard::shared::remote;
+use crate::guard::{BreakerState, Remote};
+use crate::journal::{now_ms, BreakerStore, RunRecord, SqliteJournal, StoreError};
+use crate::{BreakerStatus, Config};
+use serde::Serialize;
+
+#[derive(Clone, Debug, Serialize)]
+pub struct Status {
+    pub breakers: Vec<BreakerStatus>,
+    pub escalations: Stats,
+    /// Newest first.
+    pub runs: Vec<RunRecord>,
+}
+
+/// Every target of `config` with its breaker as the store has it (closed
+/// when no process has opened it yet).
+pub fn stored_breakers(
+    config: &Config,
+    store: &BreakerStore,
+) -> Result<Vec<BreakerStatus>, StoreError> {
+    let rows: std::collections::HashMap<String, _> = store
+        .all()?
+        .into_iter()
+        .map(|r| (r.target.clone(), r))
+        .collect();
+    let now = now_ms();
+    let mut out: Vec<BreakerStatus> = config
+        .tools
+        .keys()
+        .chain(config.models.keys())
+        .map(|t| {
+            let row = rows.get(t);
+            let (state, retry_in_ms) = match row.map(|r| remote(r, now)) {
+                Some(Remote::Open { remaining }) if !remaining.is_zero() => {
+                    (BreakerState::Open, remaining.as_millis() as u64)
+                }
+                Some(Remote::Open { .. }) => (BreakerState::HalfOpen, 0),
+                _ => (BreakerState::Closed, 0),
+            };
+            BreakerStatus {
+                target: t.clone(),
+                state,
+                retry_in_ms,
+                opened: row.map_or(0, |r| r.opened),
+                changed_at: row.map(|r| r.updated_at),
+            }
+        })
+        .collect();
+    out.sort_by(|a, b| a.target.cmp(&b.target));
+    Ok(out)
+}
+
+impl Status {
+    /// Reads the status from `config`'s store without loading any tool.
+    pub fn read(config: &Config, recent_runs: u32) -> Result<Status, StoreError> {
+        let journal = SqliteJournal::open(&config.state_path)?;
+        let breakers = stored_breakers(config, &BreakerStore::beside(&journal)?)?;
+        Self::with_breakers(&journal, breakers, recent_runs)
+    }
+
+    pub fn with_breakers(
+        journal: &SqliteJournal,
+        breakers: Vec<BreakerStatus>,
+        recent_runs: u32,
+    ) -> Result<Status, StoreError> {
+        let escalations = journal.escalation_stats().map_err(|e| match e {
+            crate::escalation::QueueError::Store(s) => s,
+            other => StoreError::Open {
+                path: journal.path().display().to_string(),
+                message: other.to_string(),
+            },
+        })?;
+        Ok(Status {
+            breakers,
+            escalations,
+            runs: journal.recent_runs(recent_runs)?,
+        })
+    }
+}
