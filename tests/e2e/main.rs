@@ -11,5 +11,6 @@ mod hostile;
 mod languages;
 mod loading;
 mod models;
+mod operate;
 mod runs;
 mod sandbox;
