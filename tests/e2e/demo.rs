@@ -36,6 +36,15 @@ fn the_demo_shows_every_recovery_path() {
         "is finished after step 5: Published a short report on wasm sandboxing.",
         "the model was asked 1 more time(s) after the kill",
         "`publish` ran exactly once: 1 line(s) in its ledger",
+        // Operating it: another process sees the breaker through the store,
+        // and the run's child process falls back at once because of it.
+        "Another process sees the same breaker",
+        "| web_search           open",
+        "step 2: search: served by corpus (DEGRADED: fallback: web_search: circuit open)",
+        "backstop_breaker_state{target=\"web_search\",state=\"open\"} 1",
+        "backstop_fallbacks_total{chain=\"search\",target=\"corpus\",reason=\"unavailable\"} 2",
+        "backstop_escalations_open 0",
+        "/v1/status: escalations open 0, resolved 1; latest run",
     ] {
         assert!(
             text.contains(expected),

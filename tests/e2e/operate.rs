@@ -711,6 +711,27 @@ async fn metrics_count_a_scripted_sequence_of_failures() {
         m[r#"backstop_call_duration_seconds_bucket{le="+Inf",chain="fault"}"#],
         2.0
     );
+    // The documented alert rules use only series this server exports.
+    let rules = std::fs::read_to_string(crate::common::root().join("docs/alerts.yml")).unwrap();
+    let mut used: Vec<&str> = rules
+        .match_indices("backstop_")
+        .map(|(i, _)| {
+            let rest = &rules[i..];
+            &rest[..rest
+                .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+                .unwrap_or(rest.len())]
+        })
+        .collect();
+    used.sort_unstable();
+    used.dedup();
+    assert!(used.len() >= 7, "{used:?}");
+    for name in used {
+        assert!(
+            m.keys()
+                .any(|k| k == name || k.starts_with(&format!("{name}{{"))),
+            "docs/alerts.yml uses {name}, which /metrics does not export"
+        );
+    }
     // Counters only grow: a second scrape after one more call.
     call("fault", json!({"mode": "echo"})).await;
     let m = api.metrics().await;

@@ -150,7 +150,7 @@ pub async fn run(
         .with_context(|| format!("cannot write {}", config_path.display()))?;
     let config = Config::from_str(&text, &config_path, dir)?;
     let started = std::time::Instant::now();
-    let b = Backstop::from_config(config).await?;
+    let b = std::sync::Arc::new(Backstop::from_config(config).await?);
     let web = b.tool("web_search").expect("declared in the demo config");
     let cached = match web.compile_source() {
         crate::runtime::CompileSource::Cache => "loaded from the compiled-code cache",
@@ -216,6 +216,14 @@ pub async fn run(
         web.instantiations() - before.0,
         server.arrivals().len() - before.1
     )?;
+    writeln!(
+        out,
+        "   Another process sees the same breaker (its state is in the store): backstop status"
+    )?;
+    child(out, exe, &config_path, &["status", "--runs", "0"], |_| {
+        Ok(false)
+    })
+    .await?;
 
     writeln!(
         out,
@@ -226,6 +234,7 @@ pub async fn run(
     show(out, q, &o)?;
 
     agent(out, &b, exe, &config_path, &llm).await?;
+    operate(out, &b).await?;
 
     writeln!(out, "\nEvery fallback above is marked: `served_by`, `degraded` and the reason travel with the result.")?;
     writeln!(
@@ -234,6 +243,72 @@ pub async fn run(
         config_path.display()
     )?;
     writeln!(out, "(web_search will be unreachable then: the demo's service has stopped, so watch it fall back.)")?;
+    Ok(())
+}
+
+/// Serves this process's Backstop over HTTP on 127.0.0.1 for a moment and
+/// scrapes it, as Prometheus and an operator's script would.
+async fn operate(out: &mut dyn Write, b: &std::sync::Arc<Backstop>) -> anyhow::Result<()> {
+    writeln!(
+        out,
+        "\n6. Operating it: the HTTP API (backstop serve) scraped for metrics and status"
+    )?;
+    let listener = crate::serve::bind(([127, 0, 0, 1], 0).into(), None).await?;
+    let base = format!("http://{}", listener.local_addr()?);
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(crate::serve::serve(b.clone(), listener, None, async {
+        let _ = stopped.await;
+    }));
+    let http = reqwest::Client::new();
+    let metrics = http
+        .get(format!("{base}/metrics"))
+        .send()
+        .await?
+        .error_for_status()?
+        .text()
+        .await?;
+    writeln!(
+        out,
+        "   GET {base}/metrics (this process's calls; nonzero series of the search chain):"
+    )?;
+    for line in metrics.lines() {
+        let shown = [
+            "backstop_calls_total{chain=\"search\"",
+            "backstop_attempts_total{target=\"web_search\"",
+            "backstop_retries_total{target=\"web_search\"",
+            "backstop_fallbacks_total",
+            "backstop_breaker_state{target=\"web_search\"",
+            "backstop_breaker_transitions_total{target=\"web_search\"",
+        ]
+        .iter()
+        .any(|p| line.starts_with(p));
+        if (shown && !line.ends_with(" 0")) || line.starts_with("backstop_escalations_open ") {
+            writeln!(out, "     {line}")?;
+        }
+    }
+    let status: serde_json::Value = http
+        .get(format!("{base}/v1/status?runs=1"))
+        .send()
+        .await?
+        .error_for_status()?
+        .json()
+        .await?;
+    let q = &status["escalations"];
+    let run = &status["runs"][0];
+    writeln!(
+        out,
+        "   GET {base}/v1/status: escalations open {}, resolved {}; latest run {} {}",
+        q["open"],
+        q["resolved"],
+        run["id"].as_str().unwrap_or("-"),
+        run["status"].as_str().unwrap_or("-")
+    )?;
+    let _ = stop.send(());
+    server.await??;
+    writeln!(
+        out,
+        "   (alert rules for these series: docs/alerts.yml; the API: docs/OPERATIONS.md)"
+    )?;
     Ok(())
 }
 
