@@ -407,8 +407,10 @@ async fn resume_run(
 
 async fn escalations(State(b): State<App>, q: Query<EscalationsQuery>) -> Api<Json<Value>> {
     let q = q.0;
-    let reason = q
-        .reason
+    // `?reason=` means no filter, as an absent parameter does.
+    let given = |v: Option<String>| v.filter(|s| !s.is_empty());
+    let (reason, run, older_than) = (given(q.reason), given(q.run), given(q.older_than));
+    let reason = reason
         .map(|r| {
             serde_json::from_value::<EscalationReason>(Value::String(r.clone())).map_err(|_| {
                 ApiError::new(
@@ -418,9 +420,14 @@ async fn escalations(State(b): State<App>, q: Query<EscalationsQuery>) -> Api<Js
             })
         })
         .transpose()?;
-    let older_than_ms = q
-        .older_than
+    let older_than_ms = older_than
         .map(|d| {
+            if !d.contains(|c: char| c.is_ascii_alphabetic()) {
+                return Err(ApiError::new(
+                    StatusCode::BAD_REQUEST,
+                    format!("older_than `{d}`: give a unit, such as `10m` or `2h`"),
+                ));
+            }
             humantime::parse_duration(&d)
                 .map(|d| d.as_millis() as i64)
                 .map_err(|e| {
@@ -430,7 +437,7 @@ async fn escalations(State(b): State<App>, q: Query<EscalationsQuery>) -> Api<Js
         .transpose()?;
     let list = b.journal()?.escalations(&Filter {
         reason,
-        run: q.run,
+        run,
         older_than_ms,
         all: q.all,
     })?;
