@@ -25,11 +25,6 @@ struct TargetClass {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct TargetLabel {
-    target: String,
-}
-
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct TargetState {
     target: String,
     state: String,
@@ -81,7 +76,7 @@ const CLASSES: usize = FailureClass::ALL.len() + 1;
 struct TargetCounters {
     attempts: [Counter; CLASSES],
     failures: [Counter; CLASSES],
-    retries: Counter,
+    retries: [Counter; CLASSES],
 }
 
 /// One chain's counters, resolved at load.
@@ -98,7 +93,7 @@ pub struct Metrics {
     registry: Registry,
     attempts: Family<TargetClass, Counter>,
     failures: Family<TargetClass, Counter>,
-    retries: Family<TargetLabel, Counter>,
+    retries: Family<TargetClass, Counter>,
     calls: Family<ChainResult, Counter>,
     fallbacks: Family<Fallback, Counter>,
     call_seconds: Family<ChainLabel, Histogram>,
@@ -152,7 +147,7 @@ impl Metrics {
         );
         registry.register(
             "retries",
-            "Attempts on a target that were retried after a backoff",
+            "Attempts on a target retried after a backoff, by the class that was retried",
             m.retries.clone(),
         );
         registry.register(
@@ -211,12 +206,7 @@ impl Metrics {
         TargetCounters {
             attempts: by_class(&self.attempts),
             failures: by_class(&self.failures),
-            retries: self
-                .retries
-                .get_or_create(&TargetLabel {
-                    target: target.to_owned(),
-                })
-                .clone(),
+            retries: by_class(&self.retries),
         }
     }
 
@@ -269,7 +259,7 @@ impl Metrics {
                 c.failures[class].inc();
             }
             if a.then == "retry" {
-                c.retries.inc();
+                c.retries[class].inc();
             }
         }
         if outcome.degraded {

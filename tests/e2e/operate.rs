@@ -244,6 +244,8 @@ async fn every_route_over_http_with_auth_bad_bodies_and_a_resolve_that_resumes()
             .unwrap();
         assert_eq!(res.status(), 401);
         assert_eq!(res.headers()["www-authenticate"], "Bearer");
+        // Refused unread: the connection is not reused for the next request.
+        assert_eq!(res.headers()["connection"], "close");
     }
 
     // Calls and asks.
@@ -647,9 +649,22 @@ async fn metrics_count_a_scripted_sequence_of_failures() {
             r#"backstop_failures_total{target="flaky",class="circuit-open"}"#,
             1.0,
         ),
-        (r#"backstop_retries_total{target="fault"}"#, 1.0),
-        (r#"backstop_retries_total{target="flaky"}"#, 1.0),
-        (r#"backstop_retries_total{target="backup"}"#, 0.0),
+        (
+            r#"backstop_retries_total{target="fault",class="transient"}"#,
+            1.0,
+        ),
+        (
+            r#"backstop_retries_total{target="fault",class="invalid-input"}"#,
+            0.0,
+        ),
+        (
+            r#"backstop_retries_total{target="flaky",class="transient"}"#,
+            1.0,
+        ),
+        (
+            r#"backstop_retries_total{target="backup",class="transient"}"#,
+            0.0,
+        ),
         (r#"backstop_calls_total{chain="fault",result="ok"}"#, 1.0),
         (
             r#"backstop_calls_total{chain="fault",result="failed"}"#,

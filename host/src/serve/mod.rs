@@ -540,6 +540,17 @@ async fn json_errors(req: Request, next: Next) -> Response {
         elapsed_ms = started.elapsed().as_millis() as u64,
         "request"
     );
+    let mut res = res;
+    // Refused before its body was read (no token, or over the limit): the
+    // connection cannot carry another request, so say so, or a client
+    // reusing it finds it closed under its next request.
+    if matches!(
+        status,
+        StatusCode::UNAUTHORIZED | StatusCode::PAYLOAD_TOO_LARGE
+    ) {
+        res.headers_mut()
+            .insert(header::CONNECTION, HeaderValue::from_static("close"));
+    }
     if !(status.is_client_error() || status.is_server_error()) || is_json(res.headers()) {
         return res;
     }
@@ -554,7 +565,7 @@ async fn json_errors(req: Request, next: Next) -> Response {
         text
     };
     let mut out = ApiError::new(status, message).into_response();
-    for keep in [header::ALLOW, header::WWW_AUTHENTICATE] {
+    for keep in [header::ALLOW, header::WWW_AUTHENTICATE, header::CONNECTION] {
         if let Some(v) = parts.headers.get(&keep) {
             out.headers_mut().insert(keep, v.clone());
         }
