@@ -12,6 +12,7 @@ macro_rules! p {
     }};
 }
 
+mod api;
 mod deadline;
 mod guard;
 mod herd;
@@ -106,7 +107,19 @@ fn main() {
                     g.rejected.show()
                 );
             }
-            _ => eprintln!("BENCH_ONLY: load, journal, wasm or guard"),
+            Some("api") => {
+                let a = api::measure(root, samples, 500, if quick { 2 } else { 10 });
+                eprintln!(
+                    "direct {} http {} direct/s {:.0} http/s {:.0} scrape {} ({} bytes)",
+                    a.direct.show(),
+                    a.http.show(),
+                    a.direct_per_s,
+                    a.http_per_s,
+                    a.scrape.show(),
+                    a.scrape_bytes
+                );
+            }
+            _ => eprintln!("BENCH_ONLY: load, journal, wasm, guard or api"),
         }
         return;
     }
@@ -163,6 +176,13 @@ fn main() {
         ("jsonpath", "jsonpath.wasm"),
     ];
     let (all_first, all_cached) = startup::measure(root, &all, 1, if quick { 3 } else { 10 });
+    eprintln!("report: api");
+    let api = api::measure(
+        root,
+        samples,
+        if quick { 100 } else { 500 },
+        if quick { 2 } else { 10 },
+    );
     eprintln!("report: languages");
     let langs = languages::run(
         if quick { 1 } else { 3 },
@@ -364,6 +384,34 @@ fn main() {
     p!(page, "## Tools by language\n");
     p!(page, "Each language's template tool: component size, first start (compile + instantiate + `describe`, empty cache), cached start (a new engine reading the cache), one guarded call (a fresh instance).\n");
     p!(page, "{langs}");
+
+    p!(page, "## The HTTP API\n");
+    p!(page, "`backstop serve`'s router on 127.0.0.1 and a keep-alive `reqwest` client in the same process, sharing the {} cores, calling `echo_rs` with `{{\"say\": \"hi\"}}`; the baseline is `Backstop::call` of the same component in the same run. The HTTP figure includes the client's own work (building the request, parsing the JSON answer).\n", api.callers / 8);
+    p!(
+        page,
+        "| | `Backstop::call` (baseline) | `POST /v1/calls` | ratio |\n| --- | --- | --- | --- |"
+    );
+    p!(
+        page,
+        "| one call at a time, per call | {} | {} | {:.1}x |",
+        api.direct.show(),
+        api.http.show(),
+        api.http.median.as_secs_f64() / api.direct.median.as_secs_f64()
+    );
+    p!(
+        page,
+        "| {} concurrent callers, calls/s | {:.0} | {:.0} | {:.2} |\n",
+        api.callers,
+        api.direct_per_s,
+        api.http_per_s,
+        api.http_per_s / api.direct_per_s
+    );
+    p!(
+        page,
+        "A `/metrics` scrape of this one-tool config ({} bytes): {}.\n",
+        api.scrape_bytes,
+        api.scrape.show()
+    );
 
     p!(page, "## Load\n");
     p!(page, "200 concurrent callers through `flaky -> backup` (two `fault` tools), 30% of calls injected with a failure on `flaky` (transient, unavailable, trap, permanent), for {} s on a multi-threaded runtime:\n", if quick { 10 } else { 60 });

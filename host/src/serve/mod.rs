@@ -73,6 +73,11 @@ pub async fn serve(
     token: Option<String>,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServeError> {
+    use axum::serve::ListenerExt;
+    // Answers are small and go out at once: no Nagle delay behind them.
+    let listener = listener.tap_io(|tcp| {
+        let _ = tcp.set_nodelay(true);
+    });
     axum::serve(listener, router(backstop, token))
         .with_graceful_shutdown(shutdown)
         .await?;
