@@ -45,7 +45,7 @@ const KINDS: [EntryKind; 8] = [
     EntryKind::RunFinished,
 ];
 
-const TABLES: [(&str, &[&str]); 4] = [
+const TABLES: [(&str, &[&str]); 5] = [
     (
         "runs",
         &["rid", "id", "agent", "task", "status", "step", "started_at", "updated_at", "output", "owner_pid"],
@@ -56,6 +56,7 @@ const TABLES: [(&str, &[&str]); 4] = [
         "escalations",
         &["id", "run", "step", "reason", "record", "created_at", "resolved_at", "resolved_by", "resolution"],
     ),
+    ("breakers", &["target", "state", "open_until", "opened", "version", "writer", "updated_at"]),
 ];
 
 /// Text as JSON when it parses, else as a JSON string.
@@ -82,6 +83,21 @@ fn read_everything(j: &SqliteJournal) {
         }
     }
     let _ = j.escalation_stats();
+    let _ = j.recent_runs(3);
+    if let Ok(store) = backstop::journal::BreakerStore::beside(j) {
+        let _ = store.read("t");
+        if let Ok(rows) = store.all() {
+            for row in rows {
+                let _ = backstop::guard::shared::remote(&row, backstop_now());
+            }
+        }
+    }
+}
+
+fn backstop_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
 }
 
 fuzz_target!(|input: Input| {
@@ -119,6 +135,9 @@ fuzz_target!(|input: Input| {
             resolution: None,
         })
         .unwrap();
+        let breakers = backstop::journal::BreakerStore::beside(&j).unwrap();
+        breakers.write("t", Some(5_000), 1).unwrap();
+        breakers.write("u", None, 2).unwrap();
         if let Some((seq, state)) = &input.snapshot {
             let _ = j.write_snapshot("r1", &Snapshot { seq: u64::from(*seq), state: json(state) });
         }

@@ -162,12 +162,17 @@ impl ChainTarget {
             }
         }
         let admitted = guard.acquire(now);
+        self.share(b, guard);
+        admitted
+    }
+
+    /// Writes an open or close for other processes, with the lock released.
+    fn share(&self, b: &SharedBreaker, mut guard: std::sync::MutexGuard<'_, Breaker>) {
         let change = guard.take_change();
         drop(guard);
         if let (Some(change), Some(sync)) = (change, &self.sync) {
             sync.push(&self.name, b, change);
         }
-        admitted
     }
 
     /// Reports an attempt's result to the breaker; returns its state after.
@@ -181,11 +186,7 @@ impl ChainTarget {
         let mut guard = lock(b);
         guard.record(permit, failed, now);
         let state = guard.state(now);
-        let change = guard.take_change();
-        drop(guard);
-        if let (Some(change), Some(sync)) = (change, &self.sync) {
-            sync.push(&self.name, b, change);
-        }
+        self.share(b, guard);
         state
     }
 }

@@ -101,7 +101,7 @@ impl BreakerSync {
 pub fn remote(row: &BreakerRow, now_ms: i64) -> Remote {
     if row.state == "open" {
         Remote::Open {
-            remaining: Duration::from_millis((row.open_until - now_ms).max(0) as u64),
+            remaining: Duration::from_millis(row.open_until.saturating_sub(now_ms).max(0) as u64),
         }
     } else {
         Remote::Closed

@@ -197,6 +197,24 @@ fn body<T: DeserializeOwned>(headers: &HeaderMap, bytes: &[u8]) -> Api<T> {
     })
 }
 
+/// A JSON request body, checked by [`body`]: its errors are 4xx JSON
+/// answers naming the field.
+struct JsonBody<T>(T);
+
+impl<S: Send + Sync, T: DeserializeOwned> axum::extract::FromRequest<S> for JsonBody<T> {
+    type Rejection = Response;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, Response> {
+        let headers = req.headers().clone();
+        let bytes = Bytes::from_request(req, state)
+            .await
+            .map_err(IntoResponse::into_response)?;
+        body(&headers, &bytes)
+            .map(JsonBody)
+            .map_err(IntoResponse::into_response)
+    }
+}
+
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct CallBody {
@@ -327,8 +345,7 @@ async fn status(State(b): State<App>, q: Query<StatusQuery>) -> Api<Json<Value>>
     Ok(Json(serde_json::to_value(s).expect("status serializes")))
 }
 
-async fn call(State(b): State<App>, headers: HeaderMap, bytes: Bytes) -> Api<Json<Value>> {
-    let req: CallBody = body(&headers, &bytes)?;
+async fn call(State(b): State<App>, JsonBody(req): JsonBody<CallBody>) -> Api<Json<Value>> {
     let outcome = match req.key {
         Some(k) => b.call_with_key(&req.chain, req.input, k).await?,
         None => b.call(&req.chain, req.input).await?,
@@ -338,8 +355,7 @@ async fn call(State(b): State<App>, headers: HeaderMap, bytes: Bytes) -> Api<Jso
     ))
 }
 
-async fn ask(State(b): State<App>, headers: HeaderMap, bytes: Bytes) -> Api<Json<Value>> {
-    let req: AskBody = body(&headers, &bytes)?;
+async fn ask(State(b): State<App>, JsonBody(req): JsonBody<AskBody>) -> Api<Json<Value>> {
     let mut chat = crate::models::ChatRequest::prompt(&req.prompt);
     chat.system = req.system;
     let chat = serde_json::to_value(chat).expect("a request serializes");
@@ -354,8 +370,7 @@ async fn runs(State(b): State<App>, q: Query<RunsQuery>) -> Api<Json<Value>> {
     Ok(Json(json!(runs)))
 }
 
-async fn start_run(State(b): State<App>, headers: HeaderMap, bytes: Bytes) -> Api<Response> {
-    let req: RunBody = body(&headers, &bytes)?;
+async fn start_run(State(b): State<App>, JsonBody(req): JsonBody<RunBody>) -> Api<Response> {
     if req.wait {
         let report = b.run_agent(&req.agent, &req.task, &mut |_| {}).await?;
         return Ok(Json(json!(report)).into_response());
@@ -399,10 +414,8 @@ async fn show_run(State(b): State<App>, Path(id): Path<String>) -> Api<Json<Valu
 async fn resume_run(
     State(b): State<App>,
     Path(id): Path<String>,
-    headers: HeaderMap,
-    bytes: Bytes,
+    JsonBody(req): JsonBody<ResumeBody>,
 ) -> Api<Json<Value>> {
-    let req: ResumeBody = body(&headers, &bytes)?;
     let options = ResumeOptions {
         allow_drift: req.allow_drift,
     };
@@ -456,10 +469,8 @@ async fn show_escalation(State(b): State<App>, Path(id): Path<String>) -> Api<Js
 async fn resolve(
     State(b): State<App>,
     Path(id): Path<String>,
-    headers: HeaderMap,
-    bytes: Bytes,
+    JsonBody(req): JsonBody<ResolveBody>,
 ) -> Api<Json<Value>> {
-    let req: ResolveBody = body(&headers, &bytes)?;
     let r = b.journal()?.resolve(&id, req.resolution, &req.by)?;
     let e = r.escalation;
     if !r.first {
