@@ -524,7 +524,7 @@ async fn every_route_over_http_with_auth_bad_bodies_and_a_resolve_that_resumes()
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn a_server_without_a_token_only_listens_on_loopback() {
+async fn serve_refuses_an_open_address_without_a_token_or_a_taken_port_and_stops_on_sigterm() {
     let e = env("http://127.0.0.1:9");
     // Refused before binding: no socket is opened anywhere.
     let out = Command::new(env!("CARGO_BIN_EXE_backstop"))
@@ -541,10 +541,35 @@ async fn a_server_without_a_token_only_listens_on_loopback() {
         "{err}"
     );
     // On loopback no token is needed.
-    let server = serve(&e.config, None);
+    let mut server = serve(&e.config, None);
     let api = Client::new(&server, None);
     let (code, status) = api.get("/v1/status").await;
     assert_eq!(code, 200, "{status}");
+    // A second server on the same port says which address is taken.
+    let addr = server.base.trim_start_matches("http://").to_owned();
+    let out = Command::new(env!("CARGO_BIN_EXE_backstop"))
+        .arg("-c")
+        .arg(&e.config)
+        .args(["serve", "--listen", &addr])
+        .env_remove(backstop::serve::TOKEN_ENV)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains(&format!("cannot listen on {addr}")), "{err}");
+    // SIGTERM: the server finishes and exits 0.
+    let pid = server.child.id().to_string();
+    assert!(Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .unwrap()
+        .success());
+    let mut code = None;
+    wait_until("the server to exit after SIGTERM", || {
+        code = server.child.try_wait().unwrap().map(|s| s.code());
+        code.is_some()
+    });
+    assert_eq!(code, Some(Some(0)));
 }
 
 #[tokio::test(flavor = "multi_thread")]
