@@ -304,6 +304,13 @@ async fn every_route_over_http_with_auth_bad_bodies_and_a_resolve_that_resumes()
         ),
         (
             api.req(reqwest::Method::POST, "/v1/calls")
+                .header("content-type", "application/json")
+                .body("{\"chain\": \"fault\", \"input\": {}} {}"),
+            400,
+            "trailing characters",
+        ),
+        (
+            api.req(reqwest::Method::POST, "/v1/calls")
                 .json(&json!({"chain": 5, "input": {}})),
             400,
             "at `chain`",

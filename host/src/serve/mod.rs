@@ -180,13 +180,15 @@ fn body<T: DeserializeOwned>(headers: &HeaderMap, bytes: &[u8]) -> Api<T> {
             ));
         }
     }
+    // No body reads as `{}`, so routes whose fields all have defaults
+    // (resume) can be posted without one; the others name what is missing.
     let bytes = if bytes.iter().all(u8::is_ascii_whitespace) {
         b"{}".as_slice()
     } else {
         bytes
     };
-    let de = &mut serde_json::Deserializer::from_slice(bytes);
-    serde_path_to_error::deserialize(de).map_err(|e| {
+    let mut de = serde_json::Deserializer::from_slice(bytes);
+    let value = serde_path_to_error::deserialize(&mut de).map_err(|e| {
         let at = e.path().to_string();
         let message = if at == "." {
             format!("invalid body: {}", e.inner())
@@ -194,7 +196,10 @@ fn body<T: DeserializeOwned>(headers: &HeaderMap, bytes: &[u8]) -> Api<T> {
             format!("invalid body at `{at}`: {}", e.inner())
         };
         ApiError::new(StatusCode::BAD_REQUEST, message)
-    })
+    })?;
+    de.end()
+        .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, format!("invalid body: {e}")))?;
+    Ok(value)
 }
 
 /// A JSON request body, checked by [`body`]: its errors are 4xx JSON
