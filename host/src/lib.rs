@@ -356,6 +356,12 @@ impl Backstop {
         Ok(outcome)
     }
 
+    /// The counters behind [`Backstop::metrics_text`], for an embedding
+    /// server to add its own observations.
+    pub fn metrics(&self) -> &metrics::Metrics {
+        &self.metrics
+    }
+
     /// The metrics in Prometheus's text format: counters since load, and
     /// breaker states and the escalation queue as they are now.
     pub fn metrics_text(&self) -> String {

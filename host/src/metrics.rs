@@ -51,6 +51,19 @@ struct Fallback {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct HttpRequest {
+    method: String,
+    /// The route's pattern (`/v1/runs/{id}`), so ids do not make series.
+    route: String,
+    status: u16,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RouteLabel {
+    route: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ReasonLabel {
     reason: String,
 }
@@ -102,6 +115,8 @@ pub struct Metrics {
     escalations_open: Family<ReasonLabel, Gauge>,
     escalations_open_total: Gauge,
     escalation_oldest: Gauge<f64, AtomicU64>,
+    http_requests: Family<HttpRequest, Counter>,
+    http_seconds: Family<RouteLabel, Histogram>,
     /// Breaker transitions already added to the counters, by target.
     exported: Mutex<HashMap<String, Transitions>>,
 }
@@ -132,6 +147,8 @@ impl Metrics {
             escalations_open: Family::default(),
             escalations_open_total: Gauge::default(),
             escalation_oldest: Gauge::default(),
+            http_requests: Family::default(),
+            http_seconds: Family::new_with_constructor(latency_buckets as fn() -> Histogram),
             exported: Mutex::new(HashMap::new()),
             registry: Registry::default(),
         };
@@ -189,6 +206,16 @@ impl Metrics {
             "escalation_oldest_age_seconds",
             "Age of the oldest open escalation (0 when none)",
             m.escalation_oldest.clone(),
+        );
+        registry.register(
+            "http_requests",
+            "Requests to the HTTP API (backstop serve), by method, route and status",
+            m.http_requests.clone(),
+        );
+        registry.register(
+            "http_request_duration_seconds",
+            "Time to answer a request to the HTTP API, by route",
+            m.http_seconds.clone(),
         );
         Metrics { registry, ..m }
     }
@@ -276,6 +303,22 @@ impl Metrics {
                 })
                 .inc();
         }
+    }
+
+    /// Counts an answered HTTP request.
+    pub fn observe_http(&self, method: &str, route: &str, status: u16, took: Duration) {
+        self.http_requests
+            .get_or_create(&HttpRequest {
+                method: method.to_owned(),
+                route: route.to_owned(),
+                status,
+            })
+            .inc();
+        self.http_seconds
+            .get_or_create(&RouteLabel {
+                route: route.to_owned(),
+            })
+            .observe(took.as_secs_f64());
     }
 
     /// Reads breaker states and the queue into the gauges, then renders

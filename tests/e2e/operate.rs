@@ -515,6 +515,36 @@ async fn every_route_over_http_with_auth_bad_bodies_and_a_resolve_that_resumes()
     let (_, list) = api.get("/v1/escalations?all=true").await;
     assert_eq!(list.as_array().unwrap().len(), 1);
 
+    // Requests are counted by route pattern, never by raw path or method.
+    let (code, _) = api.send(api.req(reqwest::Method::PATCH, "/v1/calls")).await;
+    assert_eq!(code, 405);
+    let m = api.metrics().await;
+    for (series, value) in [
+        (
+            r#"backstop_http_requests_total{method="POST",route="/v1/calls",status="401"}"#,
+            2.0,
+        ),
+        (
+            r#"backstop_http_requests_total{method="GET",route="unmatched",status="404"}"#,
+            1.0,
+        ),
+        (
+            r#"backstop_http_requests_total{method="other",route="/v1/calls",status="405"}"#,
+            1.0,
+        ),
+        (
+            r#"backstop_http_requests_total{method="POST",route="/v1/escalations/{id}/resolve",status="409"}"#,
+            1.0,
+        ),
+    ] {
+        assert_eq!(m.get(series), Some(&value), "{series} in\n{m:#?}");
+    }
+    assert!(
+        !m.keys()
+            .any(|k| k.contains("x-unknown") || k.contains("/v2/")),
+        "{m:#?}"
+    );
+
     // Every route the description names is served (none falls through to
     // "no route" or "method not allowed").
     for (path, item) in doc["paths"].as_object().unwrap() {
@@ -743,6 +773,18 @@ async fn metrics_count_a_scripted_sequence_of_failures() {
             0.0,
         ),
         (r#"backstop_escalations_open"#, 1.0),
+        (
+            r#"backstop_http_requests_total{method="POST",route="/v1/calls",status="200"}"#,
+            5.0,
+        ),
+        (
+            r#"backstop_http_requests_total{method="POST",route="/v1/runs",status="200"}"#,
+            1.0,
+        ),
+        (
+            r#"backstop_http_request_duration_seconds_count{route="/v1/calls"}"#,
+            5.0,
+        ),
         (
             r#"backstop_escalations_open_by_reason{reason="approval-required"}"#,
             1.0,

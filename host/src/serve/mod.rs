@@ -308,9 +308,9 @@ pub fn router(backstop: Arc<Backstop>, token: Option<String>) -> Router {
         .route("/v1/escalations/{id}", get(show_escalation))
         .route("/v1/escalations/{id}/resolve", post(resolve))
         .fallback(no_route)
-        .with_state(backstop)
+        .with_state(backstop.clone())
         .layer(middleware::from_fn_with_state(token, auth))
-        .layer(middleware::from_fn(json_errors))
+        .layer(middleware::from_fn_with_state(backstop, json_errors))
 }
 
 async fn healthz() -> Json<Value> {
@@ -546,13 +546,27 @@ fn is_json(headers: &HeaderMap) -> bool {
         .is_some_and(|v| v.starts_with("application/json"))
 }
 
-/// Logs every request, and turns the framework's own plain-text errors
-/// (405, 413, a bad path or query) into the JSON error body.
-async fn json_errors(req: Request, next: Next) -> Response {
+/// Logs and counts every request, and turns the framework's own
+/// plain-text errors (405, 413, a bad path or query) into the JSON error
+/// body.
+async fn json_errors(State(b): State<App>, req: Request, next: Next) -> Response {
     let (method, path) = (req.method().clone(), req.uri().path().to_owned());
+    let route = req
+        .extensions()
+        .get::<axum::extract::MatchedPath>()
+        .map_or("unmatched", |m| m.as_str())
+        .to_owned();
     let started = std::time::Instant::now();
     let res = next.run(req).await;
     let status = res.status();
+    // Labels from a closed set: a client cannot make new series with odd
+    // methods or paths.
+    let method_label = match method {
+        Method::GET | Method::POST | Method::PUT | Method::DELETE | Method::HEAD => method.as_str(),
+        _ => "other",
+    };
+    b.metrics()
+        .observe_http(method_label, &route, status.as_u16(), started.elapsed());
     tracing::info!(
         target: "backstop::serve",
         %method,
