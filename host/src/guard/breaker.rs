@@ -166,7 +166,10 @@ impl Breaker {
     pub fn adopt(&mut self, remote: Remote, now: Instant) {
         match remote {
             Remote::Open { remaining } => {
-                let until = now + remaining;
+                // Never longer than this breaker would open for itself: a
+                // wall clock set back, or a damaged row, cannot hold a
+                // target off for hours.
+                let until = now + remaining.min(self.policy.open_for);
                 if matches!(self.state, State::Open { until: u } if u >= until) {
                     return;
                 }
@@ -527,6 +530,15 @@ mod tests {
             (BreakerState::Open, Duration::from_secs(2))
         );
         assert_eq!(b.take_change(), None);
+        // An open longer than this breaker's own is cut to it.
+        let mut long = Breaker::new(policy());
+        long.adopt(
+            Remote::Open {
+                remaining: Duration::from_secs(36_000),
+            },
+            t,
+        );
+        assert_eq!(long.retry_in(t), Duration::from_secs(5));
         // An open whose time is over arrives as half-open: one probe.
         let mut late = Breaker::new(policy());
         late.adopt(
