@@ -120,14 +120,11 @@ impl Backstop {
         // processes (or this one before a restart) left. A store that
         // cannot be opened leaves breakers per process; runs report it.
         let journal = std::sync::OnceLock::new();
-        let store = match journal::SqliteJournal::open(&config.state_path) {
-            Ok(j) => {
-                let store = journal::BreakerStore::beside(&j);
-                let _ = journal.set(Arc::new(j));
-                store
-            }
-            Err(e) => Err(e),
-        };
+        let store = journal::SqliteJournal::open(&config.state_path).and_then(|j| {
+            let store = journal::BreakerStore::beside(&j);
+            let _ = journal.set(Arc::new(j));
+            store
+        });
         let breakers = Breakers::new(
             config
                 .tools

@@ -175,19 +175,22 @@ impl ChainTarget {
         }
     }
 
-    /// Reports an attempt's result to the breaker; returns its state after.
+    /// Reports an attempt's result to the breaker; its state after goes
+    /// in the attempt's span (read only when the span is on).
     fn record(
         &self,
         b: &SharedBreaker,
         permit: Permit,
         failed: bool,
         now: Instant,
-    ) -> BreakerState {
+        span: &tracing::Span,
+    ) {
         let mut guard = lock(b);
         guard.record(permit, failed, now);
-        let state = guard.state(now);
+        if !span.is_disabled() {
+            span.record("breaker", guard.state(now).as_str());
+        }
         self.share(b, guard);
-        state
     }
 }
 
@@ -244,8 +247,9 @@ impl ChainRunner<'_> {
                             humantime::format_duration(self.deadline)
                         ),
                     );
-                    attempts.push(Attempt::failed(name, attempt, &f, 0, "stop"));
-                    trace_attempt(&span, attempts.last());
+                    let record = Attempt::failed(name, attempt, &f, 0, "stop");
+                    trace_attempt(&span, &record);
+                    attempts.push(record);
                     return self.failed(
                         now - started,
                         key,
@@ -272,7 +276,7 @@ impl ChainRunner<'_> {
                         let mut record = Attempt::failed(name, attempt, &f, 0, "fail-over");
                         record.delay_ms = millis(rejected.retry_in);
                         span.record("breaker", rejected.state.as_str());
-                        trace_attempt(&span, Some(&record));
+                        trace_attempt(&span, &record);
                         attempts.push(record);
                         passed_over.push((name.clone(), FailureClass::CircuitOpen));
                         last = Some(f);
@@ -303,12 +307,11 @@ impl ChainRunner<'_> {
                     .err()
                     .is_some_and(|f| f.class.counts_for_breaker());
                 if let (Some(b), Some(p)) = (&t.breaker, permit) {
-                    let state = t.record(b, p, failed, ended);
-                    span.record("breaker", state.as_str());
+                    t.record(b, p, failed, ended, &span);
                 }
                 let failure = match result {
                     Ok(out) => {
-                        attempts.push(Attempt {
+                        let record = Attempt {
                             target: name.clone(),
                             attempt,
                             class: Cow::Borrowed("ok"),
@@ -316,8 +319,9 @@ impl ChainRunner<'_> {
                             elapsed_ms: millis(elapsed),
                             delay_ms: 0,
                             then: Cow::Borrowed("done"),
-                        });
-                        trace_attempt(&span, attempts.last());
+                        };
+                        trace_attempt(&span, &record);
+                        attempts.push(record);
                         let degraded = !passed_over.is_empty();
                         return Outcome {
                             ok: true,
@@ -353,7 +357,7 @@ impl ChainRunner<'_> {
                     Decision::Retry(delay) => {
                         record.delay_ms = millis(delay);
                         record.then = Cow::Borrowed("retry");
-                        trace_attempt(&span, Some(&record));
+                        trace_attempt(&span, &record);
                         attempts.push(record);
                         // Boxed: a retry can afford the allocation, and an
                         // inline timer would make every call's future larger.
@@ -367,7 +371,7 @@ impl ChainRunner<'_> {
                         if let Some(n) = &note {
                             record.message = format!("{}; {n}", record.message).into();
                         }
-                        trace_attempt(&span, Some(&record));
+                        trace_attempt(&span, &record);
                         attempts.push(record);
                         passed_over.push((name.clone(), failure.class));
                         last = Some(failure);
@@ -375,7 +379,7 @@ impl ChainRunner<'_> {
                     }
                     Decision::Stop(reason) => {
                         record.then = Cow::Borrowed("stop");
-                        trace_attempt(&span, Some(&record));
+                        trace_attempt(&span, &record);
                         attempts.push(record);
                         return self.failed(now - started, key, attempts, failure, Some(reason));
                     }
@@ -437,8 +441,7 @@ impl ChainRunner<'_> {
 }
 
 /// Fills in an attempt's span and logs a failed attempt inside it.
-fn trace_attempt(span: &tracing::Span, a: Option<&Attempt>) {
-    let Some(a) = a else { return };
+fn trace_attempt(span: &tracing::Span, a: &Attempt) {
     if span.is_disabled() {
         return;
     }
