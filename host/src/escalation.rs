@@ -186,6 +186,25 @@ pub struct Filter {
     pub all: bool,
 }
 
+/// A reason as an operator types it; the error starts with the value,
+/// for the caller to prefix with the flag or parameter it came from.
+pub fn parse_reason(text: &str) -> Result<EscalationReason, String> {
+    serde_json::from_value(Value::String(text.to_owned())).map_err(|_| {
+        format!("`{text}` is not one of retries-exhausted, ambiguous-state, low-confidence, needs-human, approval-required, circuit-open")
+    })
+}
+
+/// An age such as `10m` or `1h 30m`, in milliseconds; a bare number is
+/// refused (seconds or minutes?). Errors as for [`parse_reason`].
+pub fn parse_age(text: &str) -> Result<i64, String> {
+    if !text.contains(|c: char| c.is_ascii_alphabetic()) {
+        return Err(format!("`{text}`: give a unit, such as `10m` or `2h`"));
+    }
+    humantime::parse_duration(text)
+        .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+        .map_err(|e| format!("`{text}`: {e}"))
+}
+
 /// Queue depth and age, for operators and alerts.
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct Stats {

@@ -8,9 +8,9 @@
 //! `/openapi.json`).
 
 use crate::agent::{Progress, ResumeOptions, RunError};
-use crate::escalation::{Filter, QueueError, Resolution};
+use crate::escalation::{parse_age, parse_reason, Filter, QueueError, Resolution};
 use crate::journal::{Journal, StoreError};
-use crate::{Backstop, Error, EscalationReason};
+use crate::{Backstop, Error};
 use axum::body::Bytes;
 use axum::extract::{Path, Query, Request, State};
 use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode, Uri};
@@ -433,30 +433,14 @@ async fn escalations(State(b): State<App>, q: Query<EscalationsQuery>) -> Api<Js
     // `?reason=` means no filter, as an absent parameter does.
     let given = |v: Option<String>| v.filter(|s| !s.is_empty());
     let (reason, run, older_than) = (given(q.reason), given(q.run), given(q.older_than));
+    let bad = |name: &'static str| {
+        move |e: String| ApiError::new(StatusCode::BAD_REQUEST, format!("{name} {e}"))
+    };
     let reason = reason
-        .map(|r| {
-            serde_json::from_value::<EscalationReason>(Value::String(r.clone())).map_err(|_| {
-                ApiError::new(
-                    StatusCode::BAD_REQUEST,
-                    format!("reason `{r}` is not one of retries-exhausted, ambiguous-state, low-confidence, needs-human, approval-required, circuit-open"),
-                )
-            })
-        })
+        .map(|r| parse_reason(&r).map_err(bad("reason")))
         .transpose()?;
     let older_than_ms = older_than
-        .map(|d| {
-            if !d.contains(|c: char| c.is_ascii_alphabetic()) {
-                return Err(ApiError::new(
-                    StatusCode::BAD_REQUEST,
-                    format!("older_than `{d}`: give a unit, such as `10m` or `2h`"),
-                ));
-            }
-            humantime::parse_duration(&d)
-                .map(|d| d.as_millis() as i64)
-                .map_err(|e| {
-                    ApiError::new(StatusCode::BAD_REQUEST, format!("older_than `{d}`: {e}"))
-                })
-        })
+        .map(|d| parse_age(&d).map_err(bad("older_than")))
         .transpose()?;
     let list = b.journal()?.escalations(&Filter {
         reason,

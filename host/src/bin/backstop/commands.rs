@@ -436,15 +436,12 @@ fn list_escalations(
         }
         return Ok(ExitCode::SUCCESS);
     }
+    use backstop::escalation::{parse_age, parse_reason};
     let reason = reason
-        .map(|r| serde_json::from_value::<backstop::EscalationReason>(serde_json::Value::String(r.clone())).map_err(|_| anyhow::anyhow!("--reason `{r}` is not a reason: use retries-exhausted, ambiguous-state, low-confidence, needs-human, approval-required or circuit-open")))
+        .map(|r| parse_reason(&r).map_err(|e| anyhow::anyhow!("--reason {e}")))
         .transpose()?;
     let older_than_ms = older_than
-        .map(|d| {
-            humantime::parse_duration(&d)
-                .map(|d| d.as_millis() as i64)
-                .map_err(|e| anyhow::anyhow!("--older-than `{d}`: {e}"))
-        })
+        .map(|d| parse_age(&d).map_err(|e| anyhow::anyhow!("--older-than {e}")))
         .transpose()?;
     let list = q.escalations(&backstop::escalation::Filter {
         reason,
