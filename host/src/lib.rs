@@ -378,28 +378,21 @@ impl Backstop {
 
     /// Every breaker: this process's view, refreshed from the shared store.
     pub fn breakers(&self) -> Vec<BreakerStatus> {
-        let rows: std::collections::HashMap<String, journal::BreakerRow> = self
+        let rows = self
             .breakers
             .sync()
             .and_then(|s| s.store().all().ok())
-            .unwrap_or_default()
-            .into_iter()
-            .map(|r| (r.target.clone(), r))
-            .collect();
-        let mut out: Vec<BreakerStatus> = self
-            .breakers
-            .targets()
-            .filter_map(|t| {
-                Some(BreakerStatus {
-                    target: t.to_owned(),
-                    state: self.breakers.state(t)?,
-                    retry_in_ms: self.breakers.retry_in(t)?.as_millis() as u64,
-                    opened: rows.get(t).map_or(0, |r| r.opened),
-                    changed_at: rows.get(t).map(|r| r.updated_at),
-                })
-            })
-            .collect();
-        out.sort_by(|a, b| a.target.cmp(&b.target));
+            .unwrap_or_default();
+        let mut out = status::stored_breakers(&self.config, rows);
+        for b in &mut out {
+            if let (Some(state), Some(retry_in)) = (
+                self.breakers.state(&b.target),
+                self.breakers.retry_in(&b.target),
+            ) {
+                b.state = state;
+                b.retry_in_ms = retry_in.as_millis() as u64;
+            }
+        }
         out
     }
 }

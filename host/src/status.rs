@@ -5,7 +5,7 @@
 use crate::escalation::Stats;
 use crate::guard::shared::remote;
 use crate::guard::{BreakerState, Remote};
-use crate::journal::{now_ms, BreakerStore, RunRecord, SqliteJournal, StoreError};
+use crate::journal::{now_ms, BreakerRow, BreakerStore, RunRecord, SqliteJournal, StoreError};
 use crate::{BreakerStatus, Config};
 use serde::Serialize;
 
@@ -17,17 +17,11 @@ pub struct Status {
     pub runs: Vec<RunRecord>,
 }
 
-/// Every target of `config` with its breaker as the store has it (closed
-/// when no process has opened it yet).
-pub fn stored_breakers(
-    config: &Config,
-    store: &BreakerStore,
-) -> Result<Vec<BreakerStatus>, StoreError> {
-    let rows: std::collections::HashMap<String, _> = store
-        .all()?
-        .into_iter()
-        .map(|r| (r.target.clone(), r))
-        .collect();
+/// Every target of `config` with its breaker as the stored `rows` have it
+/// (closed when no process has opened it yet).
+pub fn stored_breakers(config: &Config, rows: Vec<BreakerRow>) -> Vec<BreakerStatus> {
+    let rows: std::collections::HashMap<String, _> =
+        rows.into_iter().map(|r| (r.target.clone(), r)).collect();
     let now = now_ms();
     let mut out: Vec<BreakerStatus> = config
         .tools
@@ -52,14 +46,14 @@ pub fn stored_breakers(
         })
         .collect();
     out.sort_by(|a, b| a.target.cmp(&b.target));
-    Ok(out)
+    out
 }
 
 impl Status {
     /// Reads the status from `config`'s store without loading any tool.
     pub fn read(config: &Config, recent_runs: u32) -> Result<Status, StoreError> {
         let journal = SqliteJournal::open(&config.state_path)?;
-        let breakers = stored_breakers(config, &BreakerStore::beside(&journal)?)?;
+        let breakers = stored_breakers(config, BreakerStore::beside(&journal)?.all()?);
         Self::with_breakers(&journal, breakers, recent_runs)
     }
 

@@ -923,6 +923,18 @@ async fn breaker_state_is_shared_by_processes_and_survives_a_restart() {
         m[r#"backstop_breaker_state{target="flaky",state="open"}"#],
         1.0
     );
+    let (_, status) = api.get("/v1/status").await;
+    let flaky = status["breakers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|b| b["target"] == "flaky")
+        .unwrap();
+    assert_eq!(
+        (flaky["state"].as_str(), flaky["opened"].as_u64()),
+        (Some("open"), Some(1)),
+        "{status}"
+    );
 
     // A close is shared too: probe opens, its open time passes, another
     // process's successful probe closes it, and status says so.
