@@ -29,6 +29,7 @@ pub mod metrics;
 pub mod models;
 pub mod outcome;
 pub mod runtime;
+pub mod schema;
 pub mod serve;
 pub mod status;
 pub mod testkit;
@@ -142,6 +143,20 @@ impl Backstop {
                 breakers
             }
         };
+        // One bulkhead per target, and one for the host shared by all.
+        let host_bulkhead = Arc::new(guard::Bulkhead::new("host", config.engine.bulkhead));
+        let bulkheads: std::collections::HashMap<&str, Arc<guard::Bulkhead>> = config
+            .tools
+            .values()
+            .map(|t| (t.name.as_str(), t.bulkhead))
+            .chain(
+                config
+                    .models
+                    .values()
+                    .map(|m| (m.name.as_str(), m.bulkhead)),
+            )
+            .map(|(name, policy)| (name, Arc::new(guard::Bulkhead::new(name, policy))))
+            .collect();
         let metrics = metrics::Metrics::new();
         // Every callable name resolved once: a call then reaches its
         // targets, retry policies and breakers without lookups by name.
@@ -164,6 +179,10 @@ impl Backstop {
                         None => models[t].clone(),
                     };
                     ChainTarget::new(target, config.retry_policy(&chain.name, t), &breakers)
+                        .with_bulkheads(
+                            bulkheads.get(t.as_str()).cloned(),
+                            Some(host_bulkhead.clone()),
+                        )
                 })
                 .collect::<Vec<_>>();
             plans.insert(

@@ -73,10 +73,13 @@ pub enum FailureClass {
     /// A streamed answer broke after output began: restarted on the next
     /// target rather than retried in place.
     StreamBroken,
+    /// The target's (or the host's) bulkhead was full: the target was not
+    /// run, and the chain falls back as for an open breaker.
+    BulkheadFull,
 }
 
 impl FailureClass {
-    pub const ALL: [FailureClass; 13] = [
+    pub const ALL: [FailureClass; 14] = [
         FailureClass::InvalidInput,
         FailureClass::Transient,
         FailureClass::RateLimited,
@@ -90,6 +93,7 @@ impl FailureClass {
         FailureClass::CircuitOpen,
         FailureClass::DeadlineExceeded,
         FailureClass::StreamBroken,
+        FailureClass::BulkheadFull,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -107,6 +111,7 @@ impl FailureClass {
             FailureClass::CircuitOpen => "circuit-open",
             FailureClass::DeadlineExceeded => "deadline-exceeded",
             FailureClass::StreamBroken => "stream-broken",
+            FailureClass::BulkheadFull => "bulkhead-full",
         }
     }
 

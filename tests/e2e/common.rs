@@ -1,5 +1,7 @@
 use backstop::{Backstop, Config, Outcome};
+use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
 use std::sync::OnceLock;
 
 pub fn root() -> PathBuf {
@@ -96,4 +98,46 @@ pub fn trail(o: &Outcome) -> Vec<(String, String, String)> {
 
 pub fn t(target: &str, class: &str, then: &str) -> (String, String, String) {
     (target.into(), class.into(), then.into())
+}
+
+/// A `backstop serve` process, killed (SIGKILL) when dropped.
+pub struct Server {
+    pub child: Child,
+    pub base: String,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+pub fn serve(config: &Path, token: Option<&str>) -> Server {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_backstop"));
+    cmd.arg("-c")
+        .arg(config)
+        .args(["serve", "--listen", "127.0.0.1:0"])
+        .env("BACKSTOP_LOG", "warn")
+        .env_remove(backstop::serve::TOKEN_ENV)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit());
+    if let Some(t) = token {
+        cmd.env(backstop::serve::TOKEN_ENV, t);
+    }
+    let mut child = cmd.spawn().unwrap();
+    let mut first = String::new();
+    BufReader::new(child.stdout.as_mut().unwrap())
+        .read_line(&mut first)
+        .unwrap();
+    let Some(base) = first
+        .trim()
+        .strip_prefix("listening on ")
+        .map(str::to_owned)
+    else {
+        let _ = child.kill();
+        panic!("serve did not print its address: {first:?}");
+    };
+    assert!(base.starts_with("http://127.0.0.1:"), "{base}");
+    Server { child, base }
 }

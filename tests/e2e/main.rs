@@ -3,6 +3,7 @@
 
 mod cli;
 mod common;
+mod containment;
 mod corpus;
 mod demo;
 mod escalations;

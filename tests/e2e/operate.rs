@@ -3,15 +3,14 @@
 //! metrics after a scripted run of failures, and breaker state shared by
 //! processes through the store.
 
-use crate::common::{tempdir, write_config, PRELUDE};
+use crate::common::{serve, tempdir, write_config, Server, PRELUDE};
 use crate::runs::{finish, spawn, wait_until};
 use backstop::testkit::model::anthropic_text;
 use backstop::testkit::ScriptedServer;
 use serde_json::{json, Value};
 use std::collections::BTreeMap;
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 
 fn config(model_origin: &str) -> String {
     format!(
@@ -69,48 +68,6 @@ fn env(model_origin: &str) -> Env {
     let dir = tempdir();
     let config = write_config(dir.path(), &config(model_origin));
     Env { _dir: dir, config }
-}
-
-/// A `backstop serve` process, killed (SIGKILL) when dropped.
-struct Server {
-    child: Child,
-    base: String,
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn serve(config: &Path, token: Option<&str>) -> Server {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_backstop"));
-    cmd.arg("-c")
-        .arg(config)
-        .args(["serve", "--listen", "127.0.0.1:0"])
-        .env("BACKSTOP_LOG", "warn")
-        .env_remove(backstop::serve::TOKEN_ENV)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit());
-    if let Some(t) = token {
-        cmd.env(backstop::serve::TOKEN_ENV, t);
-    }
-    let mut child = cmd.spawn().unwrap();
-    let mut first = String::new();
-    BufReader::new(child.stdout.as_mut().unwrap())
-        .read_line(&mut first)
-        .unwrap();
-    let Some(base) = first
-        .trim()
-        .strip_prefix("listening on ")
-        .map(str::to_owned)
-    else {
-        let _ = child.kill();
-        panic!("serve did not print its address: {first:?}");
-    };
-    assert!(base.starts_with("http://127.0.0.1:"), "{base}");
-    Server { child, base }
 }
 
 struct Client {

@@ -38,7 +38,7 @@ pub fn measure(root: &Path, runs: usize) -> Figures {
             timeout: deadline,
         };
         let t0 = Instant::now();
-        let r = rt.block_on(tool.invoke(&input, &ctx));
+        let r = rt.block_on(tool.invoke(input.clone(), &ctx));
         stopped.push(t0.elapsed());
         assert_eq!(r.err().map(|f| f.class), Some(FailureClass::Timeout));
     }

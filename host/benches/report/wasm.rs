@@ -116,7 +116,7 @@ pub fn measure(root: &Path, samples: usize, n: u64, seconds: u64) -> Figures {
     let invoke = per_op(samples, n, || {
         rt.block_on(async {
             for _ in 0..n {
-                tool.invoke(&input_text, &ctx).await.unwrap();
+                tool.invoke(input_text.clone(), &ctx).await.unwrap();
             }
         })
     });
@@ -189,7 +189,9 @@ pub fn profile_invoke(root: &Path, n: u64) {
     };
     rt.block_on(async {
         for _ in 0..n {
-            tool.invoke("{\"say\":\"hi\"}", &ctx).await.unwrap();
+            tool.invoke("{\"say\":\"hi\"}".to_owned(), &ctx)
+                .await
+                .unwrap();
         }
     });
 }

@@ -9,7 +9,7 @@ mod schema;
 pub mod units;
 pub use schema::CircuitOpenPolicy;
 
-use crate::guard::{Backoff, BreakerPolicy, Jitter, RetryPolicy};
+use crate::guard::{Backoff, BreakerPolicy, BulkheadPolicy, Jitter, RetryPolicy};
 use crate::outcome::Effect;
 pub use agents::{AgentConfig, AgentKind, Step, StepAction};
 use schema::{BreakerSpec, DirMode, RetrySpec};
@@ -81,6 +81,7 @@ pub struct ToolConfig {
     pub memory: ByteSize,
     pub max_output: ByteSize,
     pub breaker: BreakerPolicy,
+    pub bulkhead: BulkheadPolicy,
     /// `Some` when the TOML says; otherwise irreversible tools need it.
     pub approval: Option<bool>,
     retry: RetrySpec,
@@ -107,6 +108,7 @@ pub struct ModelConfig {
     pub stream: bool,
     pub label: Option<String>,
     pub breaker: BreakerPolicy,
+    pub bulkhead: BulkheadPolicy,
     retry: RetrySpec,
 }
 
@@ -124,6 +126,32 @@ pub struct ChainConfig {
 pub struct EngineConfig {
     pub pooling: bool,
     pub tick: Duration,
+    /// The host-wide bulkhead, shared by every target.
+    pub bulkhead: BulkheadPolicy,
+    /// Threads running guest code.
+    pub guest_threads: usize,
+}
+
+/// The host-wide bulkhead when the config sets none: below the pooling
+/// allocator's 1,000 instance slots, so the pool is not what refuses.
+pub const DEFAULT_HOST_BULKHEAD: BulkheadPolicy = BulkheadPolicy {
+    max_concurrent: 512,
+    max_queue: 4096,
+};
+
+fn bulkhead(
+    concurrent: Option<u32>,
+    queue: Option<u32>,
+    defaults: &schema::Defaults,
+) -> BulkheadPolicy {
+    BulkheadPolicy {
+        max_concurrent: concurrent
+            .or(defaults.max_concurrent)
+            .unwrap_or(BulkheadPolicy::DEFAULT_TARGET.max_concurrent),
+        max_queue: queue
+            .or(defaults.max_queue)
+            .unwrap_or(BulkheadPolicy::DEFAULT_TARGET.max_queue),
+    }
 }
 
 /// A validated configuration.
@@ -453,6 +481,20 @@ impl Loader<'_> {
             engine: EngineConfig {
                 pooling: file.engine.pooling.unwrap_or(true),
                 tick: file.engine.tick.map_or(Duration::from_millis(10), |t| t.0),
+                bulkhead: BulkheadPolicy {
+                    max_concurrent: file
+                        .engine
+                        .max_concurrent
+                        .unwrap_or(DEFAULT_HOST_BULKHEAD.max_concurrent),
+                    max_queue: file
+                        .engine
+                        .max_queue
+                        .unwrap_or(DEFAULT_HOST_BULKHEAD.max_queue),
+                },
+                guest_threads: file.engine.guest_threads.map_or_else(
+                    || std::thread::available_parallelism().map_or(2, |n| n.get()),
+                    |n| n as usize,
+                ),
             },
             tools,
             models,
@@ -570,6 +612,7 @@ impl Loader<'_> {
                 .or(defaults.max_output)
                 .unwrap_or(ByteSize(1 << 20)),
             breaker: resolve_breaker(&defaults.breaker, spec.breaker.as_ref()),
+            bulkhead: bulkhead(spec.max_concurrent, spec.max_queue, defaults),
             approval: spec.approval,
             retry: spec.retry.clone().unwrap_or_default(),
         })
@@ -635,6 +678,7 @@ impl Loader<'_> {
             stream: spec.stream.unwrap_or(false),
             label: spec.label.clone(),
             breaker: resolve_breaker(&defaults.breaker, spec.breaker.as_ref()),
+            bulkhead: bulkhead(spec.max_concurrent, spec.max_queue, defaults),
             retry: spec.retry.clone().unwrap_or_default(),
         })
     }

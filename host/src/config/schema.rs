@@ -110,6 +110,11 @@ pub struct ModelSpec {
     pub label: Option<String>,
     pub retry: Option<RetrySpec>,
     pub breaker: Option<BreakerSpec>,
+    /// Requests to this model in flight at once (its bulkhead).
+    #[serde(default, deserialize_with = "concurrency")]
+    pub max_concurrent: Option<u32>,
+    #[serde(default, deserialize_with = "queue")]
+    pub max_queue: Option<u32>,
 }
 
 fn tokens<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u32>, D::Error> {
@@ -121,8 +126,17 @@ fn tokens<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u32>, D::Error> {
 pub struct EngineSpec {
     /// Use the pooling instance allocator (falls back when unavailable).
     pub pooling: Option<bool>,
-    /// Epoch tick: the granularity of wasm deadlines.
+    /// Epoch tick: the granularity of wasm deadlines, and how often a
+    /// running guest yields to other work.
     pub tick: Option<PositiveDur>,
+    /// Calls running at once on the whole host, every target counted.
+    #[serde(default, deserialize_with = "concurrency")]
+    pub max_concurrent: Option<u32>,
+    #[serde(default, deserialize_with = "queue")]
+    pub max_queue: Option<u32>,
+    /// Threads that run guest code (default: one per core).
+    #[serde(default, deserialize_with = "threads")]
+    pub guest_threads: Option<u32>,
 }
 
 #[derive(Deserialize, Debug, Default)]
@@ -142,6 +156,11 @@ pub struct Defaults {
     /// Largest output a tool may return.
     #[serde(default, deserialize_with = "output_size")]
     pub max_output: Option<ByteSize>,
+    /// Per-target bulkhead: calls running at once, and waiting.
+    #[serde(default, deserialize_with = "concurrency")]
+    pub max_concurrent: Option<u32>,
+    #[serde(default, deserialize_with = "queue")]
+    pub max_queue: Option<u32>,
 }
 
 /// Every field optional: a spec overrides only what it names.
@@ -206,6 +225,12 @@ pub struct ToolSpec {
     pub breaker: Option<BreakerSpec>,
     /// Calls need a person's approval first (default: irreversible tools).
     pub approval: Option<bool>,
+    /// Calls of this tool running at once (its bulkhead).
+    #[serde(default, deserialize_with = "concurrency")]
+    pub max_concurrent: Option<u32>,
+    /// Calls waiting for a slot when `max_concurrent` are running.
+    #[serde(default, deserialize_with = "queue")]
+    pub max_queue: Option<u32>,
 }
 
 #[derive(Deserialize, Debug, Clone, Copy, PartialEq, Eq)]
@@ -255,6 +280,18 @@ fn bounded<'de, D: Deserializer<'de>>(
 
 fn attempts<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u32>, D::Error> {
     bounded(d, 1, 100, "attempts")
+}
+
+fn concurrency<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u32>, D::Error> {
+    bounded(d, 1, 100_000, "max_concurrent")
+}
+
+fn queue<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u32>, D::Error> {
+    bounded(d, 0, 1_000_000, "max_queue")
+}
+
+fn threads<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u32>, D::Error> {
+    bounded(d, 1, 1024, "guest_threads")
 }
 
 fn count<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u32>, D::Error> {

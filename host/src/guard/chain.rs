@@ -2,6 +2,7 @@
 //! with a breaker and a retry policy per target, and reports every attempt.
 
 use super::breaker::{Breaker, BreakerPolicy, BreakerState, Permit, Rejected, Transitions};
+use super::bulkhead::{self, Bulkhead};
 use super::retry::{Decision, RetryPolicy};
 use super::shared::BreakerSync;
 use crate::outcome::{
@@ -136,6 +137,9 @@ pub struct ChainTarget {
     pub retry: RetryPolicy,
     pub breaker: Option<SharedBreaker>,
     pub sync: Option<Arc<BreakerSync>>,
+    /// The target's own bulkhead, and the host's, taken in that order.
+    pub bulkhead: Option<Arc<Bulkhead>>,
+    pub host_bulkhead: Option<Arc<Bulkhead>>,
 }
 
 impl ChainTarget {
@@ -147,7 +151,21 @@ impl ChainTarget {
             target,
             name,
             retry,
+            bulkhead: None,
+            host_bulkhead: None,
         }
+    }
+
+    /// Caps the calls of this target running at once (`target`) and,
+    /// with every other target sharing it, of the host (`host`).
+    pub fn with_bulkheads(
+        mut self,
+        target: Option<Arc<Bulkhead>>,
+        host: Option<Arc<Bulkhead>>,
+    ) -> Self {
+        self.bulkhead = target;
+        self.host_bulkhead = host;
+        self
     }
 
     /// Asks the breaker for a permit, first taking on what other processes
@@ -258,6 +276,53 @@ impl ChainRunner<'_> {
                         Some(EscalationReason::RetriesExhausted),
                     );
                 }
+                // The bulkhead comes before the breaker: a probe admitted
+                // and then refused a slot would leave the breaker waiting.
+                let slot = if t.bulkhead.is_some() || t.host_bulkhead.is_some() {
+                    match bulkhead::enter(
+                        t.bulkhead.as_deref(),
+                        t.host_bulkhead.as_deref(),
+                        remaining,
+                    )
+                    .await
+                    {
+                        Ok(slot) => {
+                            if slot.waited {
+                                now = Instant::now();
+                            }
+                            Some(slot)
+                        }
+                        Err(f) => {
+                            let record = Attempt::failed(name, attempt, &f, 0, "fail-over");
+                            trace_attempt(&span, &record);
+                            attempts.push(record);
+                            passed_over.push((name.clone(), FailureClass::BulkheadFull));
+                            now = Instant::now();
+                            last = Some(f);
+                            all_open = false;
+                            break;
+                        }
+                    }
+                } else {
+                    None
+                };
+                let remaining = deadline.saturating_duration_since(now);
+                if remaining.is_zero() {
+                    let f = Failure::new(
+                        FailureClass::DeadlineExceeded,
+                        "call deadline passed while waiting for a bulkhead slot",
+                    );
+                    let record = Attempt::failed(name, attempt, &f, 0, "stop");
+                    trace_attempt(&span, &record);
+                    attempts.push(record);
+                    return self.failed(
+                        now - started,
+                        key,
+                        attempts,
+                        f,
+                        Some(EscalationReason::RetriesExhausted),
+                    );
+                }
                 let admitted = t.breaker.as_ref().map(|b| t.admit(b, now));
                 let permit = match admitted {
                     None => None,
@@ -299,6 +364,8 @@ impl ChainRunner<'_> {
                     use tracing::Instrument;
                     t.target.call(input, &ctx).instrument(span.clone()).await
                 };
+                // Free the slot now: a retry's backoff must not hold it.
+                drop(slot);
                 let ended = Instant::now();
                 let elapsed = ended - now;
                 now = ended;

@@ -50,7 +50,9 @@ impl RetryPolicy {
             }
             Transient | RateLimited | Timeout | Trap => {}
             InvalidInput | Unavailable | Permanent | ResourceExhausted | MalformedOutput
-            | CircuitOpen | DeadlineExceeded | StreamBroken => return Decision::FailOver(None),
+            | CircuitOpen | DeadlineExceeded | StreamBroken | BulkheadFull => {
+                return Decision::FailOver(None)
+            }
         }
         if attempt >= self.attempts {
             return Decision::FailOver(Some(format!("{} attempts used", self.attempts)));

@@ -3,6 +3,8 @@
 //! call from an `InstancePre`.
 
 mod bindings;
+mod fs_guard;
+mod guests;
 mod state;
 mod tool;
 
@@ -70,6 +72,7 @@ pub struct Runtime {
     cache_dir: PathBuf,
     tick: Duration,
     pooling: bool,
+    guests: Arc<guests::GuestPool>,
     _ticker: Ticker,
 }
 
@@ -88,12 +91,18 @@ impl Runtime {
         let mut linker = Linker::new(&engine);
         wasmtime_wasi::p2::add_to_linker_async(&mut linker)?;
         wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut linker)?;
+        fs_guard::shadow_open_at(&mut linker)?;
         bindings::Tool::add_to_linker::<_, wasmtime::component::HasSelf<HostState>>(
             &mut linker,
             |s| s,
         )?;
         let ticker = Ticker::start(engine.clone(), config.engine.tick);
+        let guests = Arc::new(
+            guests::GuestPool::new(config.engine.guest_threads)
+                .map_err(|e| anyhow::anyhow!("cannot start the guest threads: {e}"))?,
+        );
         Ok(Runtime {
+            guests,
             engine,
             linker,
             cache_dir: config.cache_dir.clone(),
@@ -186,7 +195,10 @@ fn build_engine(cfg: &EngineConfig, max_memory: u64) -> anyhow::Result<(Engine, 
     if cfg.pooling {
         let mut pool = PoolingAllocationConfig::default();
         pool.total_component_instances(1000)
-            .total_core_instances(2000)
+            // A counter, not a reservation: components with many core
+            // modules (Python's) must not run out of these before the
+            // component slots the host-wide bulkhead is sized by.
+            .total_core_instances(20_000)
             .total_memories(1000)
             .total_tables(2000)
             .total_stacks(1000)

@@ -3,6 +3,7 @@
 //! [`Failure`].
 
 use super::bindings::{self, ToolPre, WitEffect};
+use super::guests::GuestPool;
 use super::state::{far_deadline, CallInfo, HostState, STDERR_CAPACITY};
 use super::{CompileSource, LoadError, Runtime};
 use crate::config::{Origin, ToolConfig};
@@ -51,11 +52,18 @@ pub struct ToolOutput {
 }
 
 pub struct WasmTool {
-    config: ToolConfig,
     description: ToolDescription,
     effect: Effect,
     digest: String,
     source: CompileSource,
+    core: Arc<ToolCore>,
+    guests: Arc<GuestPool>,
+}
+
+/// What a call of the tool needs, shared with the guest pool's task that
+/// runs it.
+struct ToolCore {
+    config: ToolConfig,
     pre: ToolPre<HostState>,
     /// Set when the component also exports `reconcile`.
     reconcile_pre: Option<bindings::reconcilable::ReconcilableToolPre<HostState>>,
@@ -63,8 +71,8 @@ pub struct WasmTool {
     origins: Arc<Vec<Origin>>,
     tick: Duration,
     instantiations: AtomicU64,
-    /// The declared output schema, compiled; outputs are checked against it.
-    output_schema: Option<jsonschema::Validator>,
+    /// The declared output schema, checked and compiled at load.
+    output_schema: std::sync::OnceLock<jsonschema::Validator>,
 }
 
 impl From<WitEffect> for Effect {
@@ -117,8 +125,17 @@ impl WasmTool {
                 "does not implement world `backstop:tool/tool`: {e:#}"
             ))
         })?;
-        let mut tool = WasmTool {
+        let core = Arc::new(ToolCore {
             config: config.clone(),
+            pre,
+            reconcile_pre,
+            engine: rt.engine.clone(),
+            origins: Arc::new(config.http.clone()),
+            tick: rt.tick,
+            instantiations: AtomicU64::new(0),
+            output_schema: std::sync::OnceLock::new(),
+        });
+        let mut tool = WasmTool {
             description: ToolDescription {
                 name: String::new(),
                 description: String::new(),
@@ -129,44 +146,46 @@ impl WasmTool {
             effect: Effect::Irreversible,
             digest,
             source,
-            pre,
-            reconcile_pre,
-            engine: rt.engine.clone(),
-            origins: Arc::new(config.http.clone()),
-            tick: rt.tick,
-            instantiations: AtomicU64::new(0),
-            output_schema: None,
+            core,
+            guests: rt.guests.clone(),
         };
         let info = tool
             .describe()
             .await
             .map_err(|f| fail(format!("`describe` failed: {f}")))?;
         let schema = |what: &str, text: &str| {
-            serde_json::from_str::<serde_json::Value>(text).map_err(|e| {
+            let value = serde_json::from_str::<serde_json::Value>(text).map_err(|e| {
                 fail(format!(
                     "`describe` returned an {what} that is not JSON: {e}"
                 ))
-            })
+            })?;
+            // Checked like the output schema, though the host only shows it:
+            // models and MCP clients compile it too.
+            let compiled = crate::schema::compile(&value).map_err(|e| {
+                fail(format!(
+                    "`describe` returned an {what} that cannot be used: it {e}"
+                ))
+            })?;
+            Ok::<_, LoadError>((value, compiled))
         };
         let declared = Effect::from(info.effect);
+        let (input_schema, _) = schema("input schema", &info.input_schema)?;
+        let output = info
+            .output_schema
+            .as_deref()
+            .map(|s| schema("output schema", s))
+            .transpose()?;
+        let output_schema = output.map(|(value, compiled)| {
+            let _ = tool.core.output_schema.set(compiled);
+            value
+        });
         tool.description = ToolDescription {
-            input_schema: schema("input schema", &info.input_schema)?,
-            output_schema: info
-                .output_schema
-                .as_deref()
-                .map(|s| schema("output schema", s))
-                .transpose()?,
+            input_schema,
+            output_schema,
             name: info.name,
             description: info.description,
             effect: declared,
         };
-        if let Some(schema) = &tool.description.output_schema {
-            tool.output_schema = Some(jsonschema::validator_for(schema).map_err(|e| {
-                fail(format!(
-                    "`describe` returned an output schema that is not a valid JSON Schema: {e}"
-                ))
-            })?);
-        }
         tool.effect = match config.effect {
             Some(op) if op < declared => {
                 return Err(LoadError {
@@ -185,11 +204,11 @@ impl WasmTool {
     }
 
     pub fn name(&self) -> &str {
-        &self.config.name
+        &self.core.config.name
     }
 
     pub fn config(&self) -> &ToolConfig {
-        &self.config
+        &self.core.config
     }
 
     pub fn description(&self) -> &ToolDescription {
@@ -213,16 +232,108 @@ impl WasmTool {
 
     /// Whether the tool can answer "did the call with this key happen?".
     pub fn can_reconcile(&self) -> bool {
-        self.reconcile_pre.is_some()
+        self.core.reconcile_pre.is_some()
+    }
+
+    /// How many instances have been created (every call makes one).
+    pub fn instantiations(&self) -> u64 {
+        self.core.instantiations.load(Ordering::Relaxed)
     }
 
     /// Asks the tool whether the call with idempotency `key` happened. A
     /// tool without `reconcile` answers `Unknown`.
     pub async fn reconcile(&self, key: &str) -> Result<Reconciled, Failure> {
+        if self.core.reconcile_pre.is_none() {
+            return Ok(Reconciled::Unknown);
+        }
+        let core = self.core.clone();
+        let key = key.to_owned();
+        let timeout = self.core.config.timeout;
+        self.guarded(timeout, || "reconcile did not answer in time", async move {
+            core.reconcile(&key, timeout).await
+        })
+        .await
+    }
+
+    async fn describe(&self) -> Result<bindings::ToolInfo, Failure> {
+        let core = self.core.clone();
+        let timeout = self.core.config.timeout;
+        self.guarded(timeout, || "describe did not return in time", async move {
+            core.describe(timeout).await
+        })
+        .await
+    }
+
+    /// Runs one attempt in a fresh Store, which is dropped afterwards
+    /// whatever happened (a trap poisons a Store).
+    pub async fn invoke(&self, input: String, ctx: &CallCtx) -> Result<ToolOutput, Failure> {
+        let core = self.core.clone();
+        let attempt = ctx.clone();
+        let timeout = ctx.timeout;
+        let blocked = || {
+            format!(
+                "no answer within {} (blocked in a host call)",
+                humantime::format_duration(timeout)
+            )
+        };
+        self.guarded(timeout, blocked, async move {
+            core.invoke(&input, &attempt).await
+        })
+        .await
+    }
+
+    /// Runs `call` on the guest pool under a host timeout: the epoch
+    /// deadline stops guest code, this stops a guest blocked in a host
+    /// call, which epochs cannot interrupt.
+    async fn guarded<T: Send + 'static, M: Into<std::borrow::Cow<'static, str>>>(
+        &self,
+        timeout: Duration,
+        late: impl FnOnce() -> M,
+        call: impl std::future::Future<Output = Result<T, Failure>> + Send + 'static,
+    ) -> Result<T, Failure> {
+        let limit = timeout + self.core.tick * 2;
+        match tokio::time::timeout(limit, self.guests.run(call)).await {
+            Err(_) => Err(Failure::new(FailureClass::Timeout, late())),
+            Ok(Err(panic)) => Err(Failure::new(
+                FailureClass::Trap,
+                format!("the host failed while running the tool: {panic}"),
+            )),
+            Ok(Ok(r)) => r,
+        }
+    }
+}
+
+impl ToolCore {
+    fn store(&self, call: CallInfo) -> Result<(Store<HostState>, MemoryOutputPipe), Failure> {
+        let stderr = MemoryOutputPipe::new(STDERR_CAPACITY);
+        let state = HostState::new(&self.config, self.origins.clone(), call, stderr.clone())
+            .map_err(|e| Failure::new(FailureClass::Unavailable, format!("{e:#}")))?;
+        let mut store = Store::new(&self.engine, state);
+        store.limiter(|s| &mut s.limiter);
+        Ok((store, stderr))
+    }
+
+    /// Stops guest code at `timeout`, and makes it yield to the other
+    /// guests of the pool at every epoch tick until then.
+    fn arm(&self, store: &mut Store<HostState>, timeout: Duration) {
+        let deadline = std::time::Instant::now() + timeout;
+        store.set_epoch_deadline(1);
+        store.epoch_deadline_callback(move |_| {
+            if std::time::Instant::now() >= deadline {
+                Ok(wasmtime::UpdateDeadline::Interrupt)
+            } else {
+                Ok(wasmtime::UpdateDeadline::YieldCustom(
+                    1,
+                    Box::pin(tokio::task::yield_now()),
+                ))
+            }
+        });
+    }
+
+    async fn reconcile(&self, key: &str, timeout: Duration) -> Result<Reconciled, Failure> {
         let Some(pre) = &self.reconcile_pre else {
             return Ok(Reconciled::Unknown);
         };
-        let timeout = self.config.timeout;
         let call = CallInfo {
             tool: self.config.name.clone(),
             key: key.to_owned(),
@@ -236,33 +347,15 @@ impl WasmTool {
             tool.call_reconcile(&mut store, key).await
         };
         use bindings::backstop::tool::types::ReconcileStatus as S;
-        match tokio::time::timeout(timeout + self.tick * 2, run).await {
-            Err(_) => Err(Failure::new(
-                FailureClass::Timeout,
-                "reconcile did not answer in time",
-            )),
-            Ok(Err(e)) => Err(classify_trap(e, &store, &stderr, timeout)),
-            Ok(Ok(S::Done(out))) => Ok(Reconciled::Done(self.check_output(out)?)),
-            Ok(Ok(S::NotDone)) => Ok(Reconciled::NotDone),
-            Ok(Ok(S::Unknown)) => Ok(Reconciled::Unknown),
+        match run.await {
+            Err(e) => Err(classify_trap(e, &store, &stderr, timeout)),
+            Ok(S::Done(out)) => Ok(Reconciled::Done(self.check_output(out)?)),
+            Ok(S::NotDone) => Ok(Reconciled::NotDone),
+            Ok(S::Unknown) => Ok(Reconciled::Unknown),
         }
     }
 
-    /// How many instances have been created (every call makes one).
-    pub fn instantiations(&self) -> u64 {
-        self.instantiations.load(Ordering::Relaxed)
-    }
-
-    fn store(&self, call: CallInfo) -> Result<(Store<HostState>, MemoryOutputPipe), Failure> {
-        let stderr = MemoryOutputPipe::new(STDERR_CAPACITY);
-        let state = HostState::new(&self.config, self.origins.clone(), call, stderr.clone())
-            .map_err(|e| Failure::new(FailureClass::Unavailable, format!("{e:#}")))?;
-        let mut store = Store::new(&self.engine, state);
-        store.limiter(|s| &mut s.limiter);
-        Ok((store, stderr))
-    }
-
-    async fn describe(&self) -> Result<bindings::ToolInfo, Failure> {
+    async fn describe(&self, timeout: Duration) -> Result<bindings::ToolInfo, Failure> {
         let call = CallInfo {
             tool: self.config.name.clone(),
             key: String::new(),
@@ -270,31 +363,16 @@ impl WasmTool {
             deadline: far_deadline(),
         };
         let (mut store, stderr) = self.store(call)?;
-        let timeout = self.config.timeout;
         self.arm(&mut store, timeout);
         let run = async {
             let tool = self.pre.instantiate_async(&mut store).await?;
             tool.call_describe(&mut store).await
         };
-        match tokio::time::timeout(timeout + self.tick * 2, run).await {
-            Err(_) => Err(Failure::new(
-                FailureClass::Timeout,
-                "describe did not return in time",
-            )),
-            Ok(Err(e)) => Err(classify_trap(e, &store, &stderr, timeout)),
-            Ok(Ok(info)) => Ok(info),
-        }
+        run.await
+            .map_err(|e| classify_trap(e, &store, &stderr, timeout))
     }
 
-    fn arm(&self, store: &mut Store<HostState>, timeout: Duration) {
-        let ticks = timeout.as_nanos().div_ceil(self.tick.as_nanos().max(1)) as u64;
-        store.set_epoch_deadline(ticks.max(1));
-        store.epoch_deadline_trap();
-    }
-
-    /// Runs one attempt in a fresh Store, which is dropped afterwards
-    /// whatever happened (a trap poisons a Store).
-    pub async fn invoke(&self, input: &str, ctx: &CallCtx) -> Result<ToolOutput, Failure> {
+    async fn invoke(&self, input: &str, ctx: &CallCtx) -> Result<ToolOutput, Failure> {
         let call = CallInfo {
             tool: self.config.name.clone(),
             key: ctx.key.to_string(),
@@ -308,20 +386,10 @@ impl WasmTool {
             let tool = self.pre.instantiate_async(&mut store).await?;
             tool.call_invoke(&mut store, input).await
         };
-        // The epoch deadline stops guest code; this timeout stops a guest
-        // blocked in a host call, which epochs cannot interrupt.
-        let result = tokio::time::timeout(ctx.timeout + self.tick * 2, run).await;
-        match result {
-            Err(_) => Err(Failure::new(
-                FailureClass::Timeout,
-                format!(
-                    "no answer within {} (blocked in a host call)",
-                    humantime::format_duration(ctx.timeout)
-                ),
-            )),
-            Ok(Err(e)) => Err(classify_trap(e, &store, &stderr, ctx.timeout)),
-            Ok(Ok(Err(e))) => Err(classify_tool_error(e)),
-            Ok(Ok(Ok(out))) => self.check_output(out),
+        match run.await {
+            Err(e) => Err(classify_trap(e, &store, &stderr, ctx.timeout)),
+            Ok(Err(e)) => Err(classify_tool_error(e)),
+            Ok(Ok(out)) => self.check_output(out),
         }
     }
 
@@ -337,9 +405,9 @@ impl WasmTool {
         }
         let value = serde_json::from_str(&out.value)
             .map_err(|e| malformed(format!("output is not JSON ({e}): {}", preview(&out.value))))?;
-        if let Some(v) = &self.output_schema {
+        if let Some(v) = self.output_schema.get() {
             if let Err(e) = v.validate(&value) {
-                let at = e.instance_path.to_string();
+                let at = e.instance_path().to_string();
                 let at = if at.is_empty() {
                     "the output".to_owned()
                 } else {
@@ -411,6 +479,15 @@ fn classify_trap(
             format!("{m}; stderr: {tail}")
         }
     };
+    // The host's instance pool being full says nothing about the guest.
+    if e.chain()
+        .any(|c| c.is::<wasmtime::PoolConcurrencyLimitError>())
+    {
+        return Failure::new(
+            FailureClass::BulkheadFull,
+            format!("the host's instance pool is full: {e}"),
+        );
+    }
     if store.data().limiter.hit_cap {
         return Failure::new(
             FailureClass::ResourceExhausted,
@@ -435,7 +512,7 @@ fn classify_trap(
 
 impl crate::guard::CallTarget for WasmTool {
     fn name(&self) -> &str {
-        &self.config.name
+        &self.core.config.name
     }
 
     fn effect(&self) -> Effect {
@@ -443,7 +520,7 @@ impl crate::guard::CallTarget for WasmTool {
     }
 
     fn timeout(&self) -> Duration {
-        self.config.timeout
+        self.core.config.timeout
     }
 
     fn call<'a>(
@@ -452,6 +529,6 @@ impl crate::guard::CallTarget for WasmTool {
         ctx: &'a CallCtx,
     ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<ToolOutput, Failure>> + Send + 'a>>
     {
-        Box::pin(async move { self.invoke(&input.to_string(), ctx).await })
+        Box::pin(async move { self.invoke(input.to_string(), ctx).await })
     }
 }

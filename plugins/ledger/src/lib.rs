@@ -51,10 +51,23 @@ impl Guest for Ledger {
         // One write of the whole line: a process killed mid-call leaves a
         // whole line or none, never half of one.
         let line = format!("{}\n", json!({ "key": key, "entry": entry }));
-        file.write_all(line.as_bytes())
-            .map_err(|e| ToolError::Transient(format!("cannot write {FILE}: {e}")))?;
-        file.sync_all()
-            .map_err(|e| ToolError::Transient(format!("cannot sync {FILE}: {e}")))?;
+        // Past this point the line may be on disk, so no classified error:
+        // `transient` would tell the host nothing happened, and its retry
+        // would write the line again. A trap says "effect unknown", and the
+        // host asks `reconcile`, which reads the file.
+        if let Err(e) = file.write_all(line.as_bytes()) {
+            panic!("cannot write {FILE} (the line may be partly written): {e}");
+        }
+        // The operator's fault switch for tests: the sync fails after the
+        // write landed, as on a disk that fills up between the two.
+        let sync = if std::env::var_os("LEDGER_SYNC_FAILS").is_some() {
+            Err(std::io::Error::other("injected sync failure"))
+        } else {
+            file.sync_all()
+        };
+        if let Err(e) = sync {
+            panic!("cannot sync {FILE} after writing the line: {e}");
+        }
         sleep_ms(&v, "sleep_after_ms");
         Ok(Output {
             value: json!({ "recorded": key, "entry": entry }).to_string(),

@@ -232,7 +232,12 @@ fn main() -> ExitCode {
             return ExitCode::from(1);
         }
     };
-    match rt.block_on(commands::run(cli.command, &cli.config)) {
+    let result = rt.block_on(commands::run(cli.command, &cli.config));
+    // A blocking task still stuck in the kernel (a host call of a guest
+    // that timed out) must not keep the process alive: wait a moment for
+    // the rest, then exit.
+    rt.shutdown_timeout(std::time::Duration::from_secs(1));
+    match result {
         Ok(code) => code,
         Err(e) => {
             eprintln!("error: {e}");

@@ -1,0 +1,104 @@
+//! Where guest code runs: its own threads, not the caller's.
+//!
+//! A guest computing without end used to run on the async runtime's
+//! workers: 100 spinning calls held both workers, every other request of
+//! `backstop serve` (`/healthz` included) waited tens of seconds, and the
+//! calls' own timeouts fired late because their timers could not run.
+//!
+//! Now a call's first slice runs on the caller's task (a call that ends
+//! before the next epoch tick, which is most of them, costs no thread
+//! hop); when the guest is still running at the next tick, or waits on a
+//! host call, the rest of the call moves to the guest pool, a runtime of
+//! its own. There every running guest yields at each epoch tick, so the
+//! guests share the pool's threads and each is stopped at its own deadline,
+//! while the caller's runtime only waits on a timer. Its blocking pool is
+//! where the guests' file operations run; the pool is shut down without
+//! waiting for them when the host is dropped, so a guest stuck in the
+//! kernel cannot keep the process alive.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::task::Poll;
+
+pub struct GuestPool {
+    runtime: Option<tokio::runtime::Runtime>,
+    handle: tokio::runtime::Handle,
+}
+
+/// Host code under a guest call (the output schema check) recurses in the
+/// depth of the value: give it room beyond tokio's 2 MiB default. Only the
+/// pages touched are ever committed.
+const STACK: usize = 64 << 20;
+
+impl GuestPool {
+    pub fn new(threads: usize) -> std::io::Result<GuestPool> {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(threads.max(1))
+            .thread_name("backstop-guest")
+            .thread_stack_size(STACK)
+            .enable_all()
+            .build()?;
+        let handle = runtime.handle().clone();
+        Ok(GuestPool {
+            runtime: Some(runtime),
+            handle,
+        })
+    }
+
+    /// Runs `call` as described in the module docs. `Err` when the call
+    /// panicked in host code (a guest's own trap is a value of `T`).
+    pub async fn run<T: Send + 'static>(
+        &self,
+        call: impl Future<Output = T> + Send + 'static,
+    ) -> Result<T, String> {
+        let mut call: Pin<Box<dyn Future<Output = T> + Send>> = Box::pin(call);
+        let first = std::future::poll_fn(|cx| Poll::Ready(call.as_mut().poll(cx))).await;
+        if let Poll::Ready(v) = first {
+            return Ok(v);
+        }
+        let task = AbortOnDrop(self.handle.spawn(call));
+        match task.await {
+            Ok(v) => Ok(v),
+            Err(e) if e.is_panic() => Err(panic_text(e.into_panic())),
+            Err(_) => Err("the guest pool was shut down".to_owned()),
+        }
+    }
+}
+
+fn panic_text(p: Box<dyn std::any::Any + Send>) -> String {
+    match p.downcast::<String>() {
+        Ok(s) => *s,
+        Err(p) => p
+            .downcast_ref::<&str>()
+            .map_or_else(|| "a host task panicked".to_owned(), |s| (*s).to_owned()),
+    }
+}
+
+/// Cancels the guest's task when the caller stops waiting (its timeout
+/// fired, or its own caller went away): the Store is dropped on the
+/// pool at the guest's next yield.
+struct AbortOnDrop<T>(tokio::task::JoinHandle<T>);
+
+impl<T> Future for AbortOnDrop<T> {
+    type Output = Result<T, tokio::task::JoinError>;
+    fn poll(mut self: Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> Poll<Self::Output> {
+        Pin::new(&mut self.0).poll(cx)
+    }
+}
+
+impl<T> Drop for AbortOnDrop<T> {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+impl Drop for GuestPool {
+    fn drop(&mut self) {
+        if let Some(rt) = self.runtime.take() {
+            // Never wait: a blocking thread stuck in a host call must not
+            // hold up the host's exit, and a runtime may not be dropped
+            // from inside another runtime's task.
+            rt.shutdown_background();
+        }
+    }
+}
