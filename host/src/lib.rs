@@ -32,6 +32,7 @@ pub mod runtime;
 pub mod schema;
 pub mod serve;
 pub mod status;
+pub mod term;
 pub mod testkit;
 
 pub use config::{Config, ConfigError};
@@ -332,6 +333,7 @@ impl Backstop {
             targets: &plan.targets,
             deadline: plan.deadline,
             rng: &self.rng,
+            max_message: self.config.engine.max_message,
         };
         let span = tracing::info_span!(
             "call",

@@ -162,6 +162,30 @@ pub struct Failure {
     pub retry_after: Option<Duration>,
 }
 
+/// The longest failure message kept when the config sets none.
+pub const DEFAULT_MAX_MESSAGE: usize = 8 << 10;
+
+/// `text` cut to at most `limit` bytes (at a character boundary) with a
+/// marker saying how much was cut; whole when it fits. Guests and providers
+/// choose their messages' sizes: a 20 MB one was kept whole in the
+/// outcome, the journal and the queue.
+pub fn clip(text: Cow<'static, str>, limit: usize) -> Cow<'static, str> {
+    if text.len() <= limit {
+        return text;
+    }
+    let mut end = limit.saturating_sub(64);
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!(
+        "{}… [cut: {} of {} bytes not shown]",
+        &text[..end],
+        text.len() - end,
+        text.len()
+    )
+    .into()
+}
+
 impl Failure {
     pub fn new(class: FailureClass, message: impl Into<Cow<'static, str>>) -> Self {
         Failure {

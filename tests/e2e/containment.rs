@@ -366,3 +366,121 @@ async fn the_ledger_never_reports_a_classified_error_after_its_write() {
         "{found:?}"
     );
 }
+
+/// Sizes a guest controls are capped where they enter: a 20 MB error
+/// message is cut (and says so) in the outcome and what `call` prints; a
+/// 50 MB description is cut at load; an oversized schema is a load error.
+#[tokio::test]
+async fn guest_controlled_sizes_are_capped_where_they_enter() {
+    let dir = tempdir();
+    let text = format!(
+        "{PRELUDE}\n[tools.loud]\ncomponent = \"{{plugins}}/fault.wasm\"\nmemory = \"200MiB\"\nretry = {{ attempts = 1 }}\nenv = [\"FAULT_DESCRIPTION=d\", \"FAULT_DESCRIPTION_REPEAT=50000000\"]\n"
+    );
+    let b = load(dir.path(), &text).await;
+    let d = &b.tool("loud").unwrap().description().description;
+    assert!(d.len() <= 16 << 10, "description kept at {} bytes", d.len());
+    assert!(d.contains("[cut: "), "{}", &d[d.len() - 80..]);
+    let input = json!({"mode": "fail", "class": "permanent", "message": "x", "repeat": 20_000_000});
+    let o = b.call("loud", input.clone()).await.unwrap();
+    let m = &o.attempts[0].message;
+    assert!(m.len() <= 8 << 10, "message kept at {} bytes", m.len());
+    assert!(
+        m.ends_with("[cut: 19991872 of 20000000 bytes not shown]"),
+        "{}",
+        &m[m.len() - 60..]
+    );
+    assert!(o.error.as_ref().unwrap().message.len() <= 8 << 10);
+    // What the CLI prints is as small.
+    let config = write_config(dir.path(), &text);
+    let out = backstop(&config, &["call", "loud", "-i", &input.to_string()]);
+    assert!(
+        out.stdout.len() < 64 << 10,
+        "call printed {} bytes",
+        out.stdout.len()
+    );
+    // A schema over engine.max_schema is refused, naming the tool.
+    let big = format!(r#"{{"description":"{}"}}"#, "s".repeat(300 << 10));
+    let huge = write_config(
+        dir.path(),
+        &format!("{PRELUDE}\n[tools.huge]\ncomponent = \"{{plugins}}/fault.wasm\"\nenv = ['FAULT_OUTPUT_SCHEMA={big}']\n"),
+    );
+    let out = backstop(&huge, &["check"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("tools.huge.component") && err.contains("engine.max_schema"),
+        "{err}"
+    );
+}
+
+/// Escape sequences in guest text are shown, never executed, in text
+/// output; `--json` keeps them exact.
+#[test]
+fn escape_sequences_from_a_guest_are_shown_not_executed() {
+    let dir = tempdir();
+    let hostile = "\u{1b}]0;pwned\u{7}\u{1b}[2J\rgone\u{0}\u{85}\u{9b}31m\u{202e}exe.txt";
+    let config = write_config(
+        dir.path(),
+        &format!(
+            "{PRELUDE}\n[tools.loud]\ncomponent = \"{{plugins}}/fault.wasm\"\nretry = {{ attempts = 1 }}\nenv = [\"FAULT_DESCRIPTION=desc\\u001b[2Jx\"]\n"
+        ),
+    );
+    let input = json!({"mode": "fail", "class": "permanent", "message": hostile}).to_string();
+    let acts = |s: &str| {
+        s.chars()
+            .any(|c| (c.is_control() && c != '\n') || c == '\u{202e}')
+    };
+    for args in [vec!["call", "loud", "-i", input.as_str()], vec!["tools"]] {
+        let out = backstop(&config, &args);
+        let text = String::from_utf8(out.stdout).unwrap();
+        assert!(!acts(&text), "{args:?} printed a raw control: {text:?}");
+        assert!(text.contains("\\u{1b}"), "{args:?}: {text}");
+    }
+    let out = backstop(&config, &["call", "--json", "loud", "-i", &input]);
+    let o: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(o["error"]["message"], hostile);
+}
+
+/// The HTTP layer's small contracts: `bearer` in any case, a token that
+/// could never match refused at start, and JSON as a media type, not a
+/// prefix.
+#[tokio::test]
+async fn bearer_in_any_case_bad_tokens_refused_and_json_is_a_media_type() {
+    let dir = tempdir();
+    let config = write_config(
+        dir.path(),
+        &format!("{PRELUDE}\n[tools.fault]\ncomponent = \"{{plugins}}/fault.wasm\"\n"),
+    );
+    for bad in ["tok ", "  ", "to\u{7}k"] {
+        let out = Command::new(env!("CARGO_BIN_EXE_backstop"))
+            .arg("-c")
+            .arg(&config)
+            .args(["serve", "--listen", "127.0.0.1:0"])
+            .env(backstop::serve::TOKEN_ENV, bad)
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{bad:?}: {err}");
+        assert!(err.contains(backstop::serve::TOKEN_ENV), "{err}");
+    }
+    let server = serve(&config, Some("s3cret"));
+    let http = reqwest::Client::new();
+    for scheme in ["Bearer", "bearer", "BEARER"] {
+        let r = http
+            .get(format!("{}/v1/status", server.base))
+            .header("authorization", format!("{scheme} s3cret"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200, "{scheme}");
+    }
+    let call = |ct: &'static str| {
+        http.post(format!("{}/v1/calls", server.base))
+            .bearer_auth("s3cret")
+            .header("content-type", ct)
+            .body(r#"{"chain":"fault","input":{"mode":"echo"}}"#)
+            .send()
+    };
+    assert_eq!(call("application/jsonp").await.unwrap().status(), 415);
+    assert_eq!(call("Application/JSON; charset=utf-8").await.unwrap().status(), 200);
+}

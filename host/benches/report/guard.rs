@@ -114,6 +114,7 @@ pub fn measure(samples: usize, n: u64) -> Figures {
     let bare_allocs = (allocations() - a0) as f64 / ((samples as u64 + 1) * n) as f64;
     let calls = |targets: &[ChainTarget], ok: bool| {
         let r = ChainRunner {
+            max_message: backstop::outcome::DEFAULT_MAX_MESSAGE,
             chain: &chain,
             targets,
             deadline: Duration::from_secs(10),
@@ -155,6 +156,7 @@ pub fn measure(samples: usize, n: u64) -> Figures {
     });
     let future_bytes = {
         let r = ChainRunner {
+            max_message: backstop::outcome::DEFAULT_MAX_MESSAGE,
             chain: &chain,
             targets: &closed_targets,
             deadline: Duration::from_secs(10),

@@ -130,6 +130,11 @@ pub struct EngineConfig {
     pub bulkhead: BulkheadPolicy,
     /// Threads running guest code.
     pub guest_threads: usize,
+    /// Caps on what guests and providers say: failure messages and tool
+    /// descriptions are cut to these (marked), larger schemas refused.
+    pub max_message: usize,
+    pub max_description: usize,
+    pub max_schema: usize,
 }
 
 /// The host-wide bulkhead when the config sets none: below the pooling
@@ -491,6 +496,15 @@ impl Loader<'_> {
                         .max_queue
                         .unwrap_or(DEFAULT_HOST_BULKHEAD.max_queue),
                 },
+                max_message: file
+                    .engine
+                    .max_message
+                    .map_or(crate::outcome::DEFAULT_MAX_MESSAGE, |b| b.0 as usize),
+                max_description: file
+                    .engine
+                    .max_description
+                    .map_or(16 << 10, |b| b.0 as usize),
+                max_schema: file.engine.max_schema.map_or(256 << 10, |b| b.0 as usize),
                 guest_threads: file.engine.guest_threads.map_or_else(
                     || std::thread::available_parallelism().map_or(2, |n| n.get()),
                     |n| n as usize,

@@ -137,6 +137,16 @@ pub struct EngineSpec {
     /// Threads that run guest code (default: one per core).
     #[serde(default, deserialize_with = "threads")]
     pub guest_threads: Option<u32>,
+    /// Longest failure message kept from a tool or model; longer ones are
+    /// cut, with a marker saying how much.
+    #[serde(default, deserialize_with = "message_size")]
+    pub max_message: Option<ByteSize>,
+    /// Longest tool description kept from `describe` (cut, marked).
+    #[serde(default, deserialize_with = "description_size")]
+    pub max_description: Option<ByteSize>,
+    /// Largest schema a tool may declare; a larger one is a load error.
+    #[serde(default, deserialize_with = "schema_size")]
+    pub max_schema: Option<ByteSize>,
 }
 
 #[derive(Deserialize, Debug, Default)]
@@ -332,6 +342,18 @@ fn sized<'de, D: Deserializer<'de>>(
 fn memory<'de, D: Deserializer<'de>>(d: D) -> Result<Option<ByteSize>, D::Error> {
     // wasm32 linear memory cannot exceed 4 GiB.
     sized(d, ByteSize::MIB, 4 << 30, "memory")
+}
+
+fn message_size<'de, D: Deserializer<'de>>(d: D) -> Result<Option<ByteSize>, D::Error> {
+    sized(d, 256, 1 << 20, "max_message")
+}
+
+fn description_size<'de, D: Deserializer<'de>>(d: D) -> Result<Option<ByteSize>, D::Error> {
+    sized(d, 1 << 10, 1 << 20, "max_description")
+}
+
+fn schema_size<'de, D: Deserializer<'de>>(d: D) -> Result<Option<ByteSize>, D::Error> {
+    sized(d, 1 << 10, 16 << 20, "max_schema")
 }
 
 fn output_size<'de, D: Deserializer<'de>>(d: D) -> Result<Option<ByteSize>, D::Error> {

@@ -218,6 +218,8 @@ pub struct ChainRunner<'a> {
     pub targets: &'a [ChainTarget],
     pub deadline: Duration,
     pub rng: &'a Mutex<StdRng>,
+    /// Longest failure message kept (longer ones are cut, marked).
+    pub max_message: usize,
 }
 
 fn millis(d: Duration) -> u64 {
@@ -405,7 +407,12 @@ impl ChainRunner<'_> {
                             elapsed_ms: millis(ended - started),
                         };
                     }
-                    Err(f) => f,
+                    Err(mut f) => {
+                        if f.message.len() > self.max_message {
+                            f.message = crate::outcome::clip(f.message, self.max_message);
+                        }
+                        f
+                    }
                 };
                 let remaining = deadline.saturating_duration_since(now);
                 let decision = {

@@ -73,6 +73,10 @@ pub struct Runtime {
     tick: Duration,
     pooling: bool,
     guests: Arc<guests::GuestPool>,
+    /// Caps on what `describe` may return.
+    max_description: usize,
+    max_schema: usize,
+    max_message: usize,
     _ticker: Ticker,
 }
 
@@ -103,6 +107,9 @@ impl Runtime {
         );
         Ok(Runtime {
             guests,
+            max_description: config.engine.max_description,
+            max_schema: config.engine.max_schema,
+            max_message: config.engine.max_message,
             engine,
             linker,
             cache_dir: config.cache_dir.clone(),

@@ -149,11 +149,20 @@ impl WasmTool {
             core,
             guests: rt.guests.clone(),
         };
-        let info = tool
-            .describe()
-            .await
-            .map_err(|f| fail(format!("`describe` failed: {f}")))?;
+        let info = tool.describe().await.map_err(|f| {
+            fail(format!(
+                "`describe` failed: {}",
+                crate::outcome::clip(f.to_string().into(), rt.max_message)
+            ))
+        })?;
         let schema = |what: &str, text: &str| {
+            if text.len() > rt.max_schema {
+                return Err(fail(format!(
+                    "`describe` returned an {what} of {} bytes; the limit is {} (engine.max_schema)",
+                    text.len(),
+                    crate::config::ByteSize(rt.max_schema as u64)
+                )));
+            }
             let value = serde_json::from_str::<serde_json::Value>(text).map_err(|e| {
                 fail(format!(
                     "`describe` returned an {what} that is not JSON: {e}"
@@ -182,8 +191,11 @@ impl WasmTool {
         tool.description = ToolDescription {
             input_schema,
             output_schema,
-            name: info.name,
-            description: info.description,
+            // Shown to operators and models: cut, and marked, when a
+            // tool says more than anyone should read.
+            name: crate::outcome::clip(info.name.into(), 256).into_owned(),
+            description: crate::outcome::clip(info.description.into(), rt.max_description)
+                .into_owned(),
             effect: declared,
         };
         tool.effect = match config.effect {

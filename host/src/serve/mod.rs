@@ -37,6 +37,8 @@ pub enum ServeError {
     NoToken { addr: SocketAddr },
     #[error("{TOKEN_ENV} is set but empty")]
     EmptyToken,
+    #[error("{TOKEN_ENV} {0}: a client could not send it in an `Authorization` header as it is")]
+    BadToken(&'static str),
     #[error("cannot listen on {addr}: {source}")]
     Bind {
         addr: SocketAddr,
@@ -49,7 +51,13 @@ pub enum ServeError {
 /// Checks, before binding, that `addr` may be served with `token`.
 pub fn check_exposure(addr: SocketAddr, token: Option<&str>) -> Result<(), ServeError> {
     match token {
-        Some("") => Err(ServeError::EmptyToken),
+        Some(t) if t.trim().is_empty() => Err(ServeError::EmptyToken),
+        // HTTP strips a header value's surrounding whitespace, so such a
+        // token could never match; a control character cannot be sent.
+        Some(t) if t.trim() != t => Err(ServeError::BadToken("begins or ends with whitespace")),
+        Some(t) if t.chars().any(|c| c.is_control() || !c.is_ascii()) => {
+            Err(ServeError::BadToken("holds a control or non-ASCII character"))
+        }
         None if !addr.ip().is_loopback() => Err(ServeError::NoToken { addr }),
         _ => Ok(()),
     }
@@ -173,7 +181,7 @@ type Api<T> = Result<T, ApiError>;
 fn body<T: DeserializeOwned>(headers: &HeaderMap, bytes: &[u8]) -> Api<T> {
     if let Some(ct) = headers.get(header::CONTENT_TYPE) {
         let ct = ct.to_str().unwrap_or("");
-        if !ct.starts_with("application/json") {
+        if !json_media_type(ct) {
             return Err(ApiError::new(
                 StatusCode::UNSUPPORTED_MEDIA_TYPE,
                 format!("the body must be application/json, not `{ct}`"),
@@ -506,7 +514,7 @@ async fn auth(State(token): State<Option<Arc<str>>>, req: Request, next: Next) -
             .headers()
             .get(header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "));
+            .and_then(bearer);
         let ok = given.is_some_and(|g| same(g.as_bytes(), token.as_bytes()));
         if !ok {
             let message = if given.is_some() {
@@ -523,11 +531,28 @@ async fn auth(State(token): State<Option<Arc<str>>>, req: Request, next: Next) -
     next.run(req).await
 }
 
+/// The credentials of `Bearer TOKEN`: the scheme is case-insensitive
+/// (RFC 9110, section 11.1), `bearer` as valid as `Bearer`.
+fn bearer(value: &str) -> Option<&str> {
+    let (scheme, token) = value.split_once(' ')?;
+    scheme
+        .eq_ignore_ascii_case("bearer")
+        .then(|| token.trim_start_matches(' '))
+}
+
+/// Whether a `Content-Type` names JSON: the media type `application/json`
+/// in any case, with or without parameters (`; charset=utf-8`), and not a
+/// type that merely begins the same way (`application/jsonp`).
+fn json_media_type(value: &str) -> bool {
+    let media = value.split(';').next().unwrap_or("").trim();
+    media.eq_ignore_ascii_case("application/json")
+}
+
 fn is_json(headers: &HeaderMap) -> bool {
     headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.starts_with("application/json"))
+        .is_some_and(json_media_type)
 }
 
 /// Logs and counts every request, and turns the framework's own
@@ -590,4 +615,36 @@ async fn json_errors(State(b): State<App>, req: Request, next: Next) -> Response
         }
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_bearer_scheme_is_case_insensitive() {
+        assert_eq!(bearer("Bearer abc"), Some("abc"));
+        assert_eq!(bearer("bearer abc"), Some("abc"));
+        assert_eq!(bearer("BEARER abc"), Some("abc"));
+        assert_eq!(bearer("Basic abc"), None);
+        assert_eq!(bearer("Bearerabc"), None);
+    }
+
+    #[test]
+    fn json_is_the_media_type_not_a_prefix() {
+        assert!(json_media_type("application/json"));
+        assert!(json_media_type("Application/JSON; charset=utf-8"));
+        assert!(!json_media_type("application/jsonp"));
+        assert!(!json_media_type("application/json-seq"));
+        assert!(!json_media_type("text/plain"));
+    }
+
+    #[test]
+    fn tokens_that_cannot_match_are_refused_at_start() {
+        let local: SocketAddr = "127.0.0.1:0".parse().unwrap();
+        for bad in ["", "   ", "tok ", " tok", "to\nk", "tök"] {
+            assert!(check_exposure(local, Some(bad)).is_err(), "{bad:?} accepted");
+        }
+        assert!(check_exposure(local, Some("a-good-token")).is_ok());
+    }
 }

@@ -27,6 +27,8 @@ const SCHEMA: &str = r#"{
     "retry_after_ms": {"type": "integer", "minimum": 0},
     "ms": {"type": "integer", "minimum": 0},
     "path": {"type": "string"},
+    "message": {"type": "string", "description": "mode fail: the error's message"},
+    "repeat": {"type": "integer", "minimum": 0, "description": "mode fail: copies of message"},
     "key": {"type": "string"},
     "value": {},
     "confidence": {"type": "number"}
@@ -63,8 +65,19 @@ impl Guest for Fault {
     fn describe() -> ToolInfo {
         ToolInfo {
             name: "fault".into(),
-            description: "Test tool: fails, stalls, loops, allocates or traps as its input asks."
-                .into(),
+            // Tests declare a description (its size, escape sequences in
+            // it) through granted env keys.
+            description: match std::env::var("FAULT_DESCRIPTION") {
+                Ok(d) => d.repeat(
+                    std::env::var("FAULT_DESCRIPTION_REPEAT")
+                        .ok()
+                        .and_then(|n| n.parse().ok())
+                        .unwrap_or(1),
+                ),
+                Err(_) => {
+                    "Test tool: fails, stalls, loops, allocates or traps as its input asks.".into()
+                }
+            },
             input_schema: SCHEMA.into(),
             // Tests declare an output schema through a granted env key.
             output_schema: std::env::var("FAULT_OUTPUT_SCHEMA").ok(),
@@ -110,9 +123,15 @@ impl Guest for Fault {
                             "injecting failure",
                             &[("class".into(), class.into())],
                         );
+                        // Tests choose the message (escape sequences, a
+                        // secret) and its size (`repeat` copies of it).
+                        let message = match input["message"].as_str() {
+                            Some(m) => m.repeat(input["repeat"].as_u64().unwrap_or(1) as usize),
+                            None => format!("injected {class} failure on attempt {}", ctx.attempt),
+                        };
                         Err(classified(
                             class,
-                            format!("injected {class} failure on attempt {}", ctx.attempt),
+                            message,
                             input["retry_after_ms"].as_u64(),
                         ))
                     }

@@ -4,6 +4,16 @@ use std::io::Write;
 use std::path::Path;
 use std::process::ExitCode;
 
+/// `println!` for text output: guest- and provider-controlled text in it
+/// is made visible, never executed by the terminal (`backstop::term`).
+/// JSON output is printed exactly, with `println!`.
+macro_rules! say {
+    () => { println!() };
+    ($($arg:tt)*) => {
+        println!("{}", backstop::term::visible(&format!($($arg)*)))
+    };
+}
+
 pub async fn run(command: Command, config: &Path) -> anyhow::Result<ExitCode> {
     match command {
         Command::Check => check(config).await,
@@ -92,7 +102,7 @@ pub async fn run(command: Command, config: &Path) -> anyhow::Result<ExitCode> {
 async fn check(config: &Path) -> anyhow::Result<ExitCode> {
     let b = Backstop::load(config).await?;
     let c = b.config();
-    println!(
+    say!(
         "{}: ok: {} tool(s), {} model(s), {} chain(s){}",
         config.display(),
         c.tools.len(),
@@ -105,7 +115,7 @@ async fn check(config: &Path) -> anyhow::Result<ExitCode> {
         }
     );
     for (name, chain) in &c.chains {
-        println!("  chain {name}: {}", chain.targets.join(" -> "));
+        say!("  chain {name}: {}", chain.targets.join(" -> "));
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -140,7 +150,13 @@ async fn tools(config: &Path, json: bool) -> anyhow::Result<ExitCode> {
     for t in b.tools() {
         let c = t.config();
         let d = t.description();
-        writeln!(out, "{} [{}] {}", t.name(), t.effect(), d.description)?;
+        writeln!(
+            out,
+            "{} [{}] {}",
+            t.name(),
+            t.effect(),
+            backstop::term::visible(&d.description)
+        )?;
         writeln!(
             out,
             "  component {} (sha256 {})",
@@ -204,7 +220,7 @@ async fn call(
     if json {
         println!("{}", serde_json::to_string(&outcome)?);
     } else {
-        println!("{outcome}");
+        say!("{outcome}");
     }
     Ok(if outcome.ok {
         ExitCode::SUCCESS
@@ -230,9 +246,9 @@ async fn ask(
         // The attempts and the verdict, then the answer's text alone.
         let mut readable = outcome.clone();
         readable.value = None;
-        println!("{readable}");
+        say!("{readable}");
         if let Some(text) = outcome.value.as_ref().and_then(|v| v["text"].as_str()) {
-            println!("\n{text}");
+            say!("\n{text}");
         }
     }
     Ok(if outcome.ok {
@@ -245,9 +261,9 @@ async fn ask(
 fn print_progress(p: backstop::agent::Progress) {
     use backstop::agent::Progress;
     match p {
-        Progress::Started { run, agent } => println!("run {run} (agent {agent})"),
-        Progress::Resumed { run, agent } => println!("run {run} (agent {agent}) resumed"),
-        Progress::Step { step, line } => println!("  step {step}: {line}"),
+        Progress::Started { run, agent } => say!("run {run} (agent {agent})"),
+        Progress::Resumed { run, agent } => say!("run {run} (agent {agent}) resumed"),
+        Progress::Step { step, line } => say!("  step {step}: {line}"),
     }
 }
 
@@ -255,31 +271,34 @@ fn finish(r: &backstop::agent::RunReport) -> ExitCode {
     use backstop::journal::RunStatus;
     match r.status {
         RunStatus::Finished => {
-            println!("finished after step {}", r.step);
+            say!("finished after step {}", r.step);
             let out = r.output.clone().unwrap_or_default();
             match out.get("text").and_then(|t| t.as_str()) {
-                Some(text) => println!("{text}"),
-                None => println!("{out}"),
+                Some(text) => say!("{text}"),
+                None => say!("{out}"),
             }
             ExitCode::SUCCESS
         }
         RunStatus::NeedsAttention => {
             if let Some(a) = &r.attention {
-                println!(
+                say!(
                     "NEEDS ATTENTION at step {}: {} ({}): {}",
-                    a.step, a.reason, a.chain, a.message
+                    a.step,
+                    a.reason,
+                    a.chain,
+                    a.message
                 );
             }
             match r.attention.as_ref().and_then(|a| a.escalation.as_ref()) {
-                Some(id) => println!(
+                Some(id) => say!(
                     "escalation {id} waits for a person: backstop escalations show {id}, then resolve it (--resume continues the run)"
                 ),
-                None => println!("after a person decides, continue with: backstop resume {}", r.run),
+                None => say!("after a person decides, continue with: backstop resume {}", r.run),
             }
             ExitCode::from(3)
         }
         RunStatus::Failed | RunStatus::Running => {
-            println!("FAILED: {}", r.output.clone().unwrap_or_default());
+            say!("FAILED: {}", r.output.clone().unwrap_or_default());
             ExitCode::from(2)
         }
     }
@@ -296,15 +315,18 @@ async fn runs(config: &Path) -> anyhow::Result<ExitCode> {
     use backstop::journal::Journal;
     let runs = journal.runs()?;
     if runs.is_empty() {
-        println!("no runs in {}", config.state_path.display());
+        say!("no runs in {}", config.state_path.display());
         return Ok(ExitCode::SUCCESS);
     }
-    println!(
+    say!(
         "{:<14} {:<12} {:<16} {:>5}  STARTED",
-        "ID", "AGENT", "STATUS", "STEP"
+        "ID",
+        "AGENT",
+        "STATUS",
+        "STEP"
     );
     for r in runs {
-        println!(
+        say!(
             "{:<14} {:<12} {:<16} {:>5}  {}",
             r.id,
             r.agent,
@@ -329,7 +351,7 @@ async fn show_run(config: &Path, run: &str, json: bool) -> anyhow::Result<ExitCo
         );
         return Ok(ExitCode::SUCCESS);
     }
-    println!(
+    say!(
         "run {} (agent {}), {} at step {}, started {}",
         record.id,
         record.agent,
@@ -337,7 +359,7 @@ async fn show_run(config: &Path, run: &str, json: bool) -> anyhow::Result<ExitCo
         record.step,
         when(record.started_at)
     );
-    println!("task: {}", record.task);
+    say!("task: {}", record.task);
     for e in entries {
         let p = &e.payload;
         let what = match e.kind {
@@ -373,7 +395,7 @@ async fn show_run(config: &Path, run: &str, json: bool) -> anyhow::Result<ExitCo
             ),
             _ => p.to_string().chars().take(120).collect(),
         };
-        println!(
+        say!(
             "  #{:<4} step {:<4} {:<13} {}",
             e.seq,
             e.step,
@@ -422,17 +444,17 @@ fn list_escalations(
         if json {
             println!("{}", serde_json::to_string(&s)?);
         } else {
-            println!("open: {}", s.open);
-            println!(
+            say!("open: {}", s.open);
+            say!(
                 "oldest open: {}",
                 s.oldest_open_age_ms
                     .map(|a| age(backstop_now() - a))
                     .unwrap_or_else(|| "-".into())
             );
             for (r, n) in &s.by_reason {
-                println!("  {r}: {n}");
+                say!("  {r}: {n}");
             }
-            println!("resolved: {}", s.resolved);
+            say!("resolved: {}", s.resolved);
         }
         return Ok(ExitCode::SUCCESS);
     }
@@ -454,12 +476,17 @@ fn list_escalations(
         return Ok(ExitCode::SUCCESS);
     }
     if list.is_empty() {
-        println!("no {}escalations", if all { "" } else { "open " });
+        say!("no {}escalations", if all { "" } else { "open " });
         return Ok(ExitCode::SUCCESS);
     }
-    println!(
+    say!(
         "{:<12} {:<14} {:>4}  {:<18} {:<12} {:>5}  STATUS",
-        "ID", "RUN", "STEP", "REASON", "CHAIN", "AGE"
+        "ID",
+        "RUN",
+        "STEP",
+        "REASON",
+        "CHAIN",
+        "AGE"
     );
     for e in list {
         let status = match (&e.resolution, &e.resolved_by) {
@@ -470,7 +497,7 @@ fn list_escalations(
             ),
             (None, _) => "open".into(),
         };
-        println!(
+        say!(
             "{:<12} {:<14} {:>4}  {:<18} {:<12} {:>5}  {status}",
             e.id,
             e.run,
@@ -490,13 +517,13 @@ fn show_escalation(config: &Path, id: &str, json: bool) -> anyhow::Result<ExitCo
         println!("{}", serde_json::to_string_pretty(&e)?);
         return Ok(ExitCode::SUCCESS);
     }
-    println!("escalation {} ({})", e.id, e.reason.as_str());
-    println!("  run      {} step {} (key {})", e.run, e.step, e.key);
-    println!("  chain    {}", e.chain);
-    println!("  why      {}", e.message);
-    println!("  input    {}", e.input);
+    say!("escalation {} ({})", e.id, e.reason.as_str());
+    say!("  run      {} step {} (key {})", e.run, e.step, e.key);
+    say!("  chain    {}", e.chain);
+    say!("  why      {}", e.message);
+    say!("  input    {}", e.input);
     for a in &e.attempts {
-        println!(
+        say!(
             "  attempt  {} #{}: {}{}",
             a.target,
             a.attempt,
@@ -508,9 +535,9 @@ fn show_escalation(config: &Path, id: &str, json: bool) -> anyhow::Result<ExitCo
             }
         );
     }
-    println!("  opened   {} ago", age(e.created_at));
+    say!("  opened   {} ago", age(e.created_at));
     match &e.resolution {
-        Some(r) => println!(
+        Some(r) => say!(
             "  resolved {} by {} ({} ago)",
             r,
             e.resolved_by.as_deref().unwrap_or("?"),
@@ -526,7 +553,7 @@ fn show_escalation(config: &Path, id: &str, json: bool) -> anyhow::Result<ExitCo
                     other => format!("--{other}"),
                 })
                 .collect();
-            println!(
+            say!(
                 "  answer   backstop -c {} escalations resolve {} {} [--by NAME] [--resume]",
                 config.path.display(),
                 e.id,
@@ -553,16 +580,16 @@ async fn resolve(
         .map(|r| r.to_string())
         .unwrap_or_default();
     if !r.first {
-        println!(
+        say!(
             "escalation {id} was already resolved by {} ({} ago): {res}; nothing changed",
             e.resolved_by.as_deref().unwrap_or("?"),
             age(e.resolved_at.unwrap_or(0))
         );
         return Ok(ExitCode::from(4));
     }
-    println!("escalation {id} resolved by {by}: {res}");
+    say!("escalation {id} resolved by {by}: {res}");
     if !resume {
-        println!("continue the run with: backstop resume {}", e.run);
+        say!("continue the run with: backstop resume {}", e.run);
         return Ok(ExitCode::SUCCESS);
     }
     drop(q);

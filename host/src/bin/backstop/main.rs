@@ -240,9 +240,13 @@ fn main() -> ExitCode {
     match result {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("error: {e}");
+            // A load error can quote what a tool's `describe` said.
+            eprintln!("error: {}", backstop::term::visible(&e.to_string()));
             for cause in e.chain().skip(1) {
-                eprintln!("  caused by: {cause}");
+                eprintln!(
+                    "  caused by: {}",
+                    backstop::term::visible(&cause.to_string())
+                );
             }
             ExitCode::from(1)
         }
