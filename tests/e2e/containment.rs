@@ -482,5 +482,11 @@ async fn bearer_in_any_case_bad_tokens_refused_and_json_is_a_media_type() {
             .send()
     };
     assert_eq!(call("application/jsonp").await.unwrap().status(), 415);
-    assert_eq!(call("Application/JSON; charset=utf-8").await.unwrap().status(), 200);
+    assert_eq!(
+        call("Application/JSON; charset=utf-8")
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
 }

@@ -55,9 +55,9 @@ pub fn check_exposure(addr: SocketAddr, token: Option<&str>) -> Result<(), Serve
         // HTTP strips a header value's surrounding whitespace, so such a
         // token could never match; a control character cannot be sent.
         Some(t) if t.trim() != t => Err(ServeError::BadToken("begins or ends with whitespace")),
-        Some(t) if t.chars().any(|c| c.is_control() || !c.is_ascii()) => {
-            Err(ServeError::BadToken("holds a control or non-ASCII character"))
-        }
+        Some(t) if t.chars().any(|c| c.is_control() || !c.is_ascii()) => Err(ServeError::BadToken(
+            "holds a control or non-ASCII character",
+        )),
         None if !addr.ip().is_loopback() => Err(ServeError::NoToken { addr }),
         _ => Ok(()),
     }
@@ -643,7 +643,10 @@ mod tests {
     fn tokens_that_cannot_match_are_refused_at_start() {
         let local: SocketAddr = "127.0.0.1:0".parse().unwrap();
         for bad in ["", "   ", "tok ", " tok", "to\nk", "tök"] {
-            assert!(check_exposure(local, Some(bad)).is_err(), "{bad:?} accepted");
+            assert!(
+                check_exposure(local, Some(bad)).is_err(),
+                "{bad:?} accepted"
+            );
         }
         assert!(check_exposure(local, Some("a-good-token")).is_ok());
     }
