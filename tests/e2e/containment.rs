@@ -490,3 +490,204 @@ async fn bearer_in_any_case_bad_tokens_refused_and_json_is_a_media_type() {
         200
     );
 }
+
+mod models {
+    //! A provider is as hostile as a tool: every read of its answer is
+    //! bounded in time and size, and a secret it echoes never escapes.
+    use super::*;
+    use backstop::testkit::model::{anthropic_text, openai_stream_events, openai_text};
+    use backstop::testkit::{Reply, ScriptedServer};
+
+    async fn setup(extra: &str) -> (ScriptedServer, tempfile::TempDir, backstop::Backstop) {
+        let server = ScriptedServer::start(anthropic_text("fallback"))
+            .await
+            .unwrap();
+        let dir = tempdir();
+        let origin = server.origin();
+        let text = format!(
+            "{PRELUDE}\n[models.plain]\nprovider = \"openai\"\nmodel = \"m\"\nbase_url = \"{origin}\"\ntimeout = \"1s\"\nmax_response = \"4KiB\"\nretry = {{ attempts = 1 }}\nbreaker = {{ consecutive_failures = 0, failure_rate = 0.0 }}\n\
+             [models.streamed]\nprovider = \"openai\"\nmodel = \"m\"\nbase_url = \"{origin}\"\ntimeout = \"400ms\"\nstream = true\nretry = {{ attempts = 3 }}\nbreaker = {{ consecutive_failures = 0, failure_rate = 0.0 }}\n\
+             [chains.plain_chain]\ntargets = [\"plain\"]\ndeadline = \"1500ms\"\n{extra}"
+        );
+        let b = load(dir.path(), &text).await;
+        (server, dir, b)
+    }
+
+    #[tokio::test]
+    async fn a_stream_longer_than_the_attempt_timeout_is_served() {
+        let (server, _d, b) = setup("").await;
+        // Five events 300 ms apart: 1.5 s, past the 400 ms timeout, which
+        // now bounds only the time to first output.
+        server.push([Reply::sse(
+            openai_stream_events(&["a", "b", "c", "d"]),
+            Duration::from_millis(300),
+        )]);
+        let o = b.ask("streamed", "hi").await.unwrap();
+        assert!(o.ok, "{:?}", o.attempts);
+        assert_eq!(o.value.unwrap()["text"], "abcd");
+    }
+
+    #[tokio::test]
+    async fn a_plain_answer_to_a_streamed_request_is_malformed_and_not_retried() {
+        let (server, _d, b) = setup("").await;
+        server.push([openai_text("not a stream")]);
+        let o = b.ask("streamed", "hi").await.unwrap();
+        assert_eq!(o.attempts.len(), 1, "{:?}", o.attempts);
+        assert_eq!(o.attempts[0].class, "malformed-output");
+        assert!(
+            o.attempts[0].message.contains("not an event stream"),
+            "{}",
+            o.attempts[0].message
+        );
+        server.push([Reply::raw(200, "<html>hi</html>").header("content-type", "text/html")]);
+        let o = b.ask("streamed", "hi").await.unwrap();
+        assert_eq!(
+            (o.attempts.len(), &*o.attempts[0].class),
+            (1, "malformed-output")
+        );
+    }
+
+    #[tokio::test]
+    async fn a_choice_without_a_message_is_malformed() {
+        let (server, _d, b) = setup("").await;
+        server.push([Reply::json(
+            200,
+            json!({"model": "m", "choices": [{"finish_reason": "stop"}]}),
+        )]);
+        let o = b.ask("plain", "hi").await.unwrap();
+        assert!(!o.ok);
+        assert_eq!(o.attempts[0].class, "malformed-output");
+        assert!(o.attempts[0].message.contains("without a `message`"));
+    }
+
+    #[tokio::test]
+    async fn answers_and_error_bodies_are_bounded_in_size_and_time() {
+        let (server, _d, b) = setup("").await;
+        // Over max_response: refused, not held.
+        let big =
+            json!({"model": "m", "choices": [{"message": {"content": "x".repeat(64 << 10)}}]});
+        server.push([Reply::json(200, big)]);
+        let o = b.ask("plain", "hi").await.unwrap();
+        assert_eq!(o.attempts[0].class, "malformed-output");
+        assert!(
+            o.attempts[0].message.contains("max_response"),
+            "{}",
+            o.attempts[0].message
+        );
+        // Headers at 800 ms, then a 529 body dripping for seconds: the
+        // body read ends at the attempt's 1 s, inside the 1.5 s deadline
+        // (before: a fresh full timeout for the body, 3.8 s in all).
+        let drip: Vec<(Duration, String)> = (0..40)
+            .map(|_| (Duration::from_millis(100), "x".into()))
+            .collect();
+        let mut r = Reply::status(529).delay(Duration::from_millis(800));
+        r.chunks = drip;
+        server.push([r]);
+        let t = Instant::now();
+        let o = b
+            .call(
+                "plain_chain",
+                serde_json::to_value(backstop::models::ChatRequest::prompt("hi")).unwrap(),
+            )
+            .await
+            .unwrap();
+        let took = t.elapsed();
+        assert!(!o.ok);
+        assert!(
+            took < Duration::from_millis(1400),
+            "call took {took:?}: {:?}",
+            o.attempts
+        );
+    }
+
+    #[tokio::test]
+    async fn an_event_with_no_end_is_cut_and_reading_is_linear() {
+        let (server, _d, b) = setup("").await;
+        // 6 MiB of data with no event boundary, in 64 KiB chunks: refused
+        // when the event passes 4 MiB (before: 4 MiB took 105 s of CPU).
+        let chunk = format!("data: {}", "y".repeat(64 << 10));
+        let mut r = Reply::sse(vec![], Duration::ZERO);
+        r.chunks = (0..96).map(|_| (Duration::ZERO, chunk.clone())).collect();
+        server.push([r]);
+        let t = Instant::now();
+        let o = b.ask("streamed", "hi").await.unwrap();
+        assert_eq!(o.attempts[0].class, "malformed-output", "{:?}", o.attempts);
+        assert!(
+            o.attempts[0].message.contains("event exceeds"),
+            "{}",
+            o.attempts[0].message
+        );
+        assert!(
+            t.elapsed() < Duration::from_secs(5),
+            "took {:?}",
+            t.elapsed()
+        );
+    }
+
+    #[test]
+    fn no_fragment_of_a_key_escapes_and_a_bad_key_is_permanent() {
+        let rt = tokio::runtime::Runtime::new().unwrap();
+        let server = rt
+            .block_on(ScriptedServer::start(anthropic_text("hi")))
+            .unwrap();
+        let dir = tempdir();
+        let config = write_config(
+            dir.path(),
+            &format!(
+                "{PRELUDE}\n[models.m]\nprovider = \"anthropic\"\nmodel = \"m\"\napi_key_env = \"BACKSTOP_FRAGMENT_KEY\"\nbase_url = \"{}\"\nretry = {{ attempts = 2 }}\n",
+                server.origin()
+            ),
+        );
+        let key = format!("sk-ant-{}", "0123456789abcdefghij".repeat(5));
+        // The provider echoes the key inside a long message, so a cut at
+        // 200 characters lands in the middle of it.
+        let message = format!("{} invalid x-api-key {key}", "padding ".repeat(20));
+        server.push([backstop::testkit::model::anthropic_error(
+            401,
+            "authentication_error",
+            &message,
+        )]);
+        let run = |env_key: &str, args: &[&str]| {
+            let out = Command::new(env!("CARGO_BIN_EXE_backstop"))
+                .arg("-c")
+                .arg(&config)
+                .args(args)
+                .env("BACKSTOP_FRAGMENT_KEY", env_key)
+                .env("BACKSTOP_LOG", "trace")
+                .output()
+                .unwrap();
+            format!(
+                "{}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            )
+        };
+        let printed = run(&key, &["ask", "--json", "m", "hi"]);
+        assert!(printed.contains("[redacted]"), "{printed}");
+        for w in key.as_bytes().windows(12) {
+            let w = std::str::from_utf8(w).unwrap();
+            assert!(
+                !printed.contains(w),
+                "a fragment {w:?} of the key escaped: {printed}"
+            );
+        }
+        // A key that cannot be a header: permanent, named, nothing sent.
+        let before = server.arrivals().len();
+        let printed = run("sk-ant-bad\n", &["ask", "--json", "m", "hi"]);
+        let o: Value = serde_json::from_str(printed.lines().next().unwrap()).unwrap();
+        assert_eq!(o["attempts"].as_array().unwrap().len(), 1, "{o}");
+        assert_eq!(o["attempts"][0]["class"], "permanent", "{o}");
+        assert!(
+            o["error"]["message"]
+                .as_str()
+                .unwrap()
+                .contains("BACKSTOP_FRAGMENT_KEY"),
+            "{o}"
+        );
+        assert_eq!(
+            server.arrivals().len(),
+            before,
+            "a request was sent with a bad key"
+        );
+    }
+}

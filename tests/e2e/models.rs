@@ -15,7 +15,7 @@ const NO_BREAKER: &str = "breaker = { consecutive_failures = 0, failure_rate = 0
 fn table_config(origin: &str) -> String {
     let model = |name: &str, provider: &str, stream: bool| {
         format!(
-            "[models.{name}]\nprovider = \"{provider}\"\nmodel = \"m\"\nbase_url = \"{origin}\"\ntimeout = \"400ms\"\nstream = {stream}\nretry = {{ attempts = 2 }}\n{NO_BREAKER}\n"
+            "[models.{name}]\nprovider = \"{provider}\"\nmodel = \"m\"\nbase_url = \"{origin}\"\ntimeout = \"400ms\"\nidle_timeout = \"200ms\"\nstream = {stream}\nretry = {{ attempts = 2 }}\n{NO_BREAKER}\n"
         )
     };
     format!(
@@ -326,7 +326,7 @@ fn cases() -> Vec<Case> {
             "fail-over",
         ),
         case(
-            "openai stream: stalls past the timeout after output",
+            "openai stream: stalls past the idle limit after output",
             "os",
             Reply::sse(
                 openai_stream_events(&["a", "b"]),

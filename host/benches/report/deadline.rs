@@ -33,6 +33,7 @@ pub fn measure(root: &Path, runs: usize) -> Figures {
     let mut stopped = Vec::new();
     for _ in 0..runs {
         let ctx = CallCtx {
+            call_left: std::time::Duration::from_secs(3600),
             key: "k".into(),
             attempt: 1,
             timeout: deadline,

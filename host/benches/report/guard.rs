@@ -98,6 +98,7 @@ pub fn measure(samples: usize, n: u64) -> Figures {
     let closed_targets = [ChainTarget::new(target.clone(), retry, &closed)];
     let open_targets = [ChainTarget::new(target.clone(), retry, &open)];
     let ctx = CallCtx {
+        call_left: std::time::Duration::from_secs(3600),
         key: key.clone(),
         attempt: 1,
         timeout: Duration::from_secs(1),

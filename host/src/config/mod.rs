@@ -104,6 +104,9 @@ pub struct ModelConfig {
     pub api_key_env: Option<String>,
     pub base_url: String,
     pub timeout: Duration,
+    /// A stream's longest quiet between events once output began.
+    pub idle_timeout: Duration,
+    pub max_response: ByteSize,
     pub max_tokens: u32,
     pub stream: bool,
     pub label: Option<String>,
@@ -688,6 +691,8 @@ impl Loader<'_> {
             api_key_env: spec.api_key_env.as_ref().map(|v| v.get_ref().clone()),
             base_url,
             timeout: spec.timeout.map_or(Duration::from_secs(120), |d| d.0),
+            idle_timeout: spec.idle_timeout.map_or(Duration::from_secs(30), |d| d.0),
+            max_response: spec.max_response.unwrap_or(ByteSize(16 << 20)),
             max_tokens: spec.max_tokens.unwrap_or(1024),
             stream: spec.stream.unwrap_or(false),
             label: spec.label.clone(),

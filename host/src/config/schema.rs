@@ -100,8 +100,15 @@ pub struct ModelSpec {
     /// `base_url` points at a server that needs none.
     pub api_key_env: Option<Spanned<String>>,
     pub base_url: Option<Spanned<String>>,
-    /// Per-attempt limit for the whole request, streamed or not.
+    /// Per-attempt limit: for a plain answer, the whole request; for a
+    /// streamed one, the time to its first output.
     pub timeout: Option<PositiveDur>,
+    /// A streamed answer's longest quiet between two events, once output
+    /// began; the chain's deadline bounds the whole stream.
+    pub idle_timeout: Option<PositiveDur>,
+    /// Largest answer read (a streamed one in total); more is malformed.
+    #[serde(default, deserialize_with = "response_size")]
+    pub max_response: Option<ByteSize>,
     #[serde(default, deserialize_with = "tokens")]
     pub max_tokens: Option<u32>,
     /// Stream the answer (server-sent events).
@@ -342,6 +349,10 @@ fn sized<'de, D: Deserializer<'de>>(
 fn memory<'de, D: Deserializer<'de>>(d: D) -> Result<Option<ByteSize>, D::Error> {
     // wasm32 linear memory cannot exceed 4 GiB.
     sized(d, ByteSize::MIB, 4 << 30, "memory")
+}
+
+fn response_size<'de, D: Deserializer<'de>>(d: D) -> Result<Option<ByteSize>, D::Error> {
+    sized(d, 1 << 10, 1 << 30, "max_response")
 }
 
 fn message_size<'de, D: Deserializer<'de>>(d: D) -> Result<Option<ByteSize>, D::Error> {

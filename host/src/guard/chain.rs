@@ -361,6 +361,7 @@ impl ChainRunner<'_> {
                     key: key.clone(),
                     attempt,
                     timeout,
+                    call_left: remaining,
                 };
                 let result = {
                     use tracing::Instrument;

@@ -1,12 +1,13 @@
 //! The Anthropic Messages API (`POST {base_url}/v1/messages`), plain and
 //! streamed.
 
-use super::{json_body, malformed, send, sse, Block, ChatRequest, ChatResponse, Usage};
+use super::{
+    expect_event_stream, json_body, malformed, send, sse, Block, Budget, ChatRequest, ChatResponse,
+    Usage,
+};
 use crate::config::ModelConfig;
 use crate::outcome::{Failure, FailureClass};
 use serde_json::{json, Value};
-use std::time::Duration;
-use tokio::time::Instant;
 
 const VERSION: &str = "2023-06-01";
 
@@ -36,9 +37,8 @@ pub async fn complete(
     config: &ModelConfig,
     key: Option<&str>,
     request: &ChatRequest,
-    timeout: Duration,
+    budget: &Budget,
 ) -> Result<ChatResponse, Failure> {
-    let deadline = Instant::now() + timeout;
     let url = format!("{}/v1/messages", config.base_url.trim_end_matches('/'));
     let mut req = client
         .post(url)
@@ -47,11 +47,12 @@ pub async fn complete(
     if let Some(k) = key {
         req = req.header("x-api-key", k);
     }
-    let response = send(req, timeout).await?;
+    let response = send(req, budget).await?;
     if config.stream {
-        return stream(response.bytes_stream(), deadline).await;
+        expect_event_stream(&response)?;
+        return stream(response.bytes_stream(), budget.stream_limits()).await;
     }
-    parse(&json_body(response, deadline).await?)
+    parse(&json_body(response, budget).await?)
 }
 
 fn usage(v: &Value) -> Usage {
@@ -93,7 +94,7 @@ enum Partial {
 /// Assembles a streamed answer from the body's chunks.
 pub(crate) async fn stream(
     body: impl futures_util::Stream<Item = reqwest::Result<bytes::Bytes>>,
-    deadline: Instant,
+    limits: sse::Limits,
 ) -> Result<ChatResponse, Failure> {
     let mut model = String::new();
     let mut blocks: Vec<Partial> = Vec::new();
@@ -101,7 +102,7 @@ pub(crate) async fn stream(
     let mut use_ = Usage::default();
     let mut finished = false;
     let mut began = false;
-    sse::read(body, deadline, |ev| {
+    sse::read(body, limits, |ev| {
         let data: Value = serde_json::from_str(&ev.data).map_err(|e| {
             let f = malformed(format!("stream event is not JSON ({e})"));
             if began {

@@ -177,6 +177,16 @@ impl ModelTarget {
             return Ok(None);
         };
         match std::env::var(var) {
+            // A value that cannot be a header (a trailing newline from
+            // `echo`, a control character) fails every attempt the same
+            // way: say so, once, and call nobody.
+            Ok(k) if http::HeaderValue::from_str(&k).is_err() => Err(Failure::new(
+                FailureClass::Permanent,
+                format!(
+                    "the API key in {var} cannot be sent in an HTTP header (it holds a newline or another control character); model `{}` was not called",
+                    self.config.name
+                ),
+            )),
             Ok(k) if !k.trim().is_empty() => Ok(Some(k)),
             // Fail fast and never send the request: no key means no call.
             _ => Err(Failure::new(
@@ -189,30 +199,90 @@ impl ModelTarget {
         }
     }
 
-    /// One attempt: never retried here.
+    /// One attempt: never retried here. `timeout` bounds a plain answer,
+    /// or a stream's first output; `call_left` a whole stream.
     pub async fn complete(
         &self,
         request: &ChatRequest,
         timeout: Duration,
+        call_left: Duration,
     ) -> Result<ChatResponse, Failure> {
         let key = self.key()?;
+        let now = tokio::time::Instant::now();
+        let budget = Budget {
+            attempt_end: now + timeout,
+            call_end: now + call_left.max(timeout),
+            idle: self.config.idle_timeout,
+            max_response: self.config.max_response.0 as usize,
+        };
         let result = match self.config.provider {
             Provider::Anthropic => {
-                anthropic::complete(&self.client, &self.config, key.as_deref(), request, timeout)
+                anthropic::complete(&self.client, &self.config, key.as_deref(), request, &budget)
                     .await
             }
             Provider::Openai => {
-                openai::complete(&self.client, &self.config, key.as_deref(), request, timeout).await
+                openai::complete(&self.client, &self.config, key.as_deref(), request, &budget).await
             }
         };
-        // A provider may echo the key in an error body: never pass it on.
+        // A provider may echo the key in an error body: never pass on the
+        // key, or any part of it long enough to help guess it.
         result.map_err(|mut f| {
-            if let Some(k) = key.as_deref().filter(|k| k.len() >= 4) {
-                f.message = f.message.replace(k, "[redacted]").into();
+            if let Some(k) = key.as_deref() {
+                if let std::borrow::Cow::Owned(m) = redact(&f.message, k) {
+                    f.message = m.into();
+                }
             }
             f
         })
     }
+}
+
+/// The shortest run of a key's characters that is redacted wherever it
+/// appears (for keys at least twice as long; a shorter key is redacted
+/// in runs of half its length, and a key under 8 bytes only whole).
+const FRAGMENT: usize = 8;
+
+/// `text` with `key`, and every fragment of it of [`FRAGMENT`] bytes or
+/// more, replaced by `[redacted]`. Messages are cut for size elsewhere, so
+/// a key may arrive split or partly cut: its pieces are found too.
+pub fn redact<'a>(text: &'a str, key: &str) -> std::borrow::Cow<'a, str> {
+    let key = key.as_bytes();
+    if key.is_empty() || text.is_empty() {
+        return std::borrow::Cow::Borrowed(text);
+    }
+    let n = if key.len() >= 2 * FRAGMENT {
+        FRAGMENT
+    } else {
+        (key.len() / 2).max(FRAGMENT.min(key.len()))
+    };
+    let windows: std::collections::HashSet<&[u8]> = key.windows(n).collect();
+    let bytes = text.as_bytes();
+    let mut hidden = vec![false; bytes.len()];
+    let mut any = false;
+    for i in 0..bytes.len().saturating_sub(n - 1) {
+        if windows.contains(&bytes[i..i + n]) {
+            hidden[i..i + n].iter_mut().for_each(|h| *h = true);
+            any = true;
+        }
+    }
+    if !any {
+        return std::borrow::Cow::Borrowed(text);
+    }
+    // A character any of whose bytes is hidden is hidden whole.
+    let mut out = String::with_capacity(text.len());
+    let mut in_run = false;
+    for (i, c) in text.char_indices() {
+        if hidden[i..i + c.len_utf8()].contains(&true) {
+            if !in_run {
+                out.push_str("[redacted]");
+            }
+            in_run = true;
+        } else {
+            out.push(c);
+            in_run = false;
+        }
+    }
+    std::borrow::Cow::Owned(out)
 }
 
 /// Which wire protocol a model speaks.
@@ -258,7 +328,7 @@ impl crate::guard::CallTarget for ModelTarget {
                     format!("input is not a chat request ({{\"messages\": [...]}}): {e}"),
                 )
             })?;
-            let response = self.complete(&request, ctx.timeout).await?;
+            let response = self.complete(&request, ctx.timeout, ctx.call_left).await?;
             let value = serde_json::to_value(&response).expect("a response serializes");
             Ok(ToolOutput {
                 value,
@@ -268,64 +338,169 @@ impl crate::guard::CallTarget for ModelTarget {
     }
 }
 
-/// Sends `request` and reads the answer, classifying every way it fails.
-/// `on_event` handles each streamed event and says whether output began.
+/// What one attempt may spend: plain answers (headers and body) and a
+/// stream's first output by `attempt_end`, a stream's whole by `call_end`
+/// with at most `idle` between events, and never more than `max_response`
+/// bytes.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Budget {
+    pub attempt_end: tokio::time::Instant,
+    pub call_end: tokio::time::Instant,
+    pub idle: Duration,
+    pub max_response: usize,
+}
+
+impl Budget {
+    pub fn stream_limits(&self) -> sse::Limits {
+        sse::Limits {
+            first: self.attempt_end,
+            idle: self.idle,
+            end: self.call_end,
+            max_event: self.max_response.min(MAX_EVENT),
+            max_total: self.max_response,
+        }
+    }
+}
+
+/// Largest single streamed event (a delta is a few hundred bytes).
+const MAX_EVENT: usize = 4 << 20;
+/// How much of an error body is read: enough for any provider's error
+/// object, and a dripping or endless body costs no more.
+const ERROR_PREFIX: usize = 16 << 10;
+
+/// Sends `request` and reads the answer's headers; an error status is
+/// classified from them and the first [`ERROR_PREFIX`] bytes of its body,
+/// all within the attempt's time.
 pub(crate) async fn send(
     request: reqwest::RequestBuilder,
-    timeout: Duration,
+    budget: &Budget,
 ) -> Result<reqwest::Response, Failure> {
-    let response = tokio::time::timeout(timeout, request.send())
+    let response = tokio::time::timeout_at(budget.attempt_end, request.send())
         .await
-        .map_err(|_| {
-            Failure::new(
-                FailureClass::Timeout,
-                format!(
-                    "no response headers within {}",
-                    humantime::format_duration(timeout)
-                ),
-            )
-        })?
+        .map_err(|_| Failure::new(FailureClass::Timeout, "no response headers in time"))?
         .map_err(|e| classify::transport(&e, false))?;
     let status = response.status().as_u16();
     if (200..300).contains(&status) {
         return Ok(response);
     }
     let headers = response.headers().clone();
-    let body = match tokio::time::timeout(timeout, response.text()).await {
-        Ok(Ok(b)) => b,
-        _ => String::new(),
+    // Cut or late, what arrived is still worth classifying.
+    let body = match read_limited(response, budget.attempt_end, ERROR_PREFIX).await {
+        Ok(b) | Err(Limited::TooBig(b)) | Err(Limited::Late(b)) => b,
+        Err(Limited::Failed(_)) => Vec::new(),
     };
     Err(classify::http_failure(
         status,
         &headers,
-        &body,
+        &String::from_utf8_lossy(&body),
         std::time::SystemTime::now(),
     ))
 }
 
-/// Reads a whole (non-streamed) body as JSON.
+enum Limited {
+    /// The limit was reached: what was read up to it.
+    TooBig(Vec<u8>),
+    /// The deadline passed: what was read by then.
+    Late(Vec<u8>),
+    Failed(Failure),
+}
+
+/// Reads `response`'s body up to `limit` bytes and until `until`.
+async fn read_limited(
+    response: reqwest::Response,
+    until: tokio::time::Instant,
+    limit: usize,
+) -> Result<Vec<u8>, Limited> {
+    use futures_util::StreamExt;
+    let mut body = std::pin::pin!(response.bytes_stream());
+    let mut out = Vec::new();
+    loop {
+        match tokio::time::timeout_at(until, body.next()).await {
+            Err(_) => return Err(Limited::Late(out)),
+            Ok(None) => return Ok(out),
+            Ok(Some(Err(e))) => return Err(Limited::Failed(classify::transport(&e, false))),
+            Ok(Some(Ok(chunk))) => {
+                let room = limit - out.len();
+                if chunk.len() > room {
+                    out.extend_from_slice(&chunk[..room]);
+                    return Err(Limited::TooBig(out));
+                }
+                out.extend_from_slice(&chunk);
+            }
+        }
+    }
+}
+
+/// Reads a whole (non-streamed) body as JSON, within the attempt's time
+/// and `max_response`; an answer that only arrives (or parses) after the
+/// deadline is not served.
 pub(crate) async fn json_body(
     response: reqwest::Response,
-    deadline: tokio::time::Instant,
+    budget: &Budget,
 ) -> Result<Value, Failure> {
-    let text = tokio::time::timeout_at(deadline, response.text())
-        .await
-        .map_err(|_| {
-            Failure::new(
+    let bytes = match read_limited(response, budget.attempt_end, budget.max_response).await {
+        Ok(b) => b,
+        Err(Limited::Late(_)) => {
+            return Err(Failure::new(
                 FailureClass::Timeout,
                 "response body did not arrive in time",
-            )
-        })?
-        .map_err(|e| classify::transport(&e, false))?;
-    serde_json::from_str(&text).map_err(|e| {
+            ))
+        }
+        Err(Limited::TooBig(_)) => {
+            return Err(Failure::new(
+                FailureClass::MalformedOutput,
+                format!(
+                    "the answer exceeds max_response ({})",
+                    crate::config::ByteSize(budget.max_response as u64)
+                ),
+            ))
+        }
+        Err(Limited::Failed(f)) => return Err(f),
+    };
+    let parsed = serde_json::from_slice(&bytes).map_err(|e| {
         Failure::new(
             FailureClass::MalformedOutput,
             format!(
                 "200 response is not JSON ({e}): {}",
-                text.chars().take(80).collect::<String>()
+                String::from_utf8_lossy(&bytes[..bytes.len().min(80)])
             ),
         )
-    })
+    })?;
+    past_deadline(budget)?;
+    Ok(parsed)
+}
+
+/// A Timeout when the attempt's time is up (checked after work that is
+/// bounded in size but not interruptible, such as parsing).
+pub(crate) fn past_deadline(budget: &Budget) -> Result<(), Failure> {
+    if tokio::time::Instant::now() >= budget.attempt_end {
+        return Err(Failure::new(
+            FailureClass::Timeout,
+            "the answer was complete only after the attempt's deadline",
+        ));
+    }
+    Ok(())
+}
+
+/// A streamed request must get a stream: a plain JSON or HTML 200 is the
+/// server breaking the protocol, not a passing failure worth retrying.
+pub(crate) fn expect_event_stream(response: &reqwest::Response) -> Result<(), Failure> {
+    let ct = response
+        .headers()
+        .get(http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    let media = ct.split(';').next().unwrap_or("").trim();
+    if media.eq_ignore_ascii_case("text/event-stream") {
+        return Ok(());
+    }
+    Err(Failure::new(
+        FailureClass::MalformedOutput,
+        format!(
+            "a streamed request was answered with `{}`, not an event stream",
+            if ct.is_empty() { "no content type" } else { ct }
+        ),
+    ))
 }
 
 pub(crate) fn malformed(what: impl std::fmt::Display) -> Failure {
@@ -342,7 +517,7 @@ pub(crate) fn malformed(what: impl std::fmt::Display) -> Failure {
 pub mod decode {
     use super::{anthropic, openai, ChatResponse, Provider};
     use crate::outcome::Failure;
-    use std::time::{Duration, SystemTime};
+    use std::time::SystemTime;
 
     /// A whole (non-streamed) 2xx body.
     pub fn body(provider: Provider, body: &[u8]) -> Result<ChatResponse, Failure> {
@@ -361,15 +536,43 @@ pub mod decode {
                 .into_iter()
                 .map(|c| Ok::<_, reqwest::Error>(bytes::Bytes::from(c))),
         );
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(3600);
+        let limits = super::sse::Limits::generous(usize::MAX);
         match provider {
-            Provider::Anthropic => anthropic::stream(body, deadline).await,
-            Provider::Openai => openai::stream(body, deadline).await,
+            Provider::Anthropic => anthropic::stream(body, limits).await,
+            Provider::Openai => openai::stream(body, limits).await,
         }
     }
 
     /// An error status with its headers and body, classified.
     pub fn http_failure(status: u16, headers: &http::HeaderMap, body: &str) -> Failure {
         super::classify::http_failure(status, headers, body, SystemTime::now())
+    }
+}
+
+#[cfg(test)]
+mod redaction_tests {
+    use super::redact;
+
+    #[test]
+    fn the_key_and_its_fragments_are_redacted() {
+        let key = "sk-live-0123456789abcdefghijklmnopqrstuvwxyz";
+        assert_eq!(
+            redact(&format!("bad key {key}!"), key),
+            "bad key [redacted]!"
+        );
+        // Cut before it reached us: the part that arrived is hidden.
+        let cut = &key[..30];
+        assert_eq!(redact(&format!("key {cut}"), key), "key [redacted]");
+        // Split by something in between.
+        let split = format!("{}...{}", &key[..12], &key[20..]);
+        assert_eq!(redact(&split, key), "[redacted]...[redacted]");
+        // Short runs that happen to match are left: they say nothing.
+        assert_eq!(redact("sk-l is fine", key), "sk-l is fine");
+        assert!(matches!(
+            redact("nothing here", key),
+            std::borrow::Cow::Borrowed(_)
+        ));
+        // Multi-byte characters next to the key stay whole.
+        assert_eq!(redact(&format!("é{key}ü"), key), "é[redacted]ü");
     }
 }

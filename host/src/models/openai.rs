@@ -2,13 +2,12 @@
 //! plain and streamed: OpenAI itself, vLLM, llama.cpp, Ollama and others.
 
 use super::{
-    json_body, malformed, send, sse, Block, ChatRequest, ChatResponse, Content, Role, Usage,
+    expect_event_stream, json_body, malformed, send, sse, Block, Budget, ChatRequest, ChatResponse,
+    Content, Role, Usage,
 };
 use crate::config::ModelConfig;
 use crate::outcome::{Failure, FailureClass};
 use serde_json::{json, Value};
-use std::time::Duration;
-use tokio::time::Instant;
 
 /// Maps the Anthropic-shaped request to chat-completion messages: tool
 /// results become `tool` messages, tool uses become `tool_calls`.
@@ -108,19 +107,19 @@ pub async fn complete(
     config: &ModelConfig,
     key: Option<&str>,
     request: &ChatRequest,
-    timeout: Duration,
+    budget: &Budget,
 ) -> Result<ChatResponse, Failure> {
-    let deadline = Instant::now() + timeout;
     let url = format!("{}/chat/completions", config.base_url.trim_end_matches('/'));
     let mut req = client.post(url).json(&body(config, request));
     if let Some(k) = key {
         req = req.bearer_auth(k);
     }
-    let response = send(req, timeout).await?;
+    let response = send(req, budget).await?;
     if config.stream {
-        return stream(response.bytes_stream(), deadline).await;
+        expect_event_stream(&response)?;
+        return stream(response.bytes_stream(), budget.stream_limits()).await;
     }
-    parse(&json_body(response, deadline).await?)
+    parse(&json_body(response, budget).await?)
 }
 
 fn stop_reason(finish: Option<&str>) -> Option<String> {
@@ -148,7 +147,12 @@ pub fn parse(v: &Value) -> Result<ChatResponse, Failure> {
     let choice = v["choices"]
         .get(0)
         .ok_or_else(|| malformed("no `choices`"))?;
-    let msg = &choice["message"];
+    // An answer with nothing in it is the server breaking the protocol,
+    // not an empty success.
+    let msg = match choice.get("message") {
+        Some(m) if m.is_object() => m,
+        _ => return Err(malformed("a choice without a `message`")),
+    };
     let mut content = Vec::new();
     if let Some(t) = msg["content"].as_str() {
         if !t.is_empty() {
@@ -186,7 +190,7 @@ struct Call {
 /// Assembles a streamed answer from the body's chunks.
 pub(crate) async fn stream(
     body: impl futures_util::Stream<Item = reqwest::Result<bytes::Bytes>>,
-    deadline: Instant,
+    limits: sse::Limits,
 ) -> Result<ChatResponse, Failure> {
     let mut model = String::new();
     let mut text = String::new();
@@ -195,7 +199,7 @@ pub(crate) async fn stream(
     let mut usage = Usage::default();
     let mut done = false;
     let mut began = false;
-    sse::read(body, deadline, |ev| {
+    sse::read(body, limits, |ev| {
         if ev.data.trim() == "[DONE]" {
             done = true;
             return Ok(began);

@@ -34,6 +34,9 @@ pub struct CallCtx {
     pub attempt: u32,
     /// This attempt's time limit (already cut to the call's deadline).
     pub timeout: Duration,
+    /// What is left of the call's deadline: a streamed answer may run
+    /// past `timeout` once it began, but not past this.
+    pub call_left: Duration,
 }
 
 /// What `reconcile` said.
