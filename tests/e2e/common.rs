@@ -141,3 +141,12 @@ pub fn serve(config: &Path, token: Option<&str>) -> Server {
     assert!(base.starts_with("http://127.0.0.1:"), "{base}");
     Server { child, base }
 }
+
+/// Held by tests that measure this process's memory, and by tests that use
+/// a lot of it for a moment: the test binary runs tests in parallel in one
+/// process, so one's spike would be the other's growth.
+pub static MEMORY: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+pub async fn memory_lock() -> tokio::sync::MutexGuard<'static, ()> {
+    MEMORY.lock().await
+}

@@ -218,6 +218,7 @@ async fn a_full_bulkhead_fails_fast_and_falls_back_and_spares_other_tools() {
 /// chain falls back.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn instance_pool_exhaustion_is_not_the_guests_trap() {
+    let _alone = crate::common::memory_lock().await;
     let dir = tempdir();
     let b = std::sync::Arc::new(
         load(
@@ -372,6 +373,7 @@ async fn the_ledger_never_reports_a_classified_error_after_its_write() {
 /// 50 MB description is cut at load; an oversized schema is a load error.
 #[tokio::test]
 async fn guest_controlled_sizes_are_capped_where_they_enter() {
+    let _alone = crate::common::memory_lock().await;
     let dir = tempdir();
     let text = format!(
         "{PRELUDE}\n[tools.loud]\ncomponent = \"{{plugins}}/fault.wasm\"\nmemory = \"200MiB\"\nretry = {{ attempts = 1 }}\nenv = [\"FAULT_DESCRIPTION=d\", \"FAULT_DESCRIPTION_REPEAT=50000000\"]\n"
@@ -689,5 +691,120 @@ mod models {
             before,
             "a request was sent with a bad key"
         );
+    }
+}
+
+mod runs {
+    //! A run's result is never lost, and no run is stuck forever, whichever
+    //! write it was killed after (`BACKSTOP_KILL_AT`).
+    use super::*;
+    use backstop::journal::{EntryKind, Journal, RunStatus, SqliteJournal};
+
+    /// A 32-step pipeline of echoes: its 64 entries fill the first
+    /// snapshot, written after the last step.
+    fn pipeline(dir: &std::path::Path) -> std::path::PathBuf {
+        let mut text = format!(
+            "state = \"sqlite:{{dir}}/state.db\"\n{PRELUDE}\n[tools.echo]\ncomponent = \"{{plugins}}/fault.wasm\"\n[agents.long]\n"
+        );
+        for i in 1..=32 {
+            text.push_str(&format!(
+                "[[agents.long.steps]]\nname = \"s{i}\"\ntool = \"echo\"\ninput = {{ mode = \"echo\", value = \"step {i}\" }}\n"
+            ));
+        }
+        write_config(dir, &text)
+    }
+
+    fn run_killed_at(config: &std::path::Path, point: &str) -> String {
+        let out = Command::new(env!("CARGO_BIN_EXE_backstop"))
+            .arg("-c")
+            .arg(config)
+            .args(["run", "long", "--task", "t"])
+            .env("BACKSTOP_KILL_AT", point)
+            .output()
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.code().is_none() || out.status.code() == Some(134),
+            "{point}: {:?} {stdout}",
+            out.status
+        );
+        stdout
+            .split_whitespace()
+            .nth(1)
+            .unwrap_or_else(|| panic!("{point}: no run id printed: {stdout}"))
+            .to_owned()
+    }
+
+    fn resume(config: &std::path::Path, id: &str) -> (i32, String) {
+        let out = backstop(config, &["resume", id]);
+        (
+            out.status.code().unwrap_or(-1),
+            format!(
+                "{}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            ),
+        )
+    }
+
+    fn finished_once(dir: &std::path::Path, id: &str) {
+        let j = SqliteJournal::open(dir.join("state.db")).unwrap();
+        let run = j.run(id).unwrap();
+        assert_eq!(run.status, RunStatus::Finished);
+        let output = run.output.unwrap_or_default();
+        assert_eq!(
+            output["echo"], "step 32",
+            "the run's result was lost: {output}"
+        );
+        let finished = j
+            .entries(id)
+            .unwrap()
+            .into_iter()
+            .filter(|e| e.kind == EntryKind::RunFinished)
+            .collect::<Vec<_>>();
+        assert_eq!(
+            finished.len(),
+            1,
+            "run-finished journaled {} times",
+            finished.len()
+        );
+        assert_eq!(finished[0].payload["output"], output);
+    }
+
+    #[test]
+    fn killed_after_the_last_snapshot_resumes_to_the_last_steps_output() {
+        let dir = tempdir();
+        let config = pipeline(dir.path());
+        let id = run_killed_at(&config, "snapshot");
+        let (code, out) = resume(&config, &id);
+        assert_eq!(code, 0, "{out}");
+        assert!(out.contains("step 32"), "{out}");
+        finished_once(dir.path(), &id);
+    }
+
+    #[test]
+    fn killed_after_run_finished_is_journaled_keeps_it_and_writes_it_once() {
+        let dir = tempdir();
+        let config = pipeline(dir.path());
+        let id = run_killed_at(&config, "run-finished");
+        let (code, out) = resume(&config, &id);
+        assert_eq!(code, 0, "{out}");
+        finished_once(dir.path(), &id);
+        // And again: still once.
+        let (code, _) = resume(&config, &id);
+        assert_eq!(code, 0);
+        finished_once(dir.path(), &id);
+    }
+
+    #[test]
+    fn killed_before_run_started_is_named_and_resumable() {
+        let dir = tempdir();
+        let config = pipeline(dir.path());
+        let id = run_killed_at(&config, "run-created");
+        let j = SqliteJournal::open(dir.path().join("state.db")).unwrap();
+        assert!(j.entries(&id).unwrap().is_empty());
+        let (code, out) = resume(&config, &id);
+        assert_eq!(code, 0, "{out}");
+        finished_once(dir.path(), &id);
     }
 }

@@ -317,6 +317,14 @@ fn two_concurrent_resumers_exactly_one_proceeds() {
 fn resume_refuses_drift_unless_allowed() {
     let e = env();
     let (mut child, id) = start(&e.config, "slow", "x");
+    // Drift is a change since the run started: wait for it to have.
+    wait_until("run-started", || {
+        journal(&e.root)
+            .find(&id, 0, backstop::journal::EntryKind::RunStarted)
+            .ok()
+            .flatten()
+            .is_some()
+    });
     child.kill().unwrap();
     child.wait().unwrap();
     let text = std::fs::read_to_string(&e.config).unwrap();

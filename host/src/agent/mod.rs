@@ -138,6 +138,7 @@ fn summary(o: &Outcome) -> String {
 impl Run<'_> {
     fn append(&mut self, kind: EntryKind, step: u64, payload: Value) -> Result<(), RunError> {
         self.last_seq = self.journal.append(&self.id, kind, step, &payload)?;
+        crate::journal::kill::point(kind.as_str());
         self.recorded.insert(
             (step, kind),
             Entry {
@@ -161,6 +162,7 @@ impl Run<'_> {
                 },
             )?;
             self.snapshot_seq = self.last_seq;
+            crate::journal::kill::point("snapshot");
         }
         Ok(())
     }
@@ -864,7 +866,20 @@ impl Run<'_> {
     }
 
     async fn pipeline(&mut self, steps: &[Step], start: usize) -> Result<End, RunError> {
-        let mut last = Value::Null;
+        // Resumed past some steps: the run's output so far is the last
+        // completed step's (a resume after the last step finishes with it).
+        let mut last = match start.checked_sub(1).and_then(|i| steps.get(i)) {
+            Some(done) => self
+                .lookup_ref(&Ref::Output {
+                    step: done.name.clone(),
+                    path: Vec::new(),
+                })
+                .map_err(|message| RunError::Invalid {
+                    run: self.id.clone(),
+                    message,
+                })?,
+            None => Value::Null,
+        };
         for (i, st) in steps.iter().enumerate().skip(start) {
             let step = i as u64 + 1;
             let (chain, input, flow) = match &st.action {
@@ -1109,6 +1124,32 @@ impl Run<'_> {
     }
 
     async fn execute(&mut self, start: usize) -> Result<RunReport, RunError> {
+        // Killed after `run-finished` was journaled but before the run's
+        // row said so: the journal is the truth, and it is written once.
+        if let Some(done) = self
+            .recorded
+            .values()
+            .find(|e| e.kind == EntryKind::RunFinished)
+            .cloned()
+        {
+            let status = if done.payload["status"] == "finished" {
+                RunStatus::Finished
+            } else {
+                RunStatus::Failed
+            };
+            let out = done.payload["output"].clone();
+            self.journal
+                .set_status(&self.id, status, done.step, Some(&out))?;
+            self.journal.set_owner(&self.id, None)?;
+            return Ok(RunReport {
+                run: self.id.clone(),
+                agent: self.agent.name.clone(),
+                status,
+                step: done.step,
+                output: Some(out),
+                attention: None,
+            });
+        }
         let end = match self.agent.kind.clone() {
             AgentKind::Pipeline(steps) => self.pipeline(&steps, start).await?,
             AgentKind::Loop {
@@ -1226,12 +1267,15 @@ impl Backstop {
             known_steps: 0,
             progress,
         };
-        let started = json!({"agent": agent.name, "task": task, "fingerprint": self.fingerprint()});
-        run.append(EntryKind::RunStarted, 0, started)?;
+        // The id is out before anything else is written, so a run killed
+        // from here on can be named to `resume`.
         (run.progress)(Progress::Started {
             run: id,
-            agent: agent.name,
+            agent: agent.name.clone(),
         });
+        crate::journal::kill::point("run-created");
+        let started = json!({"agent": agent.name, "task": task, "fingerprint": self.fingerprint()});
+        run.append(EntryKind::RunStarted, 0, started)?;
         run.execute(0).await
     }
 
@@ -1258,13 +1302,41 @@ impl Backstop {
                 attention: None,
             });
         }
-        let started =
-            journal
-                .find(id, 0, EntryKind::RunStarted)?
-                .ok_or_else(|| RunError::Invalid {
+        let Some(started) = journal.find(id, 0, EntryKind::RunStarted)? else {
+            // Killed after the run's row was made, before its first entry:
+            // nothing of it ran, so it starts now, under this config.
+            if !journal.entries(id)?.is_empty() {
+                return Err(RunError::Invalid {
                     run: id.to_owned(),
-                    message: "its journal has no run-started entry".into(),
-                })?;
+                    message: "its journal has entries but no run-started entry".into(),
+                });
+            }
+            let agent = self.agent(&record.agent).map_err(|_| RunError::Invalid {
+                run: id.to_owned(),
+                message: format!("agent `{}` is no longer in the config", record.agent),
+            })?;
+            journal.set_owner(id, Some(std::process::id()))?;
+            let mut run = Run {
+                b: self,
+                journal: journal.as_ref(),
+                id: id.to_owned(),
+                agent: agent.clone(),
+                task: record.task.clone(),
+                recorded: HashMap::new(),
+                outputs: HashMap::new(),
+                last_seq: 0,
+                snapshot_seq: 0,
+                known_steps: 0,
+                progress,
+            };
+            (run.progress)(Progress::Resumed {
+                run: id.to_owned(),
+                agent: agent.name.clone(),
+            });
+            let started = json!({"agent": agent.name, "task": record.task, "fingerprint": self.fingerprint()});
+            run.append(EntryKind::RunStarted, 0, started)?;
+            return run.execute(0).await;
+        };
         if !options.allow_drift {
             let changes = drift(&started.payload["fingerprint"], &self.fingerprint());
             if !changes.is_empty() {

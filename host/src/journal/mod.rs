@@ -10,6 +10,7 @@
 //! tail after it; earlier outputs are looked up by index when needed.
 
 mod breakers;
+pub mod kill;
 mod sqlite;
 
 pub use breakers::{BreakerRow, BreakerStore};
