@@ -206,7 +206,7 @@ pub fn parse_age(text: &str) -> Result<i64, String> {
 }
 
 /// Queue depth and age, for operators and alerts.
-#[derive(Clone, Debug, PartialEq, Serialize)]
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
 pub struct Stats {
     pub open: u64,
     pub oldest_open_age_ms: Option<i64>,

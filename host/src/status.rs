@@ -51,9 +51,21 @@ pub fn stored_breakers(config: &Config, rows: Vec<BreakerRow>) -> Vec<BreakerSta
 
 impl Status {
     /// Reads the status from `config`'s store without loading any tool.
+    ///
+    /// Only reads: works on a read-only or full store, and while another
+    /// process writes to it. No store yet is an empty status.
     pub fn read(config: &Config, recent_runs: u32) -> Result<Status, StoreError> {
-        let journal = SqliteJournal::open(&config.state_path)?;
-        let breakers = stored_breakers(config, BreakerStore::beside(&journal)?.all()?);
+        let journal = match SqliteJournal::open_read_only(&config.state_path) {
+            Err(StoreError::Missing(_)) => {
+                return Ok(Status {
+                    breakers: stored_breakers(config, Vec::new()),
+                    escalations: Default::default(),
+                    runs: Vec::new(),
+                })
+            }
+            j => j?,
+        };
+        let breakers = stored_breakers(config, BreakerStore::read_only(&journal)?.all()?);
         Self::with_breakers(&journal, breakers, recent_runs)
     }
 

@@ -808,3 +808,245 @@ mod runs {
         finished_once(dir.path(), &id);
     }
 }
+
+mod store {
+    //! The store: damage is named and never papered over, reading never
+    //! needs writing, and a run leaves no lock file behind.
+    use super::*;
+    use backstop::journal::{Journal, SqliteJournal};
+
+    fn config(dir: &std::path::Path) -> std::path::PathBuf {
+        let _ = std::fs::create_dir(dir.join("ledger"));
+        write_config(
+            dir,
+            &format!(
+                "state = \"sqlite:{{dir}}/state.db\"\n{PRELUDE}\n[tools.echo]\ncomponent = \"{{plugins}}/fault.wasm\"\n\
+                 [tools.ledger]\ncomponent = \"{{plugins}}/ledger.wasm\"\ndirs = [{{ host = \"{{dir}}/ledger\", guest = \"/ledger\", mode = \"rw\" }}]\n\
+                 [agents.one]\nsteps = [{{ name = \"e\", tool = \"echo\", input = {{ mode = \"echo\", value = 1 }} }}]\n\
+                 [agents.pay]\nsteps = [\n  {{ name = \"p\", tool = \"ledger\", input = {{ entry = \"paid\" }} }},\n  {{ name = \"wait\", tool = \"echo\", input = {{ mode = \"sleep\", ms = 20000 }} }},\n]\n"
+            ),
+        )
+    }
+
+    fn text(out: &std::process::Output) -> String {
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        )
+    }
+
+    fn digest(path: &std::path::Path) -> Vec<u8> {
+        std::fs::read(path).unwrap_or_default()
+    }
+
+    #[test]
+    fn an_emptied_or_cut_store_is_named_and_left_as_it_is() {
+        let dir = tempdir();
+        let config = config(dir.path());
+        let state = dir.path().join("state.db");
+        for _ in 0..3 {
+            let out = backstop(&config, &["run", "one", "--task", "t"]);
+            assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+        }
+        // Cut to 0 bytes: refused by readers and writers, never re-created.
+        let whole = std::fs::read(&state).unwrap();
+        std::fs::write(&state, b"").unwrap();
+        for args in [
+            vec!["runs"],
+            vec!["status"],
+            vec!["run", "one", "--task", "t"],
+        ] {
+            let out = backstop(&config, &args);
+            assert_eq!(out.status.code(), Some(1), "{args:?}: {}", text(&out));
+            assert!(text(&out).contains("0 bytes"), "{args:?}: {}", text(&out));
+        }
+        assert_eq!(
+            std::fs::metadata(&state).unwrap().len(),
+            0,
+            "the emptied store was re-created"
+        );
+        // Cut in half, with its WAL and shm beside it: named, and nothing
+        // (file, -wal, -shm) is changed by the refused open.
+        std::fs::write(&state, &whole[..whole.len() / 2]).unwrap();
+        let wal = dir.path().join("state.db-wal");
+        std::fs::write(&wal, b"not really a wal").unwrap();
+        let before = (digest(&state), digest(&wal));
+        let out = backstop(&config, &["runs"]);
+        assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+        assert!(
+            text(&out).contains("it was cut") && text(&out).contains("left as it is"),
+            "{}",
+            text(&out)
+        );
+        assert_eq!(
+            (digest(&state), digest(&wal)),
+            before,
+            "a refused store was modified"
+        );
+    }
+
+    #[test]
+    fn a_store_that_vanished_is_named_not_replaced() {
+        let dir = tempdir();
+        let config = config(dir.path());
+        let out = backstop(&config, &["run", "one", "--task", "t"]);
+        assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+        std::fs::remove_file(dir.path().join("state.db")).unwrap();
+        let out = backstop(&config, &["run", "one", "--task", "t"]);
+        assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+        assert!(text(&out).contains("the store is gone"), "{}", text(&out));
+        assert!(!dir.path().join("state.db").exists());
+    }
+
+    #[test]
+    fn a_finished_run_leaves_no_lock_file() {
+        let dir = tempdir();
+        let config = config(dir.path());
+        for _ in 0..5 {
+            let out = backstop(&config, &["run", "one", "--task", "t"]);
+            assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+        }
+        let left: Vec<_> = std::fs::read_dir(dir.path().join("state.db.locks"))
+            .unwrap()
+            .collect();
+        assert!(left.is_empty(), "lock files left: {left:?}");
+    }
+
+    /// Reading needs no write: the read commands answer while another
+    /// process holds the write lock (before: "database is locked" after
+    /// 10 s, from a migration that had nothing to do).
+    #[test]
+    fn reading_works_while_another_process_holds_the_write_lock() {
+        let dir = tempdir();
+        let config = config(dir.path());
+        let out = backstop(&config, &["run", "one", "--task", "t"]);
+        assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+        let conn = rusqlite::Connection::open(dir.path().join("state.db")).unwrap();
+        conn.execute_batch("BEGIN IMMEDIATE; UPDATE runs SET step = step;")
+            .unwrap();
+        for args in [vec!["runs"], vec!["status"], vec!["escalations"]] {
+            let t = Instant::now();
+            let out = backstop(&config, &args);
+            assert_eq!(out.status.code(), Some(0), "{args:?}: {}", text(&out));
+            assert!(
+                t.elapsed() < Duration::from_secs(5),
+                "{args:?} waited {:?}",
+                t.elapsed()
+            );
+        }
+        conn.execute_batch("ROLLBACK").unwrap();
+    }
+
+    /// Reading a store the reader cannot write (a read-only directory and
+    /// file, as another user sees them).
+    #[test]
+    fn reading_works_on_a_store_that_cannot_be_written() {
+        let base = std::path::PathBuf::from(format!("/tmp/backstop-ro-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&base);
+        std::fs::create_dir_all(&base).unwrap();
+        let state = base.join("state.db");
+        let text_config = format!("version = 1\nstate = \"sqlite:{}\"\n", state.display());
+        std::fs::write(base.join("backstop.toml"), text_config).unwrap();
+        {
+            let j = SqliteJournal::open(&state).unwrap();
+            j.create_run("r000000000001", "one", "t").unwrap();
+        }
+        let bin = base.join("backstop");
+        std::fs::copy(env!("CARGO_BIN_EXE_backstop"), &bin).unwrap();
+        use std::os::unix::fs::PermissionsExt;
+        for f in [&state, &base.join("backstop.toml")] {
+            std::fs::set_permissions(f, std::fs::Permissions::from_mode(0o444)).unwrap();
+        }
+        std::fs::set_permissions(&base, std::fs::Permissions::from_mode(0o555)).unwrap();
+        // As root permissions are not enforced: read as `nobody` instead.
+        let root = {
+            use std::os::unix::fs::MetadataExt;
+            std::fs::metadata("/proc/self").unwrap().uid() == 0
+        };
+        for args in [vec!["runs"], vec!["status"], vec!["escalations"]] {
+            let mut cmd = if root {
+                let mut c = Command::new("setpriv");
+                c.args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+                    .arg(&bin);
+                c
+            } else {
+                Command::new(&bin)
+            };
+            let out = cmd
+                .arg("-c")
+                .arg(base.join("backstop.toml"))
+                .args(&args)
+                .current_dir("/")
+                .output()
+                .unwrap();
+            assert_eq!(out.status.code(), Some(0), "{args:?}: {}", text(&out));
+            if args == ["runs"] {
+                assert!(text(&out).contains("r000000000001"), "{}", text(&out));
+            }
+        }
+        std::fs::set_permissions(&base, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let _ = std::fs::remove_dir_all(&base);
+    }
+
+    /// A store that lost records (cut back after a crash): the side-effect
+    /// step whose intent and result vanished is not run again, because
+    /// its tool's `reconcile` says it happened.
+    #[test]
+    fn a_lost_record_does_not_become_a_second_effect() {
+        let dir = tempdir();
+        let config = config(dir.path());
+        let mut child = Command::new(env!("CARGO_BIN_EXE_backstop"))
+            .arg("-c")
+            .arg(&config)
+            .args(["run", "pay", "--task", "t"])
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut first = String::new();
+        std::io::BufRead::read_line(
+            &mut std::io::BufReader::new(child.stdout.as_mut().unwrap()),
+            &mut first,
+        )
+        .unwrap();
+        let id = first.split_whitespace().nth(1).unwrap().to_owned();
+        let ledger = dir.path().join("ledger/ledger.jsonl");
+        let t = Instant::now();
+        while std::fs::read_to_string(&ledger)
+            .unwrap_or_default()
+            .is_empty()
+        {
+            assert!(t.elapsed() < Duration::from_secs(30));
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        std::thread::sleep(Duration::from_millis(300));
+        child.kill().unwrap();
+        child.wait().unwrap();
+        // Lose everything after run-started (step 1's intent and result,
+        // step 2's intent), as a WAL cut back after a crash would: the
+        // newest records go.
+        let conn = rusqlite::Connection::open(dir.path().join("state.db")).unwrap();
+        let lost = conn
+            .execute(
+                "DELETE FROM entries WHERE seq >= 2 AND rid = (SELECT rid FROM runs WHERE id = ?1)",
+                [&id],
+            )
+            .unwrap();
+        assert_eq!(lost, 3, "intent and result of step 1, intent of step 2");
+        drop(conn);
+        // Shorten the wait so the resume finishes quickly.
+        let text_config = std::fs::read_to_string(&config)
+            .unwrap()
+            .replace("ms = 20000", "ms = 10");
+        std::fs::write(&config, text_config).unwrap();
+        let out = backstop(&config, &["resume", &id, "--allow-drift"]);
+        assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+        assert!(
+            text(&out).contains("journal record is missing"),
+            "{}",
+            text(&out)
+        );
+        let lines = std::fs::read_to_string(&ledger).unwrap();
+        assert_eq!(lines.lines().count(), 1, "the payment ran twice: {lines}");
+    }
+}

@@ -116,6 +116,9 @@ struct Run<'a> {
     /// The highest step the journal held when this process took the run:
     /// later steps can only have entries this process wrote itself.
     known_steps: u64,
+    /// Taken over from the journal (not started by this process): a step
+    /// with no record may still have run.
+    resumed: bool,
     progress: &'a mut (dyn FnMut(Progress) + Send + Sync),
 }
 
@@ -499,6 +502,21 @@ impl Run<'_> {
                 EntryKind::Resolution,
             ],
         )?;
+        // A resumed run with nothing journaled for a step that has side
+        // effects: the record may be what was lost (a store cut back after
+        // a crash), not the call. A tool that can tell is asked first, so a
+        // lost record does not become a second effect.
+        if newest.is_none() && self.resumed && !self.chain_effect(chain).repeatable() {
+            let key = self.key(step);
+            if let Some((target, Reconciled::Done(out))) = self.reconcile(chain, &key).await {
+                let outcome = self.record_reconciled(step, chain, &key, &target, out)?;
+                self.say(
+                    step,
+                    format!("{chain}: reconciled: it had already happened (its journal record is missing), not repeated"),
+                );
+                return Ok(Flow::Go(outcome));
+            }
+        }
         match newest.as_ref().map(|e| e.kind) {
             Some(EntryKind::ToolResult) => Ok(Flow::Go(self.replayed(
                 step,
@@ -542,6 +560,45 @@ impl Run<'_> {
         }
     }
 
+    /// Journals what `reconcile` said a call already produced, as that
+    /// step's result.
+    fn record_reconciled(
+        &mut self,
+        step: u64,
+        chain: &str,
+        key: &str,
+        target: &str,
+        out: crate::runtime::ToolOutput,
+    ) -> Result<Outcome, RunError> {
+        let outcome = Outcome {
+            ok: true,
+            chain: chain.into(),
+            key: key.into(),
+            value: Some(out.value),
+            confidence: out.confidence,
+            served_by: Some(target.into()),
+            degraded: false,
+            degraded_reason: None,
+            attempts: smallvec::smallvec![Attempt {
+                target: target.into(),
+                attempt: 0,
+                class: "reconciled".into(),
+                message: "the tool says this call already happened".into(),
+                elapsed_ms: 0,
+                delay_ms: 0,
+                then: "done".into(),
+            }],
+            error: None,
+            elapsed_ms: 0,
+        };
+        self.append(
+            EntryKind::ToolResult,
+            step,
+            json!({"chain": chain, "key": key, "outcome": outcome, "reconciled": true}),
+        )?;
+        Ok(outcome)
+    }
+
     /// A previous process committed the intent and then stopped: the tool
     /// may or may not have run.
     async fn interrupted(
@@ -565,32 +622,7 @@ impl Run<'_> {
         let approved = self.approved(step)?;
         let why = match self.reconcile(chain, &key).await {
             Some((target, Reconciled::Done(out))) => {
-                let outcome = Outcome {
-                    ok: true,
-                    chain: chain.into(),
-                    key: key.as_str().into(),
-                    value: Some(out.value),
-                    confidence: out.confidence,
-                    served_by: Some(target.as_str().into()),
-                    degraded: false,
-                    degraded_reason: None,
-                    attempts: smallvec::smallvec![Attempt {
-                        target: target.into(),
-                        attempt: 0,
-                        class: "reconciled".into(),
-                        message: "the tool says this call already happened".into(),
-                        elapsed_ms: 0,
-                        delay_ms: 0,
-                        then: "done".into(),
-                    }],
-                    error: None,
-                    elapsed_ms: 0,
-                };
-                self.append(
-                    EntryKind::ToolResult,
-                    step,
-                    json!({"chain": chain, "key": key, "outcome": outcome, "reconciled": true}),
-                )?;
+                let outcome = self.record_reconciled(step, chain, &key, &target, out)?;
                 self.say(
                     step,
                     format!("{chain}: reconciled: it had already happened, not repeated"),
@@ -1265,6 +1297,7 @@ impl Backstop {
             last_seq: 0,
             snapshot_seq: 0,
             known_steps: 0,
+            resumed: false,
             progress,
         };
         // The id is out before anything else is written, so a run killed
@@ -1327,6 +1360,8 @@ impl Backstop {
                 last_seq: 0,
                 snapshot_seq: 0,
                 known_steps: 0,
+                // Its records may be what was lost: ask before effects.
+                resumed: true,
                 progress,
             };
             (run.progress)(Progress::Resumed {
@@ -1382,6 +1417,7 @@ impl Backstop {
             last_seq,
             snapshot_seq: loaded.snapshot.map_or(0, |s| s.seq),
             known_steps: loaded.run.step,
+            resumed: true,
             progress,
         };
         run.append(

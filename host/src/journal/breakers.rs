@@ -63,6 +63,19 @@ impl BreakerStore {
         })
     }
 
+    /// A read-only connection to `journal`'s file, for commands that only
+    /// read (see [`SqliteJournal::open_read_only`]).
+    pub fn read_only(journal: &SqliteJournal) -> Result<BreakerStore, StoreError> {
+        let path = journal.path();
+        let conn = super::sqlite::connect_read_only(path).map_err(|e| StoreError::Open {
+            path: path.display().to_string(),
+            message: e.to_string(),
+        })?;
+        Ok(BreakerStore {
+            conn: Mutex::new(conn),
+        })
+    }
+
     /// Opens the store at `path`, creating and migrating it as the journal
     /// does.
     pub fn open(path: impl AsRef<Path>) -> Result<BreakerStore, StoreError> {

@@ -151,8 +151,21 @@ pub enum StoreError {
         seq: u64,
         message: String,
     },
-    #[error("state store: {0}")]
+    #[error("no state store at {0} yet (nothing has been run with this config)")]
+    Missing(String),
+    #[error("state store: {}", sql_message(.0))]
     Sql(#[from] rusqlite::Error),
+}
+
+/// SQLite's words, with what "database is locked" means here.
+fn sql_message(e: &rusqlite::Error) -> String {
+    if e.sqlite_error_code() == Some(rusqlite::ErrorCode::DatabaseBusy) {
+        return format!(
+            "{e}: another process held the store's write lock for the whole {} this write waits",
+            humantime::format_duration(std::time::Duration::from_secs(10))
+        );
+    }
+    e.to_string()
 }
 
 /// Storage for runs. Every method is durable when it returns.

@@ -311,7 +311,13 @@ fn when(ms: i64) -> String {
 
 async fn runs(config: &Path) -> anyhow::Result<ExitCode> {
     let config = backstop::Config::from_file(config)?;
-    let journal = backstop::journal::SqliteJournal::open(&config.state_path)?;
+    let journal = match backstop::journal::SqliteJournal::open_read_only(&config.state_path) {
+        Err(backstop::journal::StoreError::Missing(_)) => {
+            say!("no runs in {}", config.state_path.display());
+            return Ok(ExitCode::SUCCESS);
+        }
+        j => j?,
+    };
     use backstop::journal::Journal;
     let runs = journal.runs()?;
     if runs.is_empty() {
@@ -340,7 +346,7 @@ async fn runs(config: &Path) -> anyhow::Result<ExitCode> {
 
 async fn show_run(config: &Path, run: &str, json: bool) -> anyhow::Result<ExitCode> {
     let config = backstop::Config::from_file(config)?;
-    let journal = backstop::journal::SqliteJournal::open(&config.state_path)?;
+    let journal = backstop::journal::SqliteJournal::open_read_only(&config.state_path)?;
     use backstop::journal::Journal;
     let record = journal.run(run)?;
     let entries = journal.entries(run)?;
@@ -412,6 +418,15 @@ fn queue(config: &Path) -> anyhow::Result<(backstop::Config, backstop::journal::
     Ok((config, journal))
 }
 
+/// The queue for commands that only read it (see `open_read_only`).
+fn queue_read(
+    config: &Path,
+) -> anyhow::Result<(backstop::Config, backstop::journal::SqliteJournal)> {
+    let config = backstop::Config::from_file(config)?;
+    let journal = backstop::journal::SqliteJournal::open_read_only(&config.state_path)?;
+    Ok((config, journal))
+}
+
 fn age(ms: i64) -> String {
     let secs = (backstop_now() - ms).max(0) / 1000;
     match secs {
@@ -438,7 +453,23 @@ fn list_escalations(
     stats: bool,
     json: bool,
 ) -> anyhow::Result<ExitCode> {
-    let (_, q) = queue(config)?;
+    let q = match queue_read(config) {
+        Ok((_, q)) => q,
+        Err(e)
+            if matches!(
+                e.downcast_ref::<backstop::journal::StoreError>(),
+                Some(backstop::journal::StoreError::Missing(_))
+            ) && !stats =>
+        {
+            if json {
+                println!("[]");
+            } else {
+                say!("no escalations (no state store yet)");
+            }
+            return Ok(ExitCode::SUCCESS);
+        }
+        Err(e) => return Err(e),
+    };
     if stats {
         let s = q.escalation_stats()?;
         if json {
@@ -511,7 +542,7 @@ fn list_escalations(
 }
 
 fn show_escalation(config: &Path, id: &str, json: bool) -> anyhow::Result<ExitCode> {
-    let (config, q) = queue(config)?;
+    let (config, q) = queue_read(config)?;
     let e = q.escalation(id)?;
     if json {
         println!("{}", serde_json::to_string_pretty(&e)?);
