@@ -114,10 +114,16 @@ impl Drop for Server {
 }
 
 pub fn serve(config: &Path, token: Option<&str>) -> Server {
+    serve_with(config, token, &[])
+}
+
+/// `serve` with more arguments (timeouts, limits).
+pub fn serve_with(config: &Path, token: Option<&str>, extra: &[&str]) -> Server {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_backstop"));
     cmd.arg("-c")
         .arg(config)
         .args(["serve", "--listen", "127.0.0.1:0"])
+        .args(extra)
         .env("BACKSTOP_LOG", "warn")
         .env_remove(backstop::serve::TOKEN_ENV)
         .stdout(Stdio::piped())

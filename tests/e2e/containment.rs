@@ -1050,3 +1050,178 @@ mod store {
         assert_eq!(lines.lines().count(), 1, "the payment ran twice: {lines}");
     }
 }
+
+mod server {
+    //! Slow or stalled clients cannot hold the server, and stopping is
+    //! bounded.
+    use super::*;
+    use crate::common::serve_with;
+    use std::io::{Read, Write};
+    use std::net::TcpStream;
+
+    fn setup() -> (tempfile::TempDir, std::path::PathBuf) {
+        let dir = tempdir();
+        let config = write_config(
+            dir.path(),
+            &format!("{PRELUDE}\n[tools.fault]\ncomponent = \"{{plugins}}/fault.wasm\"\n"),
+        );
+        (dir, config)
+    }
+
+    fn addr(server: &crate::common::Server) -> String {
+        server.base.trim_start_matches("http://").to_owned()
+    }
+
+    /// Reads until the server closes the connection (or `within` passes);
+    /// returns what it sent and whether it closed.
+    fn until_closed(s: &mut TcpStream, within: Duration) -> (String, bool) {
+        s.set_read_timeout(Some(within)).unwrap();
+        let mut got = Vec::new();
+        let mut buf = [0u8; 4096];
+        loop {
+            match s.read(&mut buf) {
+                Ok(0) => return (String::from_utf8_lossy(&got).into_owned(), true),
+                Ok(n) => got.extend_from_slice(&buf[..n]),
+                Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => {
+                    return (String::from_utf8_lossy(&got).into_owned(), true)
+                }
+                Err(_) => return (String::from_utf8_lossy(&got).into_owned(), false),
+            }
+        }
+    }
+
+    fn healthz(addr: &str) -> bool {
+        let Ok(mut s) = TcpStream::connect(addr) else {
+            return false;
+        };
+        let _ = s.write_all(b"GET /healthz HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n");
+        let (text, _) = until_closed(&mut s, Duration::from_secs(5));
+        text.starts_with("HTTP/1.1 200")
+    }
+
+    #[test]
+    fn half_a_header_is_dropped_at_the_header_timeout() {
+        let (_d, config) = setup();
+        let server = serve_with(&config, None, &["--header-timeout", "1s"]);
+        let mut s = TcpStream::connect(addr(&server)).unwrap();
+        s.write_all(b"GET /healthz HTTP/1.1\r\nHost: t\r\nX-Slow: ")
+            .unwrap();
+        let t = Instant::now();
+        let (_, closed) = until_closed(&mut s, Duration::from_secs(8));
+        assert!(closed, "a half-sent header held the connection for 8 s");
+        assert!(
+            t.elapsed() < Duration::from_secs(4),
+            "closed after {:?}",
+            t.elapsed()
+        );
+        // An idle keep-alive connection too.
+        let mut s = TcpStream::connect(addr(&server)).unwrap();
+        s.write_all(b"GET /healthz HTTP/1.1\r\nHost: t\r\n\r\n")
+            .unwrap();
+        let (text, closed) = until_closed(&mut s, Duration::from_secs(8));
+        assert!(text.starts_with("HTTP/1.1 200") && closed, "{text}");
+    }
+
+    #[test]
+    fn an_oversized_header_is_refused_without_buffering_it() {
+        let (_d, config) = setup();
+        let server = serve_with(&config, None, &[]);
+        let mut s = TcpStream::connect(addr(&server)).unwrap();
+        let mut head = b"GET /healthz HTTP/1.1\r\nHost: t\r\nX-Big: ".to_vec();
+        head.extend(std::iter::repeat_n(b'a', 390 << 10));
+        // The server stops reading (and closes) once past its limit, so the
+        // write may fail part way: that is the point.
+        let _ = s.write_all(&head);
+        let (text, closed) = until_closed(&mut s, Duration::from_secs(5));
+        assert!(closed, "an oversized header kept the connection open");
+        assert!(
+            text.is_empty() || text.starts_with("HTTP/1.1 431"),
+            "{text}"
+        );
+        assert!(healthz(&addr(&server)));
+    }
+
+    #[test]
+    fn a_body_that_never_ends_is_answered_408() {
+        let (_d, config) = setup();
+        let server = serve_with(&config, None, &["--body-timeout", "1s"]);
+        let mut s = TcpStream::connect(addr(&server)).unwrap();
+        s.write_all(b"POST /v1/calls HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n5\r\n{\"cha\r\n").unwrap();
+        let t = Instant::now();
+        let (text, closed) = until_closed(&mut s, Duration::from_secs(8));
+        assert!(text.starts_with("HTTP/1.1 408"), "{text}");
+        assert!(text.contains("\"status\":408"), "{text}");
+        assert!(closed, "{text}");
+        assert!(t.elapsed() < Duration::from_secs(4), "{:?}", t.elapsed());
+    }
+
+    #[test]
+    fn connections_are_capped_and_the_server_stays_reachable() {
+        let (_d, config) = setup();
+        let server = serve_with(
+            &config,
+            None,
+            &["--max-connections", "20", "--header-timeout", "2s"],
+        );
+        let pid = server.child.id();
+        let fds = || {
+            std::fs::read_dir(format!("/proc/{pid}/fd"))
+                .unwrap()
+                .count()
+        };
+        let before = fds();
+        let mut slow = Vec::new();
+        for _ in 0..60 {
+            let mut s = TcpStream::connect(addr(&server)).unwrap();
+            let _ = s.write_all(b"GET /healthz HTTP/1.1\r\nHost: t\r\nX-Slow: ");
+            slow.push(s);
+        }
+        std::thread::sleep(Duration::from_millis(500));
+        let during = fds();
+        assert!(
+            during <= before + 25,
+            "60 slow clients held {} descriptors (limit 20)",
+            during - before
+        );
+        // Once their header timeout passes, the server answers again.
+        std::thread::sleep(Duration::from_secs(3));
+        assert!(
+            healthz(&addr(&server)),
+            "unreachable after the slow clients timed out"
+        );
+        drop(slow);
+    }
+
+    #[test]
+    fn sigterm_with_a_stalled_client_stops_within_the_grace_period() {
+        let (_d, config) = setup();
+        let mut server = serve_with(&config, None, &["--grace", "1s", "--body-timeout", "60s"]);
+        let mut s = TcpStream::connect(addr(&server)).unwrap();
+        // Headers sent, the body promised and never sent.
+        s.write_all(b"POST /v1/calls HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{\"chain\"").unwrap();
+        std::thread::sleep(Duration::from_millis(300));
+        let t = Instant::now();
+        let killed = Command::new("kill")
+            .args(["-TERM", &server.child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(killed.success());
+        let status = loop {
+            if let Some(st) = server.child.try_wait().unwrap() {
+                break st;
+            }
+            assert!(
+                t.elapsed() < Duration::from_secs(10),
+                "still running 10 s after SIGTERM"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        assert!(status.success(), "{status:?}");
+        assert!(
+            t.elapsed() < Duration::from_secs(5),
+            "stopped after {:?}",
+            t.elapsed()
+        );
+        drop(s);
+    }
+}

@@ -103,7 +103,7 @@ enum End {
 /// A run in progress in this process.
 struct Run<'a> {
     b: &'a Backstop,
-    journal: &'a dyn Journal,
+    journal: crate::journal::Offloaded<'a>,
     id: String,
     agent: AgentConfig,
     task: String,
@@ -220,10 +220,11 @@ impl Run<'_> {
             resolution: None,
         };
         let journal = self.b.journal()?;
-        let (esc, new) = journal.escalate(esc).map_err(|e| RunError::Invalid {
-            run: self.id.clone(),
-            message: e.to_string(),
-        })?;
+        let (esc, new) =
+            crate::journal::offload(|| journal.escalate(esc)).map_err(|e| RunError::Invalid {
+                run: self.id.clone(),
+                message: e.to_string(),
+            })?;
         att.escalation = Some(esc.id.clone());
         self.append(
             EntryKind::Attention,
@@ -1288,7 +1289,7 @@ impl Backstop {
         journal.set_owner(&id, Some(std::process::id()))?;
         let mut run = Run {
             b: self,
-            journal: journal.as_ref(),
+            journal: crate::journal::Offloaded(journal.as_ref()),
             id: id.clone(),
             agent: agent.clone(),
             task: task.to_owned(),
@@ -1351,7 +1352,7 @@ impl Backstop {
             journal.set_owner(id, Some(std::process::id()))?;
             let mut run = Run {
                 b: self,
-                journal: journal.as_ref(),
+                journal: crate::journal::Offloaded(journal.as_ref()),
                 id: id.to_owned(),
                 agent: agent.clone(),
                 task: record.task.clone(),
@@ -1408,7 +1409,7 @@ impl Backstop {
         }
         let mut run = Run {
             b: self,
-            journal: journal.as_ref(),
+            journal: crate::journal::Offloaded(journal.as_ref()),
             id: id.to_owned(),
             agent: agent.clone(),
             task: record.task.clone(),

@@ -203,3 +203,67 @@ pub(crate) fn now_ms() -> i64 {
         .map(|d| d.as_millis() as i64)
         .unwrap_or(0)
 }
+
+/// Runs `f`, which blocks on the store (an fsync, a busy wait), without
+/// holding up the other tasks of a multi-threaded runtime: the worker hands
+/// them to another thread first. On any other runtime, or none, it just
+/// runs `f`.
+pub fn offload<R>(f: impl FnOnce() -> R) -> R {
+    match tokio::runtime::Handle::try_current() {
+        Ok(h) if h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => {
+            tokio::task::block_in_place(f)
+        }
+        _ => f(),
+    }
+}
+
+/// A journal whose every call is [`offload`]ed: what a run in an async
+/// server writes through, so 16 runs journaling at once do not stall
+/// `/healthz` behind their fsyncs.
+#[derive(Clone, Copy)]
+pub struct Offloaded<'a>(pub &'a dyn Journal);
+
+impl Journal for Offloaded<'_> {
+    fn create_run(&self, id: &str, agent: &str, task: &str) -> Result<(), StoreError> {
+        offload(|| self.0.create_run(id, agent, task))
+    }
+    fn append(
+        &self,
+        run: &str,
+        kind: EntryKind,
+        step: u64,
+        payload: &Value,
+    ) -> Result<u64, StoreError> {
+        offload(|| self.0.append(run, kind, step, payload))
+    }
+    fn write_snapshot(&self, run: &str, snapshot: &Snapshot) -> Result<(), StoreError> {
+        offload(|| self.0.write_snapshot(run, snapshot))
+    }
+    fn load(&self, run: &str) -> Result<Loaded, StoreError> {
+        offload(|| self.0.load(run))
+    }
+    fn entries(&self, run: &str) -> Result<Vec<Entry>, StoreError> {
+        offload(|| self.0.entries(run))
+    }
+    fn find(&self, run: &str, step: u64, kind: EntryKind) -> Result<Option<Entry>, StoreError> {
+        offload(|| self.0.find(run, step, kind))
+    }
+    fn set_status(
+        &self,
+        run: &str,
+        status: RunStatus,
+        step: u64,
+        output: Option<&Value>,
+    ) -> Result<(), StoreError> {
+        offload(|| self.0.set_status(run, status, step, output))
+    }
+    fn set_owner(&self, run: &str, pid: Option<u32>) -> Result<(), StoreError> {
+        offload(|| self.0.set_owner(run, pid))
+    }
+    fn run(&self, run: &str) -> Result<RunRecord, StoreError> {
+        offload(|| self.0.run(run))
+    }
+    fn runs(&self) -> Result<Vec<RunRecord>, StoreError> {
+        offload(|| self.0.runs())
+    }
+}

@@ -24,6 +24,9 @@ use serde_json::{json, Value};
 use std::net::SocketAddr;
 use std::sync::Arc;
 
+mod conn;
+pub use conn::ServeOptions;
+
 /// The environment variable holding the API's bearer token.
 pub const TOKEN_ENV: &str = "BACKSTOP_API_TOKEN";
 
@@ -74,21 +77,28 @@ pub async fn bind(
         .map_err(|source| ServeError::Bind { addr, source })
 }
 
-/// Serves the API on `listener` until `shutdown` completes.
+/// Serves the API on `listener` until `shutdown` completes, with the
+/// default [`ServeOptions`].
 pub async fn serve(
     backstop: Arc<Backstop>,
     listener: tokio::net::TcpListener,
     token: Option<String>,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServeError> {
-    use axum::serve::ListenerExt;
-    // Answers are small and go out at once: no Nagle delay behind them.
-    let listener = listener.tap_io(|tcp| {
-        let _ = tcp.set_nodelay(true);
-    });
-    axum::serve(listener, router(backstop, token))
-        .with_graceful_shutdown(shutdown)
-        .await?;
+    serve_with(backstop, listener, token, ServeOptions::default(), shutdown).await
+}
+
+/// Serves the API on `listener` until `shutdown` completes, within
+/// `options` (timeouts, connection limit, grace period on stopping).
+pub async fn serve_with(
+    backstop: Arc<Backstop>,
+    listener: tokio::net::TcpListener,
+    token: Option<String>,
+    options: ServeOptions,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> Result<(), ServeError> {
+    let app = router(backstop, token).layer(axum::Extension(options));
+    conn::run(listener, app, options, shutdown).await?;
     Ok(())
 }
 
@@ -219,8 +229,23 @@ impl<S: Send + Sync, T: DeserializeOwned> axum::extract::FromRequest<S> for Json
 
     async fn from_request(req: Request, state: &S) -> Result<Self, Response> {
         let headers = req.headers().clone();
-        let bytes = Bytes::from_request(req, state)
+        let within = req
+            .extensions()
+            .get::<ServeOptions>()
+            .map_or(std::time::Duration::from_secs(10), |o| o.body_timeout);
+        // A body that never ends must not hold the connection.
+        let bytes = tokio::time::timeout(within, Bytes::from_request(req, state))
             .await
+            .map_err(|_| {
+                ApiError::new(
+                    StatusCode::REQUEST_TIMEOUT,
+                    format!(
+                        "the request body did not arrive within {}",
+                        humantime::format_duration(within)
+                    ),
+                )
+                .into_response()
+            })?
             .map_err(IntoResponse::into_response)?;
         body(&headers, &bytes)
             .map(JsonBody)
@@ -590,7 +615,7 @@ async fn json_errors(State(b): State<App>, req: Request, next: Next) -> Response
     // reusing it finds it closed under its next request.
     if matches!(
         status,
-        StatusCode::UNAUTHORIZED | StatusCode::PAYLOAD_TOO_LARGE
+        StatusCode::UNAUTHORIZED | StatusCode::PAYLOAD_TOO_LARGE | StatusCode::REQUEST_TIMEOUT
     ) {
         res.headers_mut()
             .insert(header::CONNECTION, HeaderValue::from_static("close"));

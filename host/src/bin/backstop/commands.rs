@@ -18,7 +18,23 @@ pub async fn run(command: Command, config: &Path) -> anyhow::Result<ExitCode> {
     match command {
         Command::Check => check(config).await,
         Command::Status { json, runs } => status(config, json, runs),
-        Command::Serve { listen } => serve(config, listen).await,
+        Command::Serve {
+            listen,
+            header_timeout,
+            body_timeout,
+            max_connections,
+            grace,
+        } => {
+            let defaults = backstop::serve::ServeOptions::default();
+            let options = backstop::serve::ServeOptions {
+                header_timeout,
+                body_timeout,
+                max_connections: max_connections.unwrap_or(defaults.max_connections),
+                grace,
+                ..defaults
+            };
+            serve(config, listen, options).await
+        }
         Command::Tools { json } => tools(config, json).await,
         Command::Call {
             chain,
@@ -698,7 +714,11 @@ fn status(config: &Path, json: bool, runs: u32) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-async fn serve(config: &Path, listen: std::net::SocketAddr) -> anyhow::Result<ExitCode> {
+async fn serve(
+    config: &Path,
+    listen: std::net::SocketAddr,
+    options: backstop::serve::ServeOptions,
+) -> anyhow::Result<ExitCode> {
     let token = std::env::var(backstop::serve::TOKEN_ENV).ok();
     // Refused before any tool loads: a server open to the network without
     // a token must not start at all.
@@ -716,7 +736,7 @@ async fn serve(config: &Path, listen: std::net::SocketAddr) -> anyhow::Result<Ex
             _ = async { match term.as_mut() { Some(t) => { t.recv().await; } None => std::future::pending().await } } => {}
         }
     };
-    backstop::serve::serve(b.clone(), listener, token, shutdown).await?;
+    backstop::serve::serve_with(b.clone(), listener, token, options, shutdown).await?;
     b.flush_notifications(std::time::Duration::from_secs(5))
         .await;
     Ok(ExitCode::SUCCESS)

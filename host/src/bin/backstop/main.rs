@@ -57,6 +57,20 @@ enum Command {
     Serve {
         #[arg(long, default_value = "127.0.0.1:7878")]
         listen: std::net::SocketAddr,
+        /// Time for a request's headers (and between keep-alive requests).
+        #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+        header_timeout: std::time::Duration,
+        /// Time for a request's body once its headers arrived.
+        #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+        body_timeout: std::time::Duration,
+        /// Connections open at once (default: 1,024, or half the
+        /// descriptor limit when lower); more are closed on arrival.
+        #[arg(long)]
+        max_connections: Option<usize>,
+        /// On SIGTERM: how long in-flight requests may finish before the
+        /// connections still open are closed.
+        #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+        grace: std::time::Duration,
     },
     /// Validate the config and load every tool; exit 1 on any error.
     Check,
