@@ -1225,3 +1225,61 @@ mod server {
         drop(s);
     }
 }
+
+/// After a breaker opened, four `backstop ask` processes started together
+/// send one half-open probe between them (`half_open_probes = 1`), not
+/// one each: probes are claimed through the store.
+#[test]
+fn half_open_probes_are_admitted_once_across_processes() {
+    use backstop::testkit::model::anthropic_text;
+    use backstop::testkit::{Reply, ScriptedServer};
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let server = rt
+        .block_on(ScriptedServer::start(anthropic_text("ok")))
+        .unwrap();
+    let dir = tempdir();
+    let config = write_config(
+        dir.path(),
+        &format!(
+            "state = \"sqlite:{{dir}}/state.db\"\n{PRELUDE}\n[models.m]\nprovider = \"anthropic\"\nmodel = \"m\"\nbase_url = \"{}\"\nretry = {{ attempts = 1 }}\nbreaker = {{ consecutive_failures = 1, failure_rate = 0.0, open_for = \"500ms\", probe_timeout = \"10s\" }}\n",
+            server.origin()
+        ),
+    );
+    server.push([Reply::status(503)]);
+    let out = backstop(&config, &["ask", "m", "hi"]);
+    assert_eq!(
+        out.status.code(),
+        Some(2),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    std::thread::sleep(Duration::from_millis(700));
+    let before = server.arrivals().len();
+    // Slow answers, so the four are in flight together.
+    server.set_fallback(anthropic_text("ok").delay(Duration::from_millis(1500)));
+    let children: Vec<_> = (0..4)
+        .map(|_| {
+            Command::new(env!("CARGO_BIN_EXE_backstop"))
+                .arg("-c")
+                .arg(&config)
+                .args(["ask", "--json", "m", "hi"])
+                .stdout(std::process::Stdio::piped())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    let outcomes: Vec<Value> = children
+        .into_iter()
+        .map(|c| serde_json::from_slice(&c.wait_with_output().unwrap().stdout).unwrap())
+        .collect();
+    let probes = server.arrivals().len() - before;
+    assert_eq!(
+        probes, 1,
+        "{probes} probes reached the provider: {outcomes:?}"
+    );
+    let served = outcomes.iter().filter(|o| o["ok"] == true).count();
+    assert_eq!(served, 1, "{outcomes:?}");
+    for o in outcomes.iter().filter(|o| o["ok"] != true) {
+        assert_eq!(o["attempts"][0]["class"], "circuit-open", "{o}");
+    }
+}

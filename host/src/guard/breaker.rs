@@ -124,6 +124,9 @@ pub struct Breaker {
     /// it last seen (see `guard::shared`).
     pub(crate) next_sync: Option<Instant>,
     pub(crate) seen_version: i64,
+    /// Another process holds the half-open probe until then: this one
+    /// admits none meanwhile.
+    probing_elsewhere: Option<Instant>,
 }
 
 impl Breaker {
@@ -138,7 +141,19 @@ impl Breaker {
             change: None,
             next_sync: None,
             seen_version: 0,
+            probing_elsewhere: None,
         }
+    }
+
+    /// Takes back a probe `permit` this breaker gave because another
+    /// process is probing the target (the store said so): no call is
+    /// made, nothing is counted, and no probe is admitted here until
+    /// `until`.
+    pub fn probe_elsewhere(&mut self, permit: Permit, until: Instant) {
+        if let (Some(id), State::HalfOpen { probes, .. }) = (permit.probe, &mut self.state) {
+            probes.retain(|p| p.0 != id);
+        }
+        self.probing_elsewhere = Some(until);
     }
 
     pub fn policy(&self) -> &BreakerPolicy {
@@ -190,6 +205,7 @@ impl Breaker {
     }
 
     fn close(&mut self) {
+        self.probing_elsewhere = None;
         self.state = State::Closed;
         self.consecutive = 0;
         self.buckets = [Bucket::default(); BUCKETS];
@@ -236,6 +252,7 @@ impl Breaker {
     }
 
     fn open(&mut self, now: Instant) {
+        self.probing_elsewhere = None;
         let until = now + self.policy.open_for;
         self.state = State::Open { until };
         self.change = Some(Change::Opened { until });
@@ -272,6 +289,14 @@ impl Breaker {
                 retry_in: until.duration_since(now),
                 state: BreakerState::Open,
             }),
+            State::HalfOpen { .. } if self.probing_elsewhere.is_some_and(|u| now < u) => {
+                Err(Rejected {
+                    retry_in: self
+                        .probing_elsewhere
+                        .map_or(Duration::ZERO, |u| u.duration_since(now)),
+                    state: BreakerState::HalfOpen,
+                })
+            }
             State::HalfOpen { probes, .. } if probes.len() < probes_allowed => {
                 let id = self.next_probe_id;
                 self.next_probe_id += 1;

@@ -180,6 +180,24 @@ impl ChainTarget {
             }
         }
         let admitted = guard.acquire(now);
+        if let (Ok(permit), Some(sync)) = (&admitted, &self.sync) {
+            if permit.is_probe() {
+                let policy = *guard.policy();
+                drop(guard);
+                // Probes are claimed in the store, so the configured number
+                // holds across processes, not per process.
+                if !sync.claim_probe(&self.name, policy.half_open_probes, policy.probe_timeout) {
+                    let mut guard = lock(b);
+                    let permit = admitted.expect("matched Ok");
+                    guard.probe_elsewhere(permit, now + policy.probe_timeout);
+                    return Err(Rejected {
+                        retry_in: policy.probe_timeout,
+                        state: BreakerState::HalfOpen,
+                    });
+                }
+                guard = lock(b);
+            }
+        }
         self.share(b, guard);
         admitted
     }

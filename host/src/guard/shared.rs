@@ -76,6 +76,17 @@ impl BreakerSync {
         }
     }
 
+    /// Whether this process may send a half-open probe to `target` now
+    /// (see [`BreakerStore::claim_probe`]). A store that cannot be asked
+    /// does not block the probe: a stuck breaker is worse than two probes.
+    pub(crate) fn claim_probe(&self, target: &str, max: u32, timeout: Duration) -> bool {
+        let ms = i64::try_from(timeout.as_millis()).unwrap_or(i64::MAX / 2);
+        self.store.claim_probe(target, max, ms).unwrap_or_else(|e| {
+            tracing::warn!(target_name = target, "cannot claim the shared probe: {e}");
+            true
+        })
+    }
+
     /// Writes an open or a close for the other processes.
     pub(crate) fn push(&self, target: &str, breaker: &SharedBreaker, change: Change) {
         let open_until = match change {

@@ -100,6 +100,36 @@ impl BreakerStore {
         Ok(rows.collect::<Result<_, _>>()?)
     }
 
+    /// Claims one of the `max` half-open probes of `target` for `for_ms`,
+    /// for every process sharing the store. True when this process may
+    /// probe: a claim was free, or the store holds no open state for the
+    /// target to respect.
+    pub fn claim_probe(&self, target: &str, max: u32, for_ms: i64) -> Result<bool, StoreError> {
+        // A second of slack on `open_until`: this process's monotonic clock
+        // said the open time is over; the wall clock may lag by a little.
+        let conn = self.lock();
+        let now = now_ms();
+        let claimed = conn.execute(
+            "UPDATE breakers SET
+                probes = CASE WHEN probe_until <= ?2 THEN 1 ELSE probes + 1 END,
+                probe_until = CASE WHEN probe_until <= ?2 THEN ?2 + ?4 ELSE probe_until END
+             WHERE target = ?1 AND state = 'open' AND open_until <= ?2 + 1000
+               AND (probe_until <= ?2 OR probes < ?3)",
+            params![target, now, i64::from(max), for_ms],
+        )?;
+        if claimed == 1 {
+            return Ok(true);
+        }
+        let open: Option<String> = conn
+            .query_row(
+                "SELECT state FROM breakers WHERE target = ?1",
+                [target],
+                |r| r.get(0),
+            )
+            .optional()?;
+        Ok(open.as_deref() != Some("open"))
+    }
+
     /// Records that `target`'s breaker opened (until `open_until`, Unix
     /// ms) or closed; returns the row's new version.
     pub fn write(
@@ -115,7 +145,8 @@ impl BreakerStore {
              ON CONFLICT (target) DO UPDATE SET
                 state = excluded.state, open_until = excluded.open_until,
                 opened = opened + excluded.opened, version = version + 1,
-                writer = excluded.writer, updated_at = excluded.updated_at
+                writer = excluded.writer, updated_at = excluded.updated_at,
+                probes = 0, probe_until = 0
              RETURNING version",
         )?;
         let (state, until, opened) = match open_until {

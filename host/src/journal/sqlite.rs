@@ -69,6 +69,12 @@ const MIGRATIONS: &[&str] = &[
         updated_at INTEGER NOT NULL
     );
 ",
+    // Half-open probes claimed through the store, so `half_open_probes`
+    // holds across processes.
+    "
+    ALTER TABLE breakers ADD COLUMN probes INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE breakers ADD COLUMN probe_until INTEGER NOT NULL DEFAULT 0;
+",
 ];
 
 /// A read-only connection; when the WAL's companion files can neither be
