@@ -1134,8 +1134,18 @@ mod server {
         let _ = s.write_all(&head);
         let (text, closed) = until_closed(&mut s, Duration::from_secs(5));
         assert!(closed, "an oversized header kept the connection open");
+        // When the answer gets out before the close, it is the API's JSON.
+        if !text.is_empty() {
+            assert!(text.starts_with("HTTP/1.1 431"), "{text}");
+            assert!(text.contains("\"status\":431"), "{text}");
+        }
+        // A request line that is not HTTP: 400, with the JSON body.
+        let mut s = TcpStream::connect(addr(&server)).unwrap();
+        s.write_all(b"NOT HTTP AT ALL\r\n\r\n").unwrap();
+        let (text, _) = until_closed(&mut s, Duration::from_secs(5));
+        assert!(text.starts_with("HTTP/1.1 400"), "{text}");
         assert!(
-            text.is_empty() || text.starts_with("HTTP/1.1 431"),
+            text.contains("application/json") && text.contains("\"status\":400"),
             "{text}"
         );
         assert!(healthz(&addr(&server)));
@@ -1282,4 +1292,43 @@ fn half_open_probes_are_admitted_once_across_processes() {
     for o in outcomes.iter().filter(|o| o["ok"] != true) {
         assert_eq!(o["attempts"][0]["class"], "circuit-open", "{o}");
     }
+}
+
+/// "Run R is active in another process (pid P)" names the process really
+/// holding the run, not a dead owner the row still remembers.
+#[test]
+fn a_busy_run_names_its_live_owner() {
+    let dir = tempdir();
+    let config = write_config(
+        dir.path(),
+        &format!(
+            "state = \"sqlite:{{dir}}/state.db\"\n{PRELUDE}\n[tools.slow]\ncomponent = \"{{plugins}}/fault.wasm\"\ntimeout = \"60s\"\n[agents.slow]\nsteps = [{{ name = \"s\", tool = \"slow\", input = {{ mode = \"sleep\", ms = 20000 }} }}]\n"
+        ),
+    );
+    let mut child = Command::new(env!("CARGO_BIN_EXE_backstop"))
+        .arg("-c")
+        .arg(&config)
+        .args(["run", "slow", "--task", "t"])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut first = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(child.stdout.as_mut().unwrap()),
+        &mut first,
+    )
+    .unwrap();
+    let id = first.split_whitespace().nth(1).unwrap().to_owned();
+    // The row names a dead process (as after a crash and a takeover).
+    std::thread::sleep(Duration::from_millis(300));
+    let conn = rusqlite::Connection::open(dir.path().join("state.db")).unwrap();
+    conn.execute("UPDATE runs SET owner_pid = 999999999 WHERE id = ?1", [&id])
+        .unwrap();
+    drop(conn);
+    let out = backstop(&config, &["resume", &id]);
+    let text = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert_eq!(out.status.code(), Some(1), "{text}");
+    assert!(text.contains(&format!("(pid {})", child.id())), "{text}");
+    child.kill().unwrap();
+    child.wait().unwrap();
 }

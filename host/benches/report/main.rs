@@ -13,6 +13,7 @@ macro_rules! p {
 }
 
 mod api;
+mod containment;
 mod deadline;
 mod guard;
 mod herd;
@@ -119,7 +120,8 @@ fn main() {
                     a.scrape_bytes
                 );
             }
-            _ => eprintln!("BENCH_ONLY: load, journal, wasm, guard or api"),
+            Some("containment") => eprintln!("{}", containment::run(root, quick)),
+            _ => eprintln!("BENCH_ONLY: load, journal, wasm, guard, api or containment"),
         }
         return;
     }
@@ -180,6 +182,8 @@ fn main() {
         if quick { 100 } else { 500 },
         if quick { 2 } else { 10 },
     );
+    eprintln!("report: containment");
+    let contained = containment::run(root, quick);
     eprintln!("report: languages");
     let langs = languages::run(
         if quick { 1 } else { 3 },
@@ -409,6 +413,9 @@ fn main() {
         api.scrape_bytes,
         api.scrape.show()
     );
+
+    p!(page, "## Containment\n");
+    p!(page, "{contained}");
 
     p!(page, "## Load\n");
     p!(page, "200 concurrent callers through `flaky -> backup` (two `fault` tools), 30% of calls injected with a failure on `flaky` (transient, unavailable, trap, permanent), for {} s on a multi-threaded runtime:\n", if quick { 10 } else { 60 });

@@ -9,7 +9,9 @@
 //! before the next epoch tick, which is most of them, costs no thread
 //! hop); when the guest is still running at the next tick, or waits on a
 //! host call, the rest of the call moves to the guest pool, a runtime of
-//! its own. There every running guest yields at each epoch tick, so the
+//! its own. At most one first slice per core runs on callers' threads at
+//! a time, and none while guests already run on the pool: a flood of slow
+//! guests goes straight there. There every running guest yields at each epoch tick, so the
 //! guests share the pool's threads and each is stopped at its own deadline,
 //! while the caller's runtime only waits on a timer. Its blocking pool is
 //! where the guests' file operations run; the pool is shut down without
@@ -18,11 +20,51 @@
 
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::task::Poll;
 
 pub struct GuestPool {
     runtime: Option<tokio::runtime::Runtime>,
     handle: tokio::runtime::Handle,
+    /// Calls running on the pool now.
+    on_pool: Arc<AtomicUsize>,
+    /// Calls in their first slice on a caller's thread now, and how many
+    /// may be: a first slice can run up to one epoch tick before it
+    /// yields, so at most this many of the callers' workers are ever
+    /// busy with guest code.
+    inline: AtomicUsize,
+    max_inline: usize,
+}
+
+/// One of the first slices allowed on callers' threads, given back when
+/// the slice ends (or its caller goes away mid-slice).
+struct Inline<'a>(&'a AtomicUsize);
+
+impl<'a> Inline<'a> {
+    fn take(count: &'a AtomicUsize, max: usize) -> Option<Inline<'a>> {
+        if count.fetch_add(1, Ordering::AcqRel) < max {
+            Some(Inline(count))
+        } else {
+            count.fetch_sub(1, Ordering::AcqRel);
+            None
+        }
+    }
+}
+
+impl Drop for Inline<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// Counts a call off the pool when its task ends or is aborted.
+struct OnPool(Arc<AtomicUsize>);
+
+impl Drop for OnPool {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 /// Host code under a guest call (the output schema check) recurses in the
@@ -42,6 +84,9 @@ impl GuestPool {
         Ok(GuestPool {
             runtime: Some(runtime),
             handle,
+            on_pool: Arc::new(AtomicUsize::new(0)),
+            inline: AtomicUsize::new(0),
+            max_inline: std::thread::available_parallelism().map_or(1, |n| n.get()),
         })
     }
 
@@ -52,11 +97,24 @@ impl GuestPool {
         call: impl Future<Output = T> + Send + 'static,
     ) -> Result<T, String> {
         let mut call: Pin<Box<dyn Future<Output = T> + Send>> = Box::pin(call);
-        let first = std::future::poll_fn(|cx| Poll::Ready(call.as_mut().poll(cx))).await;
-        if let Poll::Ready(v) = first {
-            return Ok(v);
+        // While guests already run on the pool (a flood of slow ones), or
+        // enough first slices run on callers' threads, go straight there.
+        let slot = (self.on_pool.load(Ordering::Relaxed) == 0)
+            .then(|| Inline::take(&self.inline, self.max_inline))
+            .flatten();
+        if let Some(slot) = slot {
+            let first = std::future::poll_fn(|cx| Poll::Ready(call.as_mut().poll(cx))).await;
+            drop(slot);
+            if let Poll::Ready(v) = first {
+                return Ok(v);
+            }
         }
-        let task = AbortOnDrop(self.handle.spawn(call));
+        self.on_pool.fetch_add(1, Ordering::Relaxed);
+        let counted = OnPool(self.on_pool.clone());
+        let task = AbortOnDrop(self.handle.spawn(async move {
+            let _counted = counted;
+            call.await
+        }));
         match task.await {
             Ok(v) => Ok(v),
             Err(e) if e.is_panic() => Err(panic_text(e.into_panic())),

@@ -105,7 +105,7 @@ pub async fn run(
             .header_read_timeout(options.header_timeout)
             .max_buf_size(options.max_header_bytes.max(8192))
             .keep_alive(true)
-            .serve_connection(TokioIo::new(tcp), service);
+            .serve_connection(TokioIo::new(super::canned::Canned::new(tcp)), service);
         let conn = graceful.watch(conn);
         connections.spawn(async move {
             let _ = conn.await;

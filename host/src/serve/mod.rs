@@ -24,6 +24,7 @@ use serde_json::{json, Value};
 use std::net::SocketAddr;
 use std::sync::Arc;
 
+mod canned;
 mod conn;
 pub use conn::ServeOptions;
 
