@@ -989,6 +989,58 @@ mod store {
         let _ = std::fs::remove_dir_all(&base);
     }
 
+    /// Reading a store on a full disk (a 4 MiB tmpfs filled up).
+    #[test]
+    fn reading_works_on_a_full_disk() {
+        let mnt = std::path::PathBuf::from(format!("/tmp/backstop-full-{}", std::process::id()));
+        std::fs::create_dir_all(&mnt).unwrap();
+        let mounted = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", "size=4M", "tmpfs"])
+            .arg(&mnt)
+            .status()
+            .is_ok_and(|s| s.success());
+        if !mounted {
+            // Only root can make a small filesystem to fill.
+            assert!(
+                std::env::var_os("CI").is_none(),
+                "CI must be able to mount a tmpfs (run as root)"
+            );
+            eprintln!("reading_works_on_a_full_disk: not run (cannot mount a tmpfs here)");
+            return;
+        }
+        struct Unmount(std::path::PathBuf);
+        impl Drop for Unmount {
+            fn drop(&mut self) {
+                let _ = Command::new("umount").arg(&self.0).status();
+                let _ = std::fs::remove_dir(&self.0);
+            }
+        }
+        let _unmount = Unmount(mnt.clone());
+        let state = mnt.join("state.db");
+        {
+            let j = SqliteJournal::open(&state).unwrap();
+            j.create_run("r000000000002", "one", "t").unwrap();
+        }
+        // Fill what is left.
+        let mut filler = std::fs::File::create(mnt.join("filler")).unwrap();
+        let chunk = vec![0u8; 64 << 10];
+        while std::io::Write::write_all(&mut filler, &chunk).is_ok() {}
+        let _ = filler.sync_all();
+        let dir = tempdir();
+        let config = dir.path().join("backstop.toml");
+        std::fs::write(
+            &config,
+            format!("version = 1\nstate = \"sqlite:{}\"\n", state.display()),
+        )
+        .unwrap();
+        for args in [vec!["runs"], vec!["status"], vec!["escalations"]] {
+            let out = backstop(&config, &args);
+            assert_eq!(out.status.code(), Some(0), "{args:?}: {}", text(&out));
+        }
+        let out = backstop(&config, &["runs"]);
+        assert!(text(&out).contains("r000000000002"), "{}", text(&out));
+    }
+
     /// A store that lost records (cut back after a crash): the side-effect
     /// step whose intent and result vanished is not run again, because
     /// its tool's `reconcile` says it happened.

@@ -95,8 +95,24 @@ pub fn measure(samples: usize, n: u64) -> Figures {
         let p = open.acquire("noop", now).unwrap();
         open.record("noop", p, true, now);
     }
-    let closed_targets = [ChainTarget::new(target.clone(), retry, &closed)];
-    let open_targets = [ChainTarget::new(target.clone(), retry, &open)];
+    // With the target's and the host's bulkheads, as every chain target
+    // of a loaded config has them.
+    let bulkheads = || {
+        (
+            Some(std::sync::Arc::new(backstop::guard::Bulkhead::new(
+                "noop",
+                backstop::guard::BulkheadPolicy::DEFAULT_TARGET,
+            ))),
+            Some(std::sync::Arc::new(backstop::guard::Bulkhead::new(
+                "host",
+                backstop::config::DEFAULT_HOST_BULKHEAD,
+            ))),
+        )
+    };
+    let (bt, bh) = bulkheads();
+    let closed_targets = [ChainTarget::new(target.clone(), retry, &closed).with_bulkheads(bt, bh)];
+    let (bt, bh) = bulkheads();
+    let open_targets = [ChainTarget::new(target.clone(), retry, &open).with_bulkheads(bt, bh)];
     let ctx = CallCtx {
         call_left: std::time::Duration::from_secs(3600),
         key: key.clone(),

@@ -145,6 +145,14 @@ impl Breaker {
         }
     }
 
+    /// Takes back `permit` for a call that was not made after all (its
+    /// bulkhead was full): a probe is no longer in flight; nothing counts.
+    pub fn cancel(&mut self, permit: Permit) {
+        if let (Some(id), State::HalfOpen { probes, .. }) = (permit.probe, &mut self.state) {
+            probes.retain(|p| p.0 != id);
+        }
+    }
+
     /// Takes back a probe `permit` this breaker gave because another
     /// process is probing the target (the store said so): no call is
     /// made, nothing is counted, and no probe is admitted here until

@@ -11,7 +11,7 @@ use crate::outcome::{Failure, FailureClass};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::sync::Notify;
 
 /// Limits of one bulkhead.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -30,18 +30,34 @@ impl BulkheadPolicy {
 }
 
 /// One bulkhead, shared by every chain calling its target.
+///
+/// A counter, not a semaphore, on the path every call takes: a free slot
+/// costs one atomic add and its release one subtract and one load (a tokio
+/// semaphore's release takes a lock). Only a full bulkhead queues, on a
+/// `Notify` that a release signals while anyone waits.
 pub struct Bulkhead {
     name: Arc<str>,
     policy: BulkheadPolicy,
-    slots: Arc<Semaphore>,
+    in_use: AtomicUsize,
     queued: AtomicUsize,
+    freed: Notify,
+}
+
+/// One bulkhead slot; dropping it frees the slot.
+pub struct Held<'a>(&'a Bulkhead);
+
+impl Drop for Held<'_> {
+    fn drop(&mut self) {
+        self.0.in_use.fetch_sub(1, Ordering::AcqRel);
+        if self.0.queued.load(Ordering::Acquire) > 0 {
+            self.0.freed.notify_one();
+        }
+    }
 }
 
 /// A slot held for one attempt; dropping it frees the slot.
-pub struct Slot {
-    _permits: smallvec::SmallVec<[OwnedSemaphorePermit; 2]>,
-    /// Whether the call waited in a queue (so the clock moved).
-    pub waited: bool,
+pub struct Slot<'a> {
+    _held: smallvec::SmallVec<[Held<'a>; 2]>,
 }
 
 impl Bulkhead {
@@ -49,8 +65,9 @@ impl Bulkhead {
         Bulkhead {
             name: name.into(),
             policy,
-            slots: Arc::new(Semaphore::new(policy.max_concurrent as usize)),
+            in_use: AtomicUsize::new(0),
             queued: AtomicUsize::new(0),
+            freed: Notify::new(),
         }
     }
 
@@ -60,7 +77,9 @@ impl Bulkhead {
 
     /// Calls running now.
     pub fn in_use(&self) -> usize {
-        self.policy.max_concurrent as usize - self.slots.available_permits()
+        self.in_use
+            .load(Ordering::Relaxed)
+            .min(self.policy.max_concurrent as usize)
     }
 
     /// Calls waiting now.
@@ -68,27 +87,38 @@ impl Bulkhead {
         self.queued.load(Ordering::Relaxed)
     }
 
-    /// Takes a slot, waiting at most `within` in the queue.
-    async fn take(
-        &self,
-        within: Duration,
-        waited: &mut bool,
-    ) -> Result<OwnedSemaphorePermit, Failure> {
-        if let Ok(p) = self.slots.clone().try_acquire_owned() {
-            return Ok(p);
+    fn try_take(&self) -> Option<Held<'_>> {
+        if self.in_use.fetch_add(1, Ordering::AcqRel) < self.policy.max_concurrent as usize {
+            Some(Held(self))
+        } else {
+            self.in_use.fetch_sub(1, Ordering::AcqRel);
+            None
         }
-        *waited = true;
-        // Count ourselves in the queue first, so two callers cannot both
-        // see the last free place.
+    }
+
+    /// Takes a slot, waiting at most `within` in the queue.
+    async fn take(&self, within: Duration) -> Result<Held<'_>, Failure> {
+        if let Some(h) = self.try_take() {
+            return Ok(h);
+        }
+        // Count ourselves in the queue before trying again, so a release
+        // from here on sees us waiting and signals.
         let before = self.queued.fetch_add(1, Ordering::AcqRel);
         let _leave = Leave(&self.queued);
         if before >= self.policy.max_queue as usize {
             return Err(self.full("its queue is full"));
         }
-        match tokio::time::timeout(within, self.slots.clone().acquire_owned()).await {
-            Ok(Ok(p)) => Ok(p),
-            Ok(Err(_)) => Err(self.full("it is closed")),
-            Err(_) => Err(self.full("no slot freed before the call's deadline")),
+        let deadline = tokio::time::Instant::now() + within;
+        loop {
+            let notified = self.freed.notified();
+            let mut notified = std::pin::pin!(notified);
+            notified.as_mut().enable();
+            if let Some(h) = self.try_take() {
+                return Ok(h);
+            }
+            if tokio::time::timeout_at(deadline, notified).await.is_err() {
+                return Err(self.full("no slot freed before the call's deadline"));
+            }
         }
     }
 
@@ -111,36 +141,34 @@ impl Drop for Leave<'_> {
     }
 }
 
+/// Takes a free slot of the target's bulkhead and of the host's, without
+/// waiting; `None` when either is full (then [`enter`] queues). The path
+/// every call takes when nothing is saturated.
+pub fn try_enter<'a>(target: Option<&'a Bulkhead>, host: Option<&'a Bulkhead>) -> Option<Slot<'a>> {
+    let mut held = smallvec::SmallVec::new();
+    for b in [target, host].into_iter().flatten() {
+        held.push(b.try_take()?);
+    }
+    Some(Slot { _held: held })
+}
+
 /// Takes a slot of the target's bulkhead, then of the host's, each wait
 /// counted against `within`. Taking the target's first means a tool whose
 /// own bulkhead is full never holds a host-wide slot while it waits.
-pub async fn enter(
-    target: Option<&Bulkhead>,
-    host: Option<&Bulkhead>,
+pub async fn enter<'a>(
+    target: Option<&'a Bulkhead>,
+    host: Option<&'a Bulkhead>,
     within: Duration,
-) -> Result<Slot, Failure> {
-    let mut waited = false;
-    let mut permits = smallvec::SmallVec::new();
+) -> Result<Slot<'a>, Failure> {
+    let started = tokio::time::Instant::now();
+    let mut held = smallvec::SmallVec::new();
     if let Some(b) = target {
-        // The clock is read only when a wait happens: the free path
-        // costs a semaphore operation per bulkhead, nothing more.
-        let started = tokio::time::Instant::now();
-        permits.push(b.take(within, &mut waited).await?);
-        if let Some(h) = host {
-            let left = if waited {
-                within.saturating_sub(started.elapsed())
-            } else {
-                within
-            };
-            permits.push(h.take(left, &mut waited).await?);
-        }
-    } else if let Some(h) = host {
-        permits.push(h.take(within, &mut waited).await?);
+        held.push(b.take(within).await?);
     }
-    Ok(Slot {
-        _permits: permits,
-        waited,
-    })
+    if let Some(h) = host {
+        held.push(h.take(within.saturating_sub(started.elapsed())).await?);
+    }
+    Ok(Slot { _held: held })
 }
 
 #[cfg(test)]

@@ -296,53 +296,6 @@ impl ChainRunner<'_> {
                         Some(EscalationReason::RetriesExhausted),
                     );
                 }
-                // The bulkhead comes before the breaker: a probe admitted
-                // and then refused a slot would leave the breaker waiting.
-                let slot = if t.bulkhead.is_some() || t.host_bulkhead.is_some() {
-                    match bulkhead::enter(
-                        t.bulkhead.as_deref(),
-                        t.host_bulkhead.as_deref(),
-                        remaining,
-                    )
-                    .await
-                    {
-                        Ok(slot) => {
-                            if slot.waited {
-                                now = Instant::now();
-                            }
-                            Some(slot)
-                        }
-                        Err(f) => {
-                            let record = Attempt::failed(name, attempt, &f, 0, "fail-over");
-                            trace_attempt(&span, &record);
-                            attempts.push(record);
-                            passed_over.push((name.clone(), FailureClass::BulkheadFull));
-                            now = Instant::now();
-                            last = Some(f);
-                            all_open = false;
-                            break;
-                        }
-                    }
-                } else {
-                    None
-                };
-                let remaining = deadline.saturating_duration_since(now);
-                if remaining.is_zero() {
-                    let f = Failure::new(
-                        FailureClass::DeadlineExceeded,
-                        "call deadline passed while waiting for a bulkhead slot",
-                    );
-                    let record = Attempt::failed(name, attempt, &f, 0, "stop");
-                    trace_attempt(&span, &record);
-                    attempts.push(record);
-                    return self.failed(
-                        now - started,
-                        key,
-                        attempts,
-                        f,
-                        Some(EscalationReason::RetriesExhausted),
-                    );
-                }
                 let admitted = t.breaker.as_ref().map(|b| t.admit(b, now));
                 let permit = match admitted {
                     None => None,
@@ -368,6 +321,59 @@ impl ChainRunner<'_> {
                         break;
                     }
                 };
+                // Then a slot: free ones are taken without waiting (no
+                // await, no clock read); a full bulkhead queues, boxed so
+                // the wait does not grow every call's future.
+                let slot =
+                    match bulkhead::try_enter(t.bulkhead.as_deref(), t.host_bulkhead.as_deref()) {
+                        Some(slot) => Ok(slot),
+                        None => {
+                            let waited = Box::pin(bulkhead::enter(
+                                t.bulkhead.as_deref(),
+                                t.host_bulkhead.as_deref(),
+                                remaining,
+                            ))
+                            .await;
+                            now = Instant::now();
+                            waited
+                        }
+                    };
+                let slot = match slot {
+                    Ok(slot) => slot,
+                    Err(f) => {
+                        // Not run: a probe the breaker gave is given back.
+                        if let (Some(b), Some(p)) = (&t.breaker, permit) {
+                            lock(b).cancel(p);
+                        }
+                        let record = Attempt::failed(name, attempt, &f, 0, "fail-over");
+                        trace_attempt(&span, &record);
+                        attempts.push(record);
+                        passed_over.push((name.clone(), FailureClass::BulkheadFull));
+                        last = Some(f);
+                        all_open = false;
+                        break;
+                    }
+                };
+                let remaining = deadline.saturating_duration_since(now);
+                if remaining.is_zero() {
+                    if let (Some(b), Some(p)) = (&t.breaker, permit) {
+                        lock(b).cancel(p);
+                    }
+                    let f = Failure::new(
+                        FailureClass::DeadlineExceeded,
+                        "call deadline passed while waiting for a bulkhead slot",
+                    );
+                    let record = Attempt::failed(name, attempt, &f, 0, "stop");
+                    trace_attempt(&span, &record);
+                    attempts.push(record);
+                    return self.failed(
+                        now - started,
+                        key,
+                        attempts,
+                        f,
+                        Some(EscalationReason::RetriesExhausted),
+                    );
+                }
                 all_open = false;
                 let mut timeout = t.target.timeout().min(remaining);
                 if permit.as_ref().is_some_and(Permit::is_probe) {

@@ -77,9 +77,11 @@ const MIGRATIONS: &[&str] = &[
 ",
 ];
 
-/// A read-only connection; when the WAL's companion files can neither be
-/// found nor made (a read-only directory), the file is read as immutable,
-/// which is sound because nobody can be writing it there either.
+/// A read-only connection. When even that cannot be had (SQLite must make
+/// or grow the WAL's `-shm` index to read, and a read-only directory or a
+/// full disk refuses it), the file is read as immutable: SQLite then reads
+/// only the main file, without the WAL or any lock. That view can miss the
+/// newest writes and is said so on stderr; it never changes the file.
 pub(crate) fn connect_read_only(path: &Path) -> rusqlite::Result<Connection> {
     use rusqlite::OpenFlags;
     let flags = OpenFlags::SQLITE_OPEN_READ_ONLY
@@ -95,23 +97,6 @@ pub(crate) fn connect_read_only(path: &Path) -> rusqlite::Result<Connection> {
     match first {
         Ok(c) => Ok(c),
         Err(e) => {
-            let dir_writable = path
-                .parent()
-                .and_then(|d| {
-                    std::fs::metadata(if d.as_os_str().is_empty() {
-                        Path::new(".")
-                    } else {
-                        d
-                    })
-                    .ok()
-                })
-                .is_some_and(|m| !m.permissions().readonly());
-            let companions_exist = companions(path)
-                .iter()
-                .any(|p| !p.to_string_lossy().ends_with(".locks"));
-            if dir_writable && companions_exist {
-                return Err(e);
-            }
             let mut uri = String::from("file:");
             for b in path.to_string_lossy().bytes() {
                 match b {
@@ -121,6 +106,13 @@ pub(crate) fn connect_read_only(path: &Path) -> rusqlite::Result<Connection> {
             }
             uri.push_str("?immutable=1");
             let c = Connection::open_with_flags(uri, flags)?;
+            c.query_row("SELECT count(*) FROM sqlite_master", [], |r| {
+                r.get::<_, i64>(0)
+            })?;
+            eprintln!(
+                "warning: {} could not be read with its write-ahead log ({e}); read as it is on disk, so the newest writes may be missing",
+                path.display()
+            );
             Ok(c)
         }
     }
