@@ -1048,20 +1048,7 @@ mod store {
     fn a_lost_record_does_not_become_a_second_effect() {
         let dir = tempdir();
         let config = config(dir.path());
-        let mut child = Command::new(env!("CARGO_BIN_EXE_backstop"))
-            .arg("-c")
-            .arg(&config)
-            .args(["run", "pay", "--task", "t"])
-            .stdout(std::process::Stdio::piped())
-            .spawn()
-            .unwrap();
-        let mut first = String::new();
-        std::io::BufRead::read_line(
-            &mut std::io::BufReader::new(child.stdout.as_mut().unwrap()),
-            &mut first,
-        )
-        .unwrap();
-        let id = first.split_whitespace().nth(1).unwrap().to_owned();
+        let (mut child, id) = crate::runs::start(&config, "pay", "t");
         let ledger = dir.path().join("ledger/ledger.jsonl");
         let t = Instant::now();
         while std::fs::read_to_string(&ledger)
@@ -1357,20 +1344,7 @@ fn a_busy_run_names_its_live_owner() {
             "state = \"sqlite:{{dir}}/state.db\"\n{PRELUDE}\n[tools.slow]\ncomponent = \"{{plugins}}/fault.wasm\"\ntimeout = \"60s\"\n[agents.slow]\nsteps = [{{ name = \"s\", tool = \"slow\", input = {{ mode = \"sleep\", ms = 20000 }} }}]\n"
         ),
     );
-    let mut child = Command::new(env!("CARGO_BIN_EXE_backstop"))
-        .arg("-c")
-        .arg(&config)
-        .args(["run", "slow", "--task", "t"])
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut first = String::new();
-    std::io::BufRead::read_line(
-        &mut std::io::BufReader::new(child.stdout.as_mut().unwrap()),
-        &mut first,
-    )
-    .unwrap();
-    let id = first.split_whitespace().nth(1).unwrap().to_owned();
+    let (mut child, id) = crate::runs::start(&config, "slow", "t");
     // The row names a dead process (as after a crash and a takeover).
     std::thread::sleep(Duration::from_millis(300));
     let conn = rusqlite::Connection::open(dir.path().join("state.db")).unwrap();
