@@ -286,15 +286,7 @@ impl ChainRunner<'_> {
                         ),
                     );
                     let record = Attempt::failed(name, attempt, &f, 0, "stop");
-                    trace_attempt(&span, &record);
-                    attempts.push(record);
-                    return self.failed(
-                        now - started,
-                        key,
-                        attempts,
-                        f,
-                        Some(EscalationReason::RetriesExhausted),
-                    );
+                    return self.out_of_time(now - started, key, attempts, record, f, &span);
                 }
                 let admitted = t.breaker.as_ref().map(|b| t.admit(b, now));
                 let permit = match admitted {
@@ -364,15 +356,7 @@ impl ChainRunner<'_> {
                         "call deadline passed while waiting for a bulkhead slot",
                     );
                     let record = Attempt::failed(name, attempt, &f, 0, "stop");
-                    trace_attempt(&span, &record);
-                    attempts.push(record);
-                    return self.failed(
-                        now - started,
-                        key,
-                        attempts,
-                        f,
-                        Some(EscalationReason::RetriesExhausted),
-                    );
+                    return self.out_of_time(now - started, key, attempts, record, f, &span);
                 }
                 all_open = false;
                 let mut timeout = t.target.timeout().min(remaining);
@@ -511,6 +495,27 @@ impl ChainRunner<'_> {
 
     /// `elapsed` comes from the last clock read of the call: reading the
     /// clock again costs more than a rejection's whole decision.
+    /// The call's deadline passed before `record`'s attempt could run.
+    fn out_of_time(
+        &self,
+        elapsed: Duration,
+        key: Arc<str>,
+        mut attempts: Attempts,
+        record: Attempt,
+        f: Failure,
+        span: &tracing::Span,
+    ) -> Outcome {
+        trace_attempt(span, &record);
+        attempts.push(record);
+        self.failed(
+            elapsed,
+            key,
+            attempts,
+            f,
+            Some(EscalationReason::RetriesExhausted),
+        )
+    }
+
     fn failed(
         &self,
         elapsed: Duration,
