@@ -2,11 +2,11 @@
 //! runs, read from the state store, so any process on the machine (or an
 //! operator's shell) sees the same picture.
 
+use crate::config::Config;
 use crate::escalation::Stats;
 use crate::guard::shared::remote;
 use crate::guard::{BreakerState, Remote};
 use crate::journal::{now_ms, BreakerRow, BreakerStore, RunRecord, SqliteJournal, StoreError};
-use crate::{BreakerStatus, Config};
 use serde::Serialize;
 
 #[derive(Clone, Debug, Serialize)]
@@ -87,4 +87,17 @@ impl Status {
             runs: journal.recent_runs(recent_runs)?,
         })
     }
+}
+
+/// A breaker as `backstop status` shows it.
+#[derive(Clone, Debug, PartialEq, serde::Serialize)]
+pub struct BreakerStatus {
+    pub target: String,
+    pub state: BreakerState,
+    /// Until it admits a call (0 when it would now).
+    pub retry_in_ms: u64,
+    /// Times opened, by every process sharing the store.
+    pub opened: u64,
+    /// When it last opened or closed (Unix ms), if ever.
+    pub changed_at: Option<i64>,
 }

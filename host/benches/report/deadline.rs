@@ -2,7 +2,7 @@
 //! deadline plus one epoch tick.
 
 use crate::stats::Spread;
-use backstop::runtime::CallCtx;
+use backstop::target::CallCtx;
 use backstop::{Backstop, Config, FailureClass};
 use std::path::Path;
 use std::time::{Duration, Instant};

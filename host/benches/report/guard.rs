@@ -4,10 +4,9 @@
 
 use crate::stats::{allocations, per_op, Spread};
 use backstop::guard::{
-    Backoff, Breaker, BreakerPolicy, Breakers, CallTarget, ChainRunner, ChainTarget, Jitter,
-    RetryPolicy,
+    Backoff, Breaker, BreakerPolicy, Breakers, ChainRunner, ChainTarget, Jitter, RetryPolicy,
 };
-use backstop::runtime::{CallCtx, ToolOutput};
+use backstop::target::{CallCtx, CallTarget, TargetOutput};
 use backstop::{Effect, Failure};
 use rand::{rngs::StdRng, SeedableRng};
 use std::future::Future;
@@ -32,9 +31,9 @@ impl CallTarget for Noop {
         &'a self,
         _input: &'a serde_json::Value,
         _ctx: &'a CallCtx,
-    ) -> Pin<Box<dyn Future<Output = Result<ToolOutput, Failure>> + Send + 'a>> {
+    ) -> Pin<Box<dyn Future<Output = Result<TargetOutput, Failure>> + Send + 'a>> {
         // Boxing the answer is the one allocation, in the bare call too.
-        Box::pin(std::future::ready(Ok(ToolOutput {
+        Box::pin(std::future::ready(Ok(TargetOutput {
             value: serde_json::Value::Null,
             confidence: None,
         })))

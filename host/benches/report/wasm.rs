@@ -108,7 +108,7 @@ pub fn measure(root: &Path, samples: usize, n: u64, seconds: u64) -> Figures {
         })
     });
     let tool = b.tool("echo").unwrap();
-    let ctx = backstop::runtime::CallCtx {
+    let ctx = backstop::target::CallCtx {
         call_left: std::time::Duration::from_secs(3600),
         key: "key".into(),
         attempt: 1,
@@ -183,7 +183,7 @@ pub fn profile_invoke(root: &Path, n: u64) {
     let config = Config::from_str(&text, "bench.toml", root).unwrap();
     let b = rt.block_on(Backstop::from_config(config)).unwrap();
     let tool = b.tool("echo").unwrap();
-    let ctx = backstop::runtime::CallCtx {
+    let ctx = backstop::target::CallCtx {
         call_left: std::time::Duration::from_secs(3600),
         key: "key".into(),
         attempt: 1,

@@ -569,7 +569,7 @@ impl Run<'_> {
         chain: &str,
         key: &str,
         target: &str,
-        out: crate::runtime::ToolOutput,
+        out: crate::target::TargetOutput,
     ) -> Result<Outcome, RunError> {
         let outcome = Outcome {
             ok: true,

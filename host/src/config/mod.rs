@@ -7,7 +7,7 @@
 pub mod agents;
 mod schema;
 pub mod units;
-pub use schema::CircuitOpenPolicy;
+pub use schema::{CircuitOpenPolicy, Provider};
 
 use crate::guard::{Backoff, BreakerPolicy, BulkheadPolicy, Jitter, RetryPolicy};
 use crate::outcome::Effect;
@@ -99,7 +99,7 @@ pub struct EscalationConfig {
 #[derive(Clone, Debug)]
 pub struct ModelConfig {
     pub name: String,
-    pub provider: crate::models::Provider,
+    pub provider: Provider,
     pub model: String,
     pub api_key_env: Option<String>,
     pub base_url: String,
@@ -641,7 +641,7 @@ impl Loader<'_> {
         spec: &schema::ModelSpec,
         defaults: &schema::Defaults,
     ) -> Result<ModelConfig, ConfigError> {
-        use crate::models::Provider;
+        use Provider;
         let key = format!("models.{}", name.get_ref());
         check_name(self, name, &key)?;
         let provider = *spec.provider.get_ref();

@@ -4,7 +4,7 @@
 use super::units::{ByteSize, Dur, PositiveDur};
 use crate::guard::Jitter;
 use crate::outcome::Effect;
-use serde::{de, Deserialize, Deserializer};
+use serde::{de, Deserialize, Deserializer, Serialize};
 use serde_spanned::Spanned;
 use std::collections::BTreeMap;
 
@@ -94,7 +94,7 @@ fn steps_limit<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u32>, D::Error>
 #[derive(Deserialize, Debug)]
 #[serde(deny_unknown_fields)]
 pub struct ModelSpec {
-    pub provider: Spanned<crate::models::Provider>,
+    pub provider: Spanned<Provider>,
     pub model: Spanned<String>,
     /// The environment variable holding the API key. Required unless
     /// `base_url` points at a server that needs none.
@@ -369,4 +369,12 @@ fn schema_size<'de, D: Deserializer<'de>>(d: D) -> Result<Option<ByteSize>, D::E
 
 fn output_size<'de, D: Deserializer<'de>>(d: D) -> Result<Option<ByteSize>, D::Error> {
     sized(d, 1 << 10, 1 << 30, "max_output")
+}
+
+/// Which wire protocol a model speaks.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Provider {
+    Anthropic,
+    Openai,
 }

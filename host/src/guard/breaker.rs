@@ -7,6 +7,7 @@
 //! clock drive it exactly.
 
 use serde::Serialize;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::time::Instant;
 
@@ -404,6 +405,9 @@ impl Breaker {
             .fold((0, 0), |(ok, bad), b| (ok + b.ok, bad + b.failed))
     }
 }
+
+/// A breaker shared by every chain that calls its target.
+pub type SharedBreaker = Arc<Mutex<Breaker>>;
 
 #[cfg(test)]
 mod tests {

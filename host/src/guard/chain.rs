@@ -1,39 +1,22 @@
 //! Runs one call through an ordered chain of targets, under one deadline,
 //! with a breaker and a retry policy per target, and reports every attempt.
 
-use super::breaker::{Breaker, BreakerPolicy, BreakerState, Permit, Rejected, Transitions};
+use super::breaker::{
+    Breaker, BreakerPolicy, BreakerState, Permit, Rejected, SharedBreaker, Transitions,
+};
 use super::bulkhead::{self, Bulkhead};
 use super::retry::{Decision, RetryPolicy};
 use super::shared::BreakerSync;
 use crate::outcome::{
-    Attempt, Attempts, CallError, Effect, EscalationReason, Failure, FailureClass, Outcome,
+    Attempt, Attempts, CallError, EscalationReason, Failure, FailureClass, Outcome,
 };
-use crate::runtime::{CallCtx, ToolOutput};
+use crate::target::{CallCtx, CallTarget};
 use rand::rngs::StdRng;
 use std::borrow::Cow;
 use std::collections::HashMap;
-use std::future::Future;
-use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::time::Instant;
-
-/// Something a chain can call: a tool now, a model later. Implementations
-/// never retry: the chain is the one layer that does.
-pub trait CallTarget: Send + Sync {
-    fn name(&self) -> &str;
-    fn effect(&self) -> Effect;
-    /// The longest a single attempt may take.
-    fn timeout(&self) -> Duration;
-    fn call<'a>(
-        &'a self,
-        input: &'a serde_json::Value,
-        ctx: &'a CallCtx,
-    ) -> Pin<Box<dyn Future<Output = Result<ToolOutput, Failure>> + Send + 'a>>;
-}
-
-/// A breaker shared by every chain that calls its target.
-pub type SharedBreaker = Arc<Mutex<Breaker>>;
 
 fn lock(b: &SharedBreaker) -> std::sync::MutexGuard<'_, Breaker> {
     b.lock().unwrap_or_else(|p| p.into_inner())

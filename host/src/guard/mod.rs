@@ -24,8 +24,9 @@ pub mod shared;
 
 pub use backoff::{Backoff, Jitter};
 pub use breaker::{
-    Breaker, BreakerPolicy, BreakerState, Change, Permit, Rejected, Remote, Transitions,
+    Breaker, BreakerPolicy, BreakerState, Change, Permit, Rejected, Remote, SharedBreaker,
+    Transitions,
 };
 pub use bulkhead::{Bulkhead, BulkheadPolicy};
-pub use chain::{Breakers, CallTarget, ChainRunner, ChainTarget, SharedBreaker};
+pub use chain::{Breakers, ChainRunner, ChainTarget};
 pub use retry::{Decision, RetryPolicy};

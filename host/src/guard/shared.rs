@@ -6,8 +6,7 @@
 //! on ([`Breaker::adopt`]). A breaker opened by a `backstop call` is thus
 //! open for the server running beside it, and after a restart.
 
-use super::breaker::{Breaker, Change, Remote};
-use super::chain::SharedBreaker;
+use super::breaker::{Breaker, Change, Remote, SharedBreaker};
 use crate::journal::{BreakerRow, BreakerStore};
 use std::time::Duration;
 use tokio::time::Instant;

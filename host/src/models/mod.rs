@@ -13,13 +13,11 @@ pub mod classify;
 mod openai;
 mod sse;
 
-use crate::config::ModelConfig;
+use crate::config::{ModelConfig, Provider};
 use crate::outcome::{Effect, Failure, FailureClass};
-use crate::runtime::{CallCtx, ToolOutput};
+use crate::target::{CallCtx, CallFuture, CallTarget, TargetOutput};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
-use std::future::Future;
-use std::pin::Pin;
 use std::time::Duration;
 
 /// A content block, in the Anthropic shape both providers are mapped to.
@@ -285,14 +283,6 @@ pub fn redact<'a>(text: &'a str, key: &str) -> std::borrow::Cow<'a, str> {
     std::borrow::Cow::Owned(out)
 }
 
-/// Which wire protocol a model speaks.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Provider {
-    Anthropic,
-    Openai,
-}
-
 /// The one HTTP client for model calls: no retries of its own, bounded
 /// connect time, no proxy from the environment.
 pub fn http_client() -> reqwest::Client {
@@ -303,7 +293,7 @@ pub fn http_client() -> reqwest::Client {
         .expect("a default reqwest client builds")
 }
 
-impl crate::guard::CallTarget for ModelTarget {
+impl CallTarget for ModelTarget {
     fn name(&self) -> &str {
         &self.config.name
     }
@@ -316,11 +306,7 @@ impl crate::guard::CallTarget for ModelTarget {
         self.config.timeout
     }
 
-    fn call<'a>(
-        &'a self,
-        input: &'a Value,
-        ctx: &'a CallCtx,
-    ) -> Pin<Box<dyn Future<Output = Result<ToolOutput, Failure>> + Send + 'a>> {
+    fn call<'a>(&'a self, input: &'a Value, ctx: &'a CallCtx) -> CallFuture<'a> {
         Box::pin(async move {
             let request: ChatRequest = serde_json::from_value(input.clone()).map_err(|e| {
                 Failure::new(
@@ -330,7 +316,7 @@ impl crate::guard::CallTarget for ModelTarget {
             })?;
             let response = self.complete(&request, ctx.timeout, ctx.call_left).await?;
             let value = serde_json::to_value(&response).expect("a response serializes");
-            Ok(ToolOutput {
+            Ok(TargetOutput {
                 value,
                 confidence: None,
             })

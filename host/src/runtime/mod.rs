@@ -15,7 +15,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
-pub use tool::{CallCtx, Reconciled, ToolDescription, ToolOutput, WasmTool};
+pub use tool::{Reconciled, ToolDescription, WasmTool};
 use wasmtime::component::{Component, Linker};
 use wasmtime::{Engine, InstanceAllocationStrategy, PoolingAllocationConfig};
 

@@ -8,6 +8,7 @@ use super::state::{far_deadline, CallInfo, HostState, STDERR_CAPACITY};
 use super::{CompileSource, LoadError, Runtime};
 use crate::config::{Origin, ToolConfig};
 use crate::outcome::{Effect, Failure, FailureClass};
+use crate::target::{CallCtx, CallFuture, CallTarget, TargetOutput};
 use serde::Serialize;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -27,31 +28,12 @@ pub struct ToolDescription {
     pub effect: Effect,
 }
 
-/// The per-attempt facts a call needs.
-#[derive(Clone, Debug)]
-pub struct CallCtx {
-    pub key: Arc<str>,
-    pub attempt: u32,
-    /// This attempt's time limit (already cut to the call's deadline).
-    pub timeout: Duration,
-    /// What is left of the call's deadline: a streamed answer may run
-    /// past `timeout` once it began, but not past this.
-    pub call_left: Duration,
-}
-
 /// What `reconcile` said.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Reconciled {
-    Done(ToolOutput),
+    Done(TargetOutput),
     NotDone,
     Unknown,
-}
-
-/// A successful tool result, checked against the contract.
-#[derive(Clone, Debug, PartialEq, Serialize)]
-pub struct ToolOutput {
-    pub value: serde_json::Value,
-    pub confidence: Option<f64>,
 }
 
 pub struct WasmTool {
@@ -281,7 +263,7 @@ impl WasmTool {
 
     /// Runs one attempt in a fresh Store, which is dropped afterwards
     /// whatever happened (a trap poisons a Store).
-    pub async fn invoke(&self, input: String, ctx: &CallCtx) -> Result<ToolOutput, Failure> {
+    pub async fn invoke(&self, input: String, ctx: &CallCtx) -> Result<TargetOutput, Failure> {
         let core = self.core.clone();
         let attempt = ctx.clone();
         let timeout = ctx.timeout;
@@ -387,7 +369,7 @@ impl ToolCore {
             .map_err(|e| classify_trap(e, &store, &stderr, timeout))
     }
 
-    async fn invoke(&self, input: &str, ctx: &CallCtx) -> Result<ToolOutput, Failure> {
+    async fn invoke(&self, input: &str, ctx: &CallCtx) -> Result<TargetOutput, Failure> {
         let call = CallInfo {
             tool: self.config.name.clone(),
             key: ctx.key.to_string(),
@@ -408,7 +390,7 @@ impl ToolCore {
         }
     }
 
-    fn check_output(&self, out: bindings::Output) -> Result<ToolOutput, Failure> {
+    fn check_output(&self, out: bindings::Output) -> Result<TargetOutput, Failure> {
         let malformed = |m: String| Failure::new(FailureClass::MalformedOutput, m);
         let limit = self.config.max_output.0 as usize;
         if out.value.len() > limit {
@@ -438,7 +420,7 @@ impl ToolCore {
                 return Err(malformed(format!("confidence {c} is outside 0.0 to 1.0")));
             }
         }
-        Ok(ToolOutput {
+        Ok(TargetOutput {
             value,
             confidence: out.confidence,
         })
@@ -525,7 +507,7 @@ fn classify_trap(
     }
 }
 
-impl crate::guard::CallTarget for WasmTool {
+impl CallTarget for WasmTool {
     fn name(&self) -> &str {
         &self.core.config.name
     }
@@ -538,12 +520,7 @@ impl crate::guard::CallTarget for WasmTool {
         self.core.config.timeout
     }
 
-    fn call<'a>(
-        &'a self,
-        input: &'a serde_json::Value,
-        ctx: &'a CallCtx,
-    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<ToolOutput, Failure>> + Send + 'a>>
-    {
+    fn call<'a>(&'a self, input: &'a serde_json::Value, ctx: &'a CallCtx) -> CallFuture<'a> {
         Box::pin(async move { self.invoke(input.to_string(), ctx).await })
     }
 }

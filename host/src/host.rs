@@ -1,0 +1,387 @@
+//! [`Backstop`]: a loaded configuration, the door every caller (the CLI,
+//! the HTTP server, an embedding app) goes through.
+
+use crate::config::Config;
+use crate::error::Error;
+use crate::outcome::Outcome;
+use crate::status::BreakerStatus;
+use crate::target::CallTarget;
+use crate::{escalation, guard, journal, metrics, models, runtime, status};
+use guard::{BreakerState, Breakers, ChainRunner, ChainTarget};
+use rand::{rngs::StdRng, SeedableRng};
+use runtime::{Runtime, WasmTool};
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+
+/// A chain (or a lone tool or model) resolved for calling.
+struct Plan {
+    name: Arc<str>,
+    targets: Vec<ChainTarget>,
+    deadline: std::time::Duration,
+    counters: metrics::ChainCounters,
+}
+
+/// A loaded configuration: its tools compiled and described, a breaker per
+/// target, ready to serve calls from many tasks at once.
+pub struct Backstop {
+    config: Config,
+    runtime: Arc<Runtime>,
+    tools: BTreeMap<String, Arc<WasmTool>>,
+    models: BTreeMap<String, Arc<models::ModelTarget>>,
+    breakers: Breakers,
+    plans: std::collections::HashMap<String, Plan>,
+    rng: Mutex<StdRng>,
+    journal: std::sync::OnceLock<Arc<journal::SqliteJournal>>,
+    http: reqwest::Client,
+    notifications: Mutex<Vec<tokio::task::JoinHandle<()>>>,
+    metrics: metrics::Metrics,
+}
+
+impl Backstop {
+    /// Reads `path`, validates it, and loads every tool it declares.
+    pub async fn load(path: impl AsRef<Path>) -> Result<Backstop, Error> {
+        Self::from_config(Config::from_file(path)?).await
+    }
+
+    /// Loads every tool of `config`. Tools compile in parallel; compiled
+    /// code is cached in `config.cache_dir`.
+    pub async fn from_config(config: Config) -> Result<Backstop, Error> {
+        let runtime = Arc::new(Runtime::new(&config).map_err(Error::Engine)?);
+        let mut loading = tokio::task::JoinSet::new();
+        for tool in config.tools.values() {
+            let (rt, tool) = (runtime.clone(), tool.clone());
+            loading.spawn(async move { WasmTool::load(&rt, &tool).await });
+        }
+        let mut tools = BTreeMap::new();
+        let mut first_error: Option<runtime::LoadError> = None;
+        while let Some(joined) = loading.join_next().await {
+            match joined.expect("tool loading task panicked") {
+                Ok(t) => {
+                    tools.insert(t.name().to_owned(), Arc::new(t));
+                }
+                // Report the error that comes first in the file, so the
+                // message does not depend on which compile finished first.
+                Err(e) => {
+                    if first_error
+                        .as_ref()
+                        .is_none_or(|f| e.location.line < f.location.line)
+                    {
+                        first_error = Some(e);
+                    }
+                }
+            }
+        }
+        if let Some(e) = first_error {
+            return Err(e.into());
+        }
+        let client = models::http_client();
+        let models: BTreeMap<String, Arc<models::ModelTarget>> = config
+            .models
+            .values()
+            .map(|m| {
+                (
+                    m.name.clone(),
+                    Arc::new(models::ModelTarget::new(m.clone(), client.clone())),
+                )
+            })
+            .collect();
+        // The store is opened now so breakers start from the state other
+        // processes (or this one before a restart) left. A store that
+        // cannot be opened leaves breakers per process; runs report it.
+        let journal = std::sync::OnceLock::new();
+        let store = journal::SqliteJournal::open(&config.state_path).and_then(|j| {
+            let store = journal::BreakerStore::beside(&j);
+            let _ = journal.set(Arc::new(j));
+            store
+        });
+        let breakers = Breakers::new(
+            config
+                .tools
+                .values()
+                .map(|t| (t.name.clone(), t.breaker))
+                .chain(config.models.values().map(|m| (m.name.clone(), m.breaker))),
+        );
+        let breakers = match store {
+            Ok(store) => breakers.shared(guard::shared::BreakerSync::new(
+                store,
+                guard::shared::SYNC_EVERY,
+            )),
+            Err(e) => {
+                tracing::warn!("breaker states stay in this process: {e}");
+                breakers
+            }
+        };
+        // One bulkhead per target, and one for the host shared by all.
+        let host_bulkhead = Arc::new(guard::Bulkhead::new("host", config.engine.bulkhead));
+        let bulkheads: std::collections::HashMap<&str, Arc<guard::Bulkhead>> = config
+            .tools
+            .values()
+            .map(|t| (t.name.as_str(), t.bulkhead))
+            .chain(
+                config
+                    .models
+                    .values()
+                    .map(|m| (m.name.as_str(), m.bulkhead)),
+            )
+            .map(|(name, policy)| (name, Arc::new(guard::Bulkhead::new(name, policy))))
+            .collect();
+        let metrics = metrics::Metrics::new();
+        // Every callable name resolved once: a call then reaches its
+        // targets, retry policies and breakers without lookups by name.
+        let mut plans = std::collections::HashMap::new();
+        let names = config
+            .chains
+            .keys()
+            .chain(config.tools.keys())
+            .chain(config.models.keys());
+        for name in names {
+            let Some(chain) = config.chain(name) else {
+                continue;
+            };
+            let targets = chain
+                .targets
+                .iter()
+                .map(|t| {
+                    let target: Arc<dyn CallTarget> = match tools.get(t) {
+                        Some(tool) => tool.clone(),
+                        None => models[t].clone(),
+                    };
+                    ChainTarget::new(target, config.retry_policy(&chain.name, t), &breakers)
+                        .with_bulkheads(
+                            bulkheads.get(t.as_str()).cloned(),
+                            Some(host_bulkhead.clone()),
+                        )
+                })
+                .collect::<Vec<_>>();
+            plans.insert(
+                name.clone(),
+                Plan {
+                    name: chain.name.as_str().into(),
+                    counters: metrics.chain(&chain.name, &targets),
+                    targets,
+                    deadline: chain.deadline,
+                },
+            );
+        }
+        let rng = match config.seed {
+            Some(seed) => StdRng::seed_from_u64(seed),
+            None => StdRng::from_os_rng(),
+        };
+        Ok(Backstop {
+            config,
+            runtime,
+            tools,
+            models,
+            breakers,
+            plans,
+            rng: Mutex::new(rng),
+            journal,
+            http: client,
+            notifications: Mutex::new(Vec::new()),
+            metrics,
+        })
+    }
+
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    pub fn runtime(&self) -> &Runtime {
+        &self.runtime
+    }
+
+    /// Loaded tools, by name.
+    pub fn tools(&self) -> impl Iterator<Item = &WasmTool> {
+        self.tools.values().map(|t| t.as_ref())
+    }
+
+    pub fn tool(&self, name: &str) -> Option<&WasmTool> {
+        self.tools.get(name).map(|t| t.as_ref())
+    }
+
+    /// The state store named by the config (`state`, by default
+    /// `.backstop/state.db` beside the config), opened on first use.
+    pub fn journal(&self) -> Result<Arc<journal::SqliteJournal>, journal::StoreError> {
+        if let Some(j) = self.journal.get() {
+            return Ok(j.clone());
+        }
+        let j = Arc::new(journal::SqliteJournal::open(&self.config.state_path)?);
+        Ok(self.journal.get_or_init(|| j).clone())
+    }
+
+    /// How long until some target of `chain` admits a call.
+    pub fn next_probe_in(&self, chain: &str) -> Option<std::time::Duration> {
+        let plan = self.config.chain(chain)?;
+        plan.targets
+            .iter()
+            .filter_map(|t| self.breakers.retry_in(t))
+            .min()
+    }
+
+    /// Announces a new escalation to the configured webhook, in the
+    /// background: delivery is retried by the guard (default retry policy)
+    /// and never holds up the run.
+    pub fn notify(&self, escalation: &escalation::Escalation) {
+        let Some(url) = self.config.escalation.webhook.clone() else {
+            return;
+        };
+        let body = serde_json::json!({"event": "escalation-opened", "escalation": escalation});
+        let policy = self.config.retry_policy("", "");
+        let client = self.http.clone();
+        let id = escalation.id.clone();
+        let task = tokio::spawn(async move {
+            if let Err(f) = escalation::deliver(&client, &url, &body, policy).await {
+                tracing::warn!(escalation = %id, "webhook delivery failed: {f}");
+            }
+        });
+        self.notifications
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(task);
+    }
+
+    /// Waits up to `within` for webhook deliveries still in flight (a CLI
+    /// calls this before it exits).
+    pub async fn flush_notifications(&self, within: std::time::Duration) {
+        let tasks: Vec<_> =
+            std::mem::take(&mut *self.notifications.lock().unwrap_or_else(|p| p.into_inner()));
+        let all = async {
+            for t in tasks {
+                let _ = t.await;
+            }
+        };
+        let _ = tokio::time::timeout(within, all).await;
+    }
+
+    /// Configured models, by name.
+    pub fn models(&self) -> impl Iterator<Item = &models::ModelTarget> {
+        self.models.values().map(|m| m.as_ref())
+    }
+
+    /// Asks a model chain (or one model) with a single user prompt.
+    pub async fn ask(&self, chain: &str, prompt: &str) -> Result<Outcome, Error> {
+        let request = serde_json::to_value(models::ChatRequest::prompt(prompt))
+            .expect("a request serializes");
+        self.call(chain, request).await
+    }
+
+    pub fn breaker_state(&self, target: &str) -> Option<BreakerState> {
+        self.breakers.state(target)
+    }
+
+    /// How many times `target`'s breaker has opened since load.
+    pub fn breaker_opened(&self, target: &str) -> u64 {
+        self.breakers.opened_times(target)
+    }
+
+    /// Calls `chain` (or a single tool by name) with a new idempotency key.
+    pub async fn call(&self, chain: &str, input: serde_json::Value) -> Result<Outcome, Error> {
+        let key = format!("{:032x}", rand::random::<u128>());
+        self.call_with_key(chain, input, key).await
+    }
+
+    /// Calls `chain` with a caller-chosen idempotency key (for example one
+    /// stored in a journal, so a resumed call keeps its key).
+    pub async fn call_with_key(
+        &self,
+        chain: &str,
+        input: serde_json::Value,
+        key: String,
+    ) -> Result<Outcome, Error> {
+        let plan = self.plans.get(chain).ok_or_else(|| Error::UnknownChain {
+            name: chain.to_owned(),
+            hint: match self.config.callable() {
+                names if names.is_empty() => " (the config declares none)".into(),
+                names => format!(" (known: {})", names.join(", ")),
+            },
+        })?;
+        let runner = ChainRunner {
+            chain: &plan.name,
+            targets: &plan.targets,
+            deadline: plan.deadline,
+            rng: &self.rng,
+            max_message: self.config.engine.max_message,
+        };
+        let span = tracing::info_span!(
+            "call",
+            chain = &*plan.name,
+            key = key.as_str(),
+            result = tracing::field::Empty,
+            served_by = tracing::field::Empty,
+            attempts = tracing::field::Empty,
+            elapsed_ms = tracing::field::Empty,
+        );
+        let started = std::time::Instant::now();
+        let outcome = {
+            use tracing::Instrument;
+            runner
+                .run(&input, key.into())
+                .instrument(span.clone())
+                .await
+        };
+        let took = started.elapsed();
+        self.metrics
+            .observe(&plan.counters, &plan.targets, &outcome, took);
+        if !span.is_disabled() {
+            span.record(
+                "result",
+                match (outcome.ok, outcome.degraded) {
+                    (true, false) => "ok",
+                    (true, true) => "degraded",
+                    (false, _) => outcome
+                        .error
+                        .as_ref()
+                        .map_or("failed", |e| e.class.as_str()),
+                },
+            );
+            span.record("served_by", outcome.served_by.as_deref().unwrap_or("-"));
+            span.record("attempts", outcome.attempts.len());
+            span.record("elapsed_ms", outcome.elapsed_ms);
+        }
+        Ok(outcome)
+    }
+
+    /// The counters behind [`Backstop::metrics_text`], for an embedding
+    /// server to add its own observations.
+    pub fn metrics(&self) -> &metrics::Metrics {
+        &self.metrics
+    }
+
+    /// The metrics in Prometheus's text format: counters since load, and
+    /// breaker states and the escalation queue as they are now.
+    pub fn metrics_text(&self) -> String {
+        let queue = self.journal().ok().and_then(|j| {
+            j.escalation_stats()
+                .map_err(|e| tracing::warn!("metrics: cannot read the escalation queue: {e}"))
+                .ok()
+        });
+        self.metrics.render(&self.breakers, queue.as_ref())
+    }
+
+    /// Breakers (this process's view), the queue and the `recent_runs`
+    /// newest runs.
+    pub fn status(&self, recent_runs: u32) -> Result<status::Status, journal::StoreError> {
+        status::Status::with_breakers(&*self.journal()?, self.breakers(), recent_runs)
+    }
+
+    /// Every breaker: this process's view, refreshed from the shared store.
+    pub fn breakers(&self) -> Vec<BreakerStatus> {
+        let rows = self
+            .breakers
+            .sync()
+            .and_then(|s| s.store().all().ok())
+            .unwrap_or_default();
+        let mut out = status::stored_breakers(&self.config, rows);
+        for b in &mut out {
+            if let (Some(state), Some(retry_in)) = (
+                self.breakers.state(&b.target),
+                self.breakers.retry_in(&b.target),
+            ) {
+                b.state = state;
+                b.retry_in_ms = retry_in.as_millis() as u64;
+            }
+        }
+        out
+    }
+}
