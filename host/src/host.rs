@@ -1,6 +1,7 @@
 //! [`Backstop`]: a loaded configuration, the door every caller (the CLI,
 //! the HTTP server, an embedding app) goes through.
 
+use crate::agent::{self, HostFuture, Progress, ResumeOptions, RunError, RunReport};
 use crate::config::Config;
 use crate::error::Error;
 use crate::outcome::Outcome;
@@ -365,6 +366,29 @@ impl Backstop {
         status::Status::with_breakers(&*self.journal()?, self.breakers(), recent_runs)
     }
 
+    /// Starts a run of `agent` on `task`, journaled in the config's state
+    /// store. `progress` sees the run id first, then each step.
+    pub async fn run_agent(
+        &self,
+        agent: &str,
+        task: &str,
+        progress: &mut (dyn FnMut(Progress) + Send + Sync),
+    ) -> Result<RunReport, RunError> {
+        agent::run(self, agent, task, progress).await
+    }
+
+    /// Resumes run `id` from its journal, in this process. Refused while
+    /// another process holds the run, and when the config or a component
+    /// changed since the run started (unless allowed).
+    pub async fn resume_run(
+        &self,
+        id: &str,
+        options: &ResumeOptions,
+        progress: &mut (dyn FnMut(Progress) + Send + Sync),
+    ) -> Result<RunReport, RunError> {
+        agent::resume(self, id, options, progress).await
+    }
+
     /// Every breaker: this process's view, refreshed from the shared store.
     pub fn breakers(&self) -> Vec<BreakerStatus> {
         let rows = self
@@ -383,5 +407,64 @@ impl Backstop {
             }
         }
         out
+    }
+}
+
+/// How a run reaches the rest of the host.
+impl agent::Host for Backstop {
+    fn config(&self) -> &Config {
+        &self.config
+    }
+
+    fn journal(&self) -> Result<Arc<journal::SqliteJournal>, journal::StoreError> {
+        Backstop::journal(self)
+    }
+
+    fn call<'a>(
+        &'a self,
+        chain: &'a str,
+        input: serde_json::Value,
+        key: String,
+    ) -> HostFuture<'a, Option<Outcome>> {
+        Box::pin(async move { self.call_with_key(chain, input, key).await.ok() })
+    }
+
+    fn tool_effect(&self, tool: &str) -> Option<crate::Effect> {
+        self.tool(tool).map(WasmTool::effect)
+    }
+
+    fn tool_description(&self, tool: &str) -> Option<runtime::ToolDescription> {
+        self.tool(tool).map(|t| t.description().clone())
+    }
+
+    fn can_reconcile(&self, tool: &str) -> bool {
+        self.tool(tool).is_some_and(WasmTool::can_reconcile)
+    }
+
+    fn reconcile<'a>(
+        &'a self,
+        tool: &'a str,
+        key: &'a str,
+    ) -> HostFuture<'a, Result<runtime::Reconciled, crate::Failure>> {
+        Box::pin(async move {
+            match self.tool(tool) {
+                Some(t) => t.reconcile(key).await,
+                None => Ok(runtime::Reconciled::Unknown),
+            }
+        })
+    }
+
+    fn notify(&self, escalation: &escalation::Escalation) {
+        Backstop::notify(self, escalation)
+    }
+
+    fn next_probe_in(&self, chain: &str) -> Option<std::time::Duration> {
+        Backstop::next_probe_in(self, chain)
+    }
+
+    fn tool_digests(&self) -> Vec<(String, String)> {
+        self.tools()
+            .map(|t| (t.name().to_owned(), t.digest().to_owned()))
+            .collect()
     }
 }

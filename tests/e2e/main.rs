@@ -10,6 +10,7 @@ mod escalations;
 mod guards;
 mod hostile;
 mod languages;
+mod layers;
 mod loading;
 mod models;
 mod operate;

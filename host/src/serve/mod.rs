@@ -161,7 +161,9 @@ impl ApiError {
             RunError::UnknownAgent { .. } => StatusCode::NOT_FOUND,
             RunError::Busy { .. } | RunError::Drift { .. } => StatusCode::CONFLICT,
             RunError::Store(s) => return ApiError::from(s),
-            RunError::Invalid { .. } | RunError::Lock { .. } => StatusCode::INTERNAL_SERVER_ERROR,
+            RunError::Invalid { .. } | RunError::Lock { .. } | RunError::UnknownChain { .. } => {
+                StatusCode::INTERNAL_SERVER_ERROR
+            }
         };
         ApiError::new(status, message)
     }
