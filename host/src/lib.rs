@@ -40,4 +40,7 @@ pub mod testkit;
 pub use config::{Config, ConfigError};
 pub use error::Error;
 pub use host::Backstop;
-pub use outcome::{Attempt, CallError, Effect, EscalationReason, Failure, FailureClass, Outcome};
+pub use outcome::{
+    Attempt, AttemptClass, CallError, Effect, EscalationReason, Failure, FailureClass, Next,
+    Outcome,
+};

@@ -6,7 +6,7 @@
 //! hashing or allocation on the call path.
 
 use crate::guard::{BreakerState, Breakers, ChainTarget, Transitions};
-use crate::outcome::{FailureClass, Outcome};
+use crate::outcome::{AttemptClass, FailureClass, Next, Outcome};
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -69,11 +69,8 @@ struct ReasonLabel {
 }
 
 /// Index of an attempt's class in a target's counters: 0 is `ok`.
-fn class_index(class: &str) -> usize {
-    FailureClass::ALL
-        .iter()
-        .position(|c| c.as_str() == class)
-        .map_or(0, |i| i + 1)
+fn class_index(class: AttemptClass) -> usize {
+    class.failure().map_or(0, |c| c.index() + 1)
 }
 
 fn class_name(i: usize) -> &'static str {
@@ -280,12 +277,12 @@ impl Metrics {
                 continue;
             };
             let c = &counters.targets[i];
-            let class = class_index(&a.class);
+            let class = class_index(a.class);
             c.attempts[class].inc();
             if class != 0 {
                 c.failures[class].inc();
             }
-            if a.then == "retry" {
+            if a.then == Next::Retry {
                 c.retries[class].inc();
             }
         }
@@ -293,8 +290,8 @@ impl Metrics {
             let reason = outcome
                 .attempts
                 .iter()
-                .find(|a| a.then == "fail-over")
-                .map_or("", |a| &*a.class);
+                .find(|a| a.then == Next::FailOver)
+                .map_or("", |a| a.class.as_str());
             self.fallbacks
                 .get_or_create(&Fallback {
                     chain: counters.chain.clone(),

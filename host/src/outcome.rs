@@ -42,7 +42,7 @@ impl fmt::Display for Effect {
 
 /// Why one attempt failed. The guards decide retry, breaker, fallback and
 /// escalation from this type alone, never from message text.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum FailureClass {
     /// The input is wrong; repeating it cannot help.
@@ -95,6 +95,11 @@ impl FailureClass {
         FailureClass::StreamBroken,
         FailureClass::BulkheadFull,
     ];
+
+    /// This class's place in [`FailureClass::ALL`].
+    pub fn index(self) -> usize {
+        self as usize
+    }
 
     pub fn as_str(self) -> &'static str {
         match self {
@@ -250,14 +255,113 @@ impl fmt::Display for EscalationReason {
     }
 }
 
+/// What one attempt came to. Serialized as one string: `ok`, `supplied`,
+/// `rejected`, `reconciled`, or the failure class.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum AttemptClass {
+    /// The target served the call.
+    Ok,
+    /// A person supplied the result.
+    Supplied,
+    /// A person rejected the call.
+    Rejected,
+    /// The tool's `reconcile` said the call had already happened.
+    Reconciled,
+    Failed(FailureClass),
+}
+
+impl AttemptClass {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AttemptClass::Ok => "ok",
+            AttemptClass::Supplied => "supplied",
+            AttemptClass::Rejected => "rejected",
+            AttemptClass::Reconciled => "reconciled",
+            AttemptClass::Failed(c) => c.as_str(),
+        }
+    }
+
+    /// The failure, when the attempt failed.
+    pub fn failure(self) -> Option<FailureClass> {
+        match self {
+            AttemptClass::Failed(c) => Some(c),
+            _ => None,
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<AttemptClass> {
+        Some(match s {
+            "ok" => AttemptClass::Ok,
+            "supplied" => AttemptClass::Supplied,
+            "rejected" => AttemptClass::Rejected,
+            "reconciled" => AttemptClass::Reconciled,
+            _ => AttemptClass::Failed(*FailureClass::ALL.iter().find(|c| c.as_str() == s)?),
+        })
+    }
+}
+
+impl fmt::Display for AttemptClass {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl Serialize for AttemptClass {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self.as_str())
+    }
+}
+
+impl<'de> Deserialize<'de> for AttemptClass {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = <Cow<'de, str>>::deserialize(d)?;
+        AttemptClass::parse(&s).ok_or_else(|| {
+            serde::de::Error::custom(format!(
+                "unknown attempt class `{s}`: expected ok, supplied, rejected, reconciled \
+                 or a failure class"
+            ))
+        })
+    }
+}
+
+/// What the guard did after an attempt.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Next {
+    /// The call ended with this attempt (served, or settled by a person).
+    Done,
+    /// The same target again, after `delay_ms`.
+    Retry,
+    /// On to the chain's next target.
+    FailOver,
+    /// The call failed here.
+    Stop,
+}
+
+impl fmt::Display for Next {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl Next {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Next::Done => "done",
+            Next::Retry => "retry",
+            Next::FailOver => "fail-over",
+            Next::Stop => "stop",
+        }
+    }
+}
+
 /// One attempt on one target, as the outcome reports it.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Attempt {
     pub target: Arc<str>,
     /// 1-based attempt number on this target.
     pub attempt: u32,
-    /// `ok`, or the failure class.
-    pub class: Cow<'static, str>,
+    pub class: AttemptClass,
     #[serde(default, skip_serializing_if = "str::is_empty")]
     pub message: Cow<'static, str>,
     /// How long the attempt ran.
@@ -265,8 +369,7 @@ pub struct Attempt {
     /// The wait before the next attempt on this target (0 when the chain
     /// moved on or stopped).
     pub delay_ms: u64,
-    /// What the guard did next: `done`, `retry`, `fail-over`, `stop`.
-    pub then: Cow<'static, str>,
+    pub then: Next,
 }
 
 impl Attempt {
@@ -276,16 +379,16 @@ impl Attempt {
         attempt: u32,
         f: &Failure,
         elapsed_ms: u64,
-        then: &'static str,
+        then: Next,
     ) -> Attempt {
         Attempt {
             target: target.clone(),
             attempt,
-            class: Cow::Borrowed(f.class.as_str()),
+            class: AttemptClass::Failed(f.class),
             message: f.message.clone(),
             elapsed_ms,
             delay_ms: 0,
-            then: Cow::Borrowed(then),
+            then,
         }
     }
 }
@@ -336,11 +439,11 @@ impl fmt::Display for Outcome {
             if !a.message.is_empty() {
                 write!(f, " ({})", a.message)?;
             }
-            match &*a.then {
-                "retry" => writeln!(f, " -> retry in {} ms", a.delay_ms)?,
-                "fail-over" => writeln!(f, " -> fall back")?,
-                "stop" => writeln!(f, " -> stop")?,
-                _ => writeln!(f, " [{} ms]", a.elapsed_ms)?,
+            match a.then {
+                Next::Retry => writeln!(f, " -> retry in {} ms", a.delay_ms)?,
+                Next::FailOver => writeln!(f, " -> fall back")?,
+                Next::Stop => writeln!(f, " -> stop")?,
+                Next::Done => writeln!(f, " [{} ms]", a.elapsed_ms)?,
             }
         }
         match (&self.served_by, &self.error) {
@@ -387,5 +490,60 @@ mod opt_millis {
 
     pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
         Ok(Option::<u64>::deserialize(d)?.map(Duration::from_millis))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn failure_class_index_is_its_place_in_all() {
+        for (i, c) in FailureClass::ALL.iter().enumerate() {
+            assert_eq!(c.index(), i, "{c}");
+        }
+    }
+
+    /// Journals written before the classes were typed hold these strings.
+    #[test]
+    fn attempt_classes_and_nexts_keep_their_strings() {
+        let mut classes = vec![
+            AttemptClass::Ok,
+            AttemptClass::Supplied,
+            AttemptClass::Rejected,
+            AttemptClass::Reconciled,
+        ];
+        classes.extend(FailureClass::ALL.map(AttemptClass::Failed));
+        for c in classes {
+            let text = serde_json::to_value(c).unwrap();
+            assert_eq!(text, c.as_str());
+            assert_eq!(serde_json::from_value::<AttemptClass>(text).unwrap(), c);
+        }
+        assert_eq!(
+            AttemptClass::Failed(FailureClass::BulkheadFull).as_str(),
+            "bulkhead-full"
+        );
+        for (n, s) in [
+            (Next::Done, "done"),
+            (Next::Retry, "retry"),
+            (Next::FailOver, "fail-over"),
+            (Next::Stop, "stop"),
+        ] {
+            assert_eq!(serde_json::to_value(n).unwrap(), s);
+            assert_eq!(n.as_str(), s);
+        }
+        let old = serde_json::json!({
+            "target": "a", "attempt": 1, "class": "rate-limited", "message": "slow down",
+            "elapsed_ms": 3, "delay_ms": 40, "then": "retry"
+        });
+        let a: Attempt = serde_json::from_value(old.clone()).unwrap();
+        assert_eq!(a.class, AttemptClass::Failed(FailureClass::RateLimited));
+        assert_eq!(a.then, Next::Retry);
+        assert_eq!(serde_json::to_value(&a).unwrap(), old);
+        let e = serde_json::from_value::<AttemptClass>("nonsense".into()).unwrap_err();
+        assert!(
+            e.to_string().contains("unknown attempt class `nonsense`"),
+            "{e}"
+        );
     }
 }

@@ -3,6 +3,7 @@
 //! what other tools need, or keep the process alive after its timeout.
 
 use crate::common::{load, plugins, serve, shared_cache, tempdir, write_config, PRELUDE};
+use backstop::{AttemptClass, FailureClass};
 use serde_json::{json, Value};
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -72,7 +73,8 @@ async fn a_recursive_schema_that_descends_is_loaded_and_checks_outputs() {
     // `echo` answers {"echo": value}: not a tree node, so the declared
     // schema refuses it as malformed.
     assert_eq!(
-        ok.attempts[0].class, "malformed-output",
+        ok.attempts[0].class.as_str(),
+        "malformed-output",
         "{:?}",
         ok.attempts
     );
@@ -186,8 +188,8 @@ async fn a_full_bulkhead_fails_fast_and_falls_back_and_spares_other_tools() {
     );
     assert_eq!(o.served_by.as_deref(), Some("backup"), "{:?}", o.attempts);
     assert!(o.degraded);
-    assert_eq!(o.attempts[0].class, "bulkhead-full");
-    assert_eq!(o.attempts[0].then, "fail-over");
+    assert_eq!(o.attempts[0].class.as_str(), "bulkhead-full");
+    assert_eq!(o.attempts[0].then.as_str(), "fail-over");
     assert!(
         o.attempts[0].message.contains("queue is full"),
         "{}",
@@ -248,7 +250,7 @@ async fn instance_pool_exhaustion_is_not_the_guests_trap() {
         let o = o.unwrap();
         for a in &o.attempts {
             *classes.entry(a.class.to_string()).or_default() += 1;
-            if a.class == "bulkhead-full" {
+            if a.class == AttemptClass::Failed(FailureClass::BulkheadFull) {
                 assert!(
                     a.message.contains("instance pool is full"),
                     "{:?}",
@@ -352,7 +354,7 @@ async fn the_ledger_never_reports_a_classified_error_after_its_write() {
     let o = b.call("ledger", json!({"entry": "once"})).await.unwrap();
     assert!(!o.ok);
     assert_eq!(o.attempts.len(), 1, "{:?}", o.attempts);
-    assert_eq!(o.attempts[0].class, "trap", "{:?}", o.attempts);
+    assert_eq!(o.attempts[0].class.as_str(), "trap", "{:?}", o.attempts);
     let err = o.error.unwrap();
     assert_eq!(
         err.escalate,
@@ -535,7 +537,7 @@ mod models {
         server.push([openai_text("not a stream")]);
         let o = b.ask("streamed", "hi").await.unwrap();
         assert_eq!(o.attempts.len(), 1, "{:?}", o.attempts);
-        assert_eq!(o.attempts[0].class, "malformed-output");
+        assert_eq!(o.attempts[0].class.as_str(), "malformed-output");
         assert!(
             o.attempts[0].message.contains("not an event stream"),
             "{}",
@@ -544,7 +546,7 @@ mod models {
         server.push([Reply::raw(200, "<html>hi</html>").header("content-type", "text/html")]);
         let o = b.ask("streamed", "hi").await.unwrap();
         assert_eq!(
-            (o.attempts.len(), &*o.attempts[0].class),
+            (o.attempts.len(), o.attempts[0].class.as_str()),
             (1, "malformed-output")
         );
     }
@@ -558,7 +560,7 @@ mod models {
         )]);
         let o = b.ask("plain", "hi").await.unwrap();
         assert!(!o.ok);
-        assert_eq!(o.attempts[0].class, "malformed-output");
+        assert_eq!(o.attempts[0].class.as_str(), "malformed-output");
         assert!(o.attempts[0].message.contains("without a `message`"));
     }
 
@@ -570,7 +572,7 @@ mod models {
             json!({"model": "m", "choices": [{"message": {"content": "x".repeat(64 << 10)}}]});
         server.push([Reply::json(200, big)]);
         let o = b.ask("plain", "hi").await.unwrap();
-        assert_eq!(o.attempts[0].class, "malformed-output");
+        assert_eq!(o.attempts[0].class.as_str(), "malformed-output");
         assert!(
             o.attempts[0].message.contains("max_response"),
             "{}",
@@ -613,7 +615,12 @@ mod models {
         server.push([r]);
         let t = Instant::now();
         let o = b.ask("streamed", "hi").await.unwrap();
-        assert_eq!(o.attempts[0].class, "malformed-output", "{:?}", o.attempts);
+        assert_eq!(
+            o.attempts[0].class.as_str(),
+            "malformed-output",
+            "{:?}",
+            o.attempts
+        );
         assert!(
             o.attempts[0].message.contains("event exceeds"),
             "{}",

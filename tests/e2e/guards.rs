@@ -367,7 +367,7 @@ async fn trap_of_a_read_only_tool_is_retried_then_falls_back() {
         .await
         .unwrap();
     assert_eq!(o.attempts.len(), 4);
-    assert_eq!(o.attempts[0].class, "trap");
+    assert_eq!(o.attempts[0].class.as_str(), "trap");
     assert!(
         o.attempts[0].message.contains("fault tool asked to panic"),
         "{:?}",

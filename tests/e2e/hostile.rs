@@ -187,7 +187,7 @@ async fn output_that_violates_its_declared_schema_is_malformed() {
         .call("shaped", json!({"mode": "echo", "value": 1}))
         .await
         .unwrap();
-    assert_eq!(o.attempts[0].class, "malformed-output", "{o}");
+    assert_eq!(o.attempts[0].class.as_str(), "malformed-output", "{o}");
     assert!(
         o.attempts[0]
             .message

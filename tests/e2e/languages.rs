@@ -87,7 +87,7 @@ async fn conformance(b: &Backstop, language: &str) {
             .await
             .unwrap();
         assert!(!o.ok, "{language} {case}");
-        assert_eq!(o.attempts[0].class, case, "{language}: {o}");
+        assert_eq!(o.attempts[0].class.as_str(), case, "{language}: {o}");
         assert_eq!(o.attempts[0].message, message, "{language} {case}");
         let err = o.error.unwrap();
         assert_eq!(err.class.as_str(), case, "{language}");
@@ -109,7 +109,7 @@ async fn conformance(b: &Backstop, language: &str) {
         .await
         .unwrap();
     assert!(o.ok, "{language}: {o}");
-    assert_eq!(o.attempts[0].class, "rate-limited");
+    assert_eq!(o.attempts[0].class.as_str(), "rate-limited");
     assert!(
         o.attempts[0].delay_ms >= 250,
         "{language}: {:?}",
@@ -181,7 +181,11 @@ timeout = "5s"
         ("y + 1", "unknown name `y`"),
     ] {
         let o = calc(expression, json!({})).await;
-        assert_eq!(o.attempts[0].class, "invalid-input", "{expression}: {o}");
+        assert_eq!(
+            o.attempts[0].class.as_str(),
+            "invalid-input",
+            "{expression}: {o}"
+        );
         assert!(o.attempts[0].message.contains(says), "{expression}: {o}");
     }
 }
@@ -248,7 +252,11 @@ timeout = "5s"
         (json!({ "path": "$" }), "give `document`"),
     ] {
         let o = b.call("jsonpath", input.clone()).await.unwrap();
-        assert_eq!(o.attempts[0].class, "invalid-input", "{input}: {o}");
+        assert_eq!(
+            o.attempts[0].class.as_str(),
+            "invalid-input",
+            "{input}: {o}"
+        );
         assert!(o.attempts[0].message.contains(says), "{input}: {o}");
     }
 }
@@ -283,11 +291,15 @@ dirs = [{ host = "{dir}/data", guest = "/data", mode = "ro" }]
     // Outside the grant, and missing: permanent, with the reason.
     for path in ["/etc/passwd", "/data/../../etc/passwd", "/data/missing.txt"] {
         let o = b.call("textstats", json!({ "path": path })).await.unwrap();
-        assert_eq!(o.attempts[0].class, "permanent", "{path}: {o}");
+        assert_eq!(o.attempts[0].class.as_str(), "permanent", "{path}: {o}");
         assert!(o.attempts[0].message.contains("cannot open"), "{o}");
     }
     for input in [json!({}), json!({ "text": 5 }), json!("text")] {
         let o = b.call("textstats", input.clone()).await.unwrap();
-        assert_eq!(o.attempts[0].class, "invalid-input", "{input}: {o}");
+        assert_eq!(
+            o.attempts[0].class.as_str(),
+            "invalid-input",
+            "{input}: {o}"
+        );
     }
 }

@@ -364,7 +364,7 @@ async fn conformance_table() {
         server.push([c.reply, success]);
         let o = b.ask(c.model, "hi").await.unwrap();
         let first = &o.attempts[0];
-        if first.class != c.class || first.then != c.then {
+        if first.class.as_str() != c.class || first.then.as_str() != c.then {
             failures.push(format!(
                 "{}: got {} -> {} ({}), want {} -> {}",
                 c.name, first.class, first.then, first.message, c.class, c.then

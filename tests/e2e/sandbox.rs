@@ -78,7 +78,7 @@ async fn files_outside_the_grant_are_invisible() {
     ] {
         let o = read(&b, path).await;
         assert!(!o.ok, "{path} was readable: {o}");
-        assert_eq!(o.attempts[0].class, "permanent", "{path}: {o}");
+        assert_eq!(o.attempts[0].class.as_str(), "permanent", "{path}: {o}");
     }
 }
 
@@ -140,7 +140,7 @@ async fn http_reaches_only_granted_origins() {
         .await
         .unwrap();
     assert!(!o.ok);
-    assert_eq!(o.attempts[0].class, "permanent");
+    assert_eq!(o.attempts[0].class.as_str(), "permanent");
     assert!(o.attempts[0].message.contains("denied"), "{o}");
     assert_eq!(
         server.arrivals().len(),
@@ -154,7 +154,7 @@ async fn runaway_loop_is_stopped_at_its_deadline_and_the_host_keeps_serving() {
     let (_d, b) = setup("http://127.0.0.1:9").await;
     let o = b.call("spinner", json!({"mode": "spin"})).await.unwrap();
     let a = &o.attempts[0];
-    assert_eq!(a.class, "timeout", "{o}");
+    assert_eq!(a.class.as_str(), "timeout", "{o}");
     assert!(a.message.contains("deadline"), "{a:?}");
     // Deadline 200 ms plus one 10 ms epoch tick; the rest is slack for a
     // loaded CI machine, not a performance claim (see BENCHMARKS.md).
@@ -185,11 +185,11 @@ async fn memory_bomb_stops_at_its_cap_and_the_host_keeps_serving() {
 async fn malformed_output_is_classified() {
     let (_d, b) = setup("http://127.0.0.1:9").await;
     let o = b.call("reader", json!({"mode": "bad-json"})).await.unwrap();
-    assert_eq!(o.attempts[0].class, "malformed-output");
+    assert_eq!(o.attempts[0].class.as_str(), "malformed-output");
     let o = b
         .call("reader", json!({"mode": "echo", "confidence": 1.5}))
         .await
         .unwrap();
-    assert_eq!(o.attempts[0].class, "malformed-output");
+    assert_eq!(o.attempts[0].class.as_str(), "malformed-output");
     assert!(o.attempts[0].message.contains("confidence"), "{o}");
 }

@@ -5,7 +5,9 @@ use super::memory::Run;
 use super::{Attention, Flow, RunError};
 use crate::escalation::{Escalation, Resolution};
 use crate::journal::{Entry, EntryKind};
-use crate::outcome::{Attempt, CallError, Effect, EscalationReason, FailureClass, Outcome};
+use crate::outcome::{
+    Attempt, AttemptClass, CallError, Effect, EscalationReason, FailureClass, Next, Outcome,
+};
 use serde_json::{json, Value};
 
 impl Run<'_> {
@@ -183,14 +185,14 @@ impl Run<'_> {
                 target: format!("person:{by}").into(),
                 attempt: 0,
                 class: if ok {
-                    "supplied".into()
+                    AttemptClass::Supplied
                 } else {
-                    "rejected".into()
+                    AttemptClass::Rejected
                 },
                 message: note.clone().into(),
                 elapsed_ms: 0,
                 delay_ms: 0,
-                then: "done".into(),
+                then: Next::Done,
             }],
             error: (!ok).then_some(CallError {
                 class: FailureClass::Permanent,

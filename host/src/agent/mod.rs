@@ -26,7 +26,7 @@ pub use lock::RunLock;
 
 use crate::config::AgentKind;
 use crate::journal::{EntryKind, Journal, RunStatus, StoreError};
-use crate::outcome::{Attempt, EscalationReason, Outcome};
+use crate::outcome::{Attempt, AttemptClass, EscalationReason, Outcome};
 use memory::Run;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
@@ -127,7 +127,11 @@ pub(super) fn summary(o: &Outcome) -> String {
 
 /// The rejection note of an outcome a person rejected.
 pub(super) fn rejection(o: &Outcome) -> Option<String> {
-    (!o.ok && o.attempts.first().is_some_and(|a| a.class == "rejected")).then(|| {
+    (!o.ok
+        && o.attempts
+            .first()
+            .is_some_and(|a| a.class == AttemptClass::Rejected))
+    .then(|| {
         o.error
             .as_ref()
             .map(|e| e.message.to_string())

@@ -7,7 +7,7 @@ use crate::config::CircuitOpenPolicy;
 use crate::escalation::Resolution;
 use crate::journal::{Entry, EntryKind};
 use crate::models::ChatRequest;
-use crate::outcome::{Attempt, Effect, EscalationReason, Outcome};
+use crate::outcome::{Attempt, AttemptClass, Effect, EscalationReason, Next, Outcome};
 use crate::runtime::Reconciled;
 use serde_json::{json, Value};
 
@@ -324,11 +324,11 @@ impl Run<'_> {
             attempts: smallvec::smallvec![Attempt {
                 target: target.into(),
                 attempt: 0,
-                class: "reconciled".into(),
+                class: AttemptClass::Reconciled,
                 message: "the tool says this call already happened".into(),
                 elapsed_ms: 0,
                 delay_ms: 0,
-                then: "done".into(),
+                then: Next::Done,
             }],
             error: None,
             elapsed_ms: 0,

@@ -8,7 +8,8 @@ use super::bulkhead::{self, Bulkhead};
 use super::retry::{Decision, RetryPolicy};
 use super::shared::BreakerSync;
 use crate::outcome::{
-    Attempt, Attempts, CallError, EscalationReason, Failure, FailureClass, Outcome,
+    Attempt, AttemptClass, Attempts, CallError, EscalationReason, Failure, FailureClass, Next,
+    Outcome,
 };
 use crate::target::{CallCtx, CallTarget};
 use rand::rngs::StdRng;
@@ -268,7 +269,7 @@ impl ChainRunner<'_> {
                             humantime::format_duration(self.deadline)
                         ),
                     );
-                    let record = Attempt::failed(name, attempt, &f, 0, "stop");
+                    let record = Attempt::failed(name, attempt, &f, 0, Next::Stop);
                     return self.out_of_time(now - started, key, attempts, record, f, &span);
                 }
                 let admitted = t.breaker.as_ref().map(|b| t.admit(b, now));
@@ -286,7 +287,7 @@ impl ChainRunner<'_> {
                                 "breaker half-open, probe in flight"
                             },
                         );
-                        let mut record = Attempt::failed(name, attempt, &f, 0, "fail-over");
+                        let mut record = Attempt::failed(name, attempt, &f, 0, Next::FailOver);
                         record.delay_ms = millis(rejected.retry_in);
                         span.record("breaker", rejected.state.as_str());
                         trace_attempt(&span, &record);
@@ -320,7 +321,7 @@ impl ChainRunner<'_> {
                         if let (Some(b), Some(p)) = (&t.breaker, permit) {
                             lock(b).cancel(p);
                         }
-                        let record = Attempt::failed(name, attempt, &f, 0, "fail-over");
+                        let record = Attempt::failed(name, attempt, &f, 0, Next::FailOver);
                         trace_attempt(&span, &record);
                         attempts.push(record);
                         passed_over.push((name.clone(), FailureClass::BulkheadFull));
@@ -338,7 +339,7 @@ impl ChainRunner<'_> {
                         FailureClass::DeadlineExceeded,
                         "call deadline passed while waiting for a bulkhead slot",
                     );
-                    let record = Attempt::failed(name, attempt, &f, 0, "stop");
+                    let record = Attempt::failed(name, attempt, &f, 0, Next::Stop);
                     return self.out_of_time(now - started, key, attempts, record, f, &span);
                 }
                 all_open = false;
@@ -375,11 +376,11 @@ impl ChainRunner<'_> {
                         let record = Attempt {
                             target: name.clone(),
                             attempt,
-                            class: Cow::Borrowed("ok"),
+                            class: AttemptClass::Ok,
                             message: Cow::Borrowed(""),
                             elapsed_ms: millis(elapsed),
                             delay_ms: 0,
-                            then: Cow::Borrowed("done"),
+                            then: Next::Done,
                         };
                         trace_attempt(&span, &record);
                         attempts.push(record);
@@ -418,11 +419,15 @@ impl ChainRunner<'_> {
                         &mut *rng,
                     )
                 };
-                let mut record = Attempt::failed(name, attempt, &failure, millis(elapsed), "");
+                let then = match decision {
+                    Decision::Retry(_) => Next::Retry,
+                    Decision::FailOver(_) => Next::FailOver,
+                    Decision::Stop(_) => Next::Stop,
+                };
+                let mut record = Attempt::failed(name, attempt, &failure, millis(elapsed), then);
                 match decision {
                     Decision::Retry(delay) => {
                         record.delay_ms = millis(delay);
-                        record.then = Cow::Borrowed("retry");
                         trace_attempt(&span, &record);
                         attempts.push(record);
                         // Boxed: a retry can afford the allocation, and an
@@ -433,7 +438,6 @@ impl ChainRunner<'_> {
                         attempt += 1;
                     }
                     Decision::FailOver(note) => {
-                        record.then = Cow::Borrowed("fail-over");
                         if let Some(n) = &note {
                             record.message = format!("{}; {n}", record.message).into();
                         }
@@ -444,7 +448,6 @@ impl ChainRunner<'_> {
                         break;
                     }
                     Decision::Stop(reason) => {
-                        record.then = Cow::Borrowed("stop");
                         trace_attempt(&span, &record);
                         attempts.push(record);
                         return self.failed(now - started, key, attempts, failure, Some(reason));
@@ -532,10 +535,10 @@ fn trace_attempt(span: &tracing::Span, a: &Attempt) {
     if span.is_disabled() {
         return;
     }
-    span.record("class", &*a.class);
-    span.record("then", &*a.then);
+    span.record("class", a.class.as_str());
+    span.record("then", a.then.as_str());
     span.record("delay_ms", a.delay_ms);
-    if a.class != "ok" {
+    if a.class != AttemptClass::Ok {
         span.in_scope(|| tracing::warn!(elapsed_ms = a.elapsed_ms, "{}", a.message));
     }
 }

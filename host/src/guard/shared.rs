@@ -7,7 +7,7 @@
 //! open for the server running beside it, and after a restart.
 
 use super::breaker::{Breaker, Change, Remote, SharedBreaker};
-use crate::journal::{BreakerRow, BreakerStore};
+use crate::journal::{BreakerRow, BreakerStore, RowState};
 use std::time::Duration;
 use tokio::time::Instant;
 
@@ -109,7 +109,7 @@ impl BreakerSync {
 
 /// What a stored row means now.
 pub fn remote(row: &BreakerRow, now_ms: i64) -> Remote {
-    if row.state == "open" {
+    if row.state == RowState::Open {
         Remote::Open {
             remaining: Duration::from_millis(row.open_until.saturating_sub(now_ms).max(0) as u64),
         }

@@ -12,13 +12,46 @@ use std::path::Path;
 use std::sync::Mutex;
 use std::time::Duration;
 
+/// A breaker's state as a row holds it: an open row whose `open_until`
+/// has passed is half-open.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RowState {
+    Open,
+    Closed,
+}
+
+impl RowState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RowState::Open => "open",
+            RowState::Closed => "closed",
+        }
+    }
+}
+
+impl rusqlite::types::ToSql for RowState {
+    fn to_sql(&self) -> rusqlite::Result<rusqlite::types::ToSqlOutput<'_>> {
+        Ok(self.as_str().into())
+    }
+}
+
+impl rusqlite::types::FromSql for RowState {
+    /// Anything but `open` reads as closed: a damaged row must not hold a
+    /// breaker open.
+    fn column_result(v: rusqlite::types::ValueRef<'_>) -> rusqlite::types::FromSqlResult<Self> {
+        Ok(match v {
+            rusqlite::types::ValueRef::Text(b"open") => RowState::Open,
+            _ => RowState::Closed,
+        })
+    }
+}
+
 /// One target's shared breaker state.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct BreakerRow {
     pub target: String,
-    /// `open` or `closed` as last written; an open row whose `open_until`
-    /// has passed is half-open.
-    pub state: String,
+    pub state: RowState,
     /// Milliseconds since the Unix epoch.
     pub open_until: i64,
     /// Times opened, by every process.
@@ -120,14 +153,14 @@ impl BreakerStore {
         if claimed == 1 {
             return Ok(true);
         }
-        let open: Option<String> = conn
+        let state: Option<RowState> = conn
             .query_row(
                 "SELECT state FROM breakers WHERE target = ?1",
                 [target],
                 |r| r.get(0),
             )
             .optional()?;
-        Ok(open.as_deref() != Some("open"))
+        Ok(state != Some(RowState::Open))
     }
 
     /// Records that `target`'s breaker opened (until `open_until`, Unix
@@ -150,8 +183,8 @@ impl BreakerStore {
              RETURNING version",
         )?;
         let (state, until, opened) = match open_until {
-            Some(u) => ("open", u, 1),
-            None => ("closed", 0, 0),
+            Some(u) => (RowState::Open, u, 1),
+            None => (RowState::Closed, 0, 0),
         };
         Ok(stmt.query_row(
             params![target, state, until, opened, writer, now_ms()],

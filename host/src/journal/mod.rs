@@ -13,7 +13,7 @@ mod breakers;
 pub mod kill;
 mod sqlite;
 
-pub use breakers::{BreakerRow, BreakerStore};
+pub use breakers::{BreakerRow, BreakerStore, RowState};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 pub use sqlite::SqliteJournal;
