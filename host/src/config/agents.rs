@@ -1,7 +1,10 @@
 //! Agents, resolved: a model-driven tool loop or a pipeline of steps whose
 //! inputs are templated from the task and earlier steps' outputs.
 
+use super::parse::{closest, Loader};
+use super::{schema, units, ChainConfig, ConfigError, ModelConfig, ToolConfig};
 use serde_json::Value;
+use std::collections::BTreeMap;
 
 #[derive(Clone, Debug)]
 pub struct AgentConfig {
@@ -167,6 +170,138 @@ pub fn render(
         ),
         other => other.clone(),
     })
+}
+
+/// The `[agents.NAME]` section, validated against the chains it calls.
+impl Loader<'_> {
+    pub(super) fn agent(
+        &self,
+        name: &str,
+        spec: &schema::AgentSpec,
+        tools: &BTreeMap<String, ToolConfig>,
+        models: &BTreeMap<String, ModelConfig>,
+        chains: &BTreeMap<String, ChainConfig>,
+    ) -> Result<AgentConfig, ConfigError> {
+        let key = format!("agents.{name}");
+        let anchor = spec
+            .model
+            .as_ref()
+            .map(|m| m.span().start)
+            .or_else(|| spec.steps.first().map(|s| s.span().start))
+            .unwrap_or(0);
+        units::check_name(name).map_err(|m| self.err(anchor, &key, m))?;
+        // Whether `target` names a tool chain (false) or a model chain (true).
+        let kind_of = |target: &str| -> Option<bool> {
+            if tools.contains_key(target) {
+                Some(false)
+            } else if models.contains_key(target) {
+                Some(true)
+            } else {
+                chains
+                    .get(target)
+                    .map(|c| c.targets.first().is_some_and(|t| models.contains_key(t)))
+            }
+        };
+        let known: Vec<&str> = tools
+            .keys()
+            .chain(models.keys())
+            .chain(chains.keys())
+            .map(String::as_str)
+            .collect();
+        let unknown = |what: &str, target: &str| {
+            let mut m = format!("unknown {what} `{target}`");
+            if let Some(s) = closest(target, known.iter().copied()) {
+                m.push_str(&format!(" (did you mean `{s}`?)"));
+            }
+            m
+        };
+        match (&spec.model, spec.steps.is_empty()) {
+            (Some(model), true) => {
+                match kind_of(model.get_ref()) {
+                    Some(true) => {}
+                    Some(false) => return Err(self.err(model.span().start, format!("{key}.model"), format!("`{}` is a tool chain, not a model chain", model.get_ref()))),
+                    None => return Err(self.err(model.span().start, format!("{key}.model"), unknown("model chain", model.get_ref()))),
+                }
+                let mut list = Vec::new();
+                for (i, t) in spec.tools.iter().enumerate() {
+                    match kind_of(t.get_ref()) {
+                        Some(false) => list.push(t.get_ref().clone()),
+                        Some(true) => return Err(self.err(t.span().start, format!("{key}.tools[{i}]"), format!("`{}` is a model chain, not a tool chain", t.get_ref()))),
+                        None => return Err(self.err(t.span().start, format!("{key}.tools[{i}]"), unknown("tool chain", t.get_ref()))),
+                    }
+                }
+                Ok(AgentConfig {
+                    name: name.to_owned(),
+                    kind: AgentKind::Loop {
+                        model: model.get_ref().clone(),
+                        tools: list,
+                        max_steps: spec.max_steps.unwrap_or(20),
+                        system: spec.system.clone(),
+                    },
+                })
+            }
+            (None, false) => {
+                let mut steps: Vec<Step> = Vec::new();
+                for (i, st) in spec.steps.iter().enumerate() {
+                    let at = st.span().start;
+                    let k = format!("{key}.steps[{i}]");
+                    let s = st.get_ref();
+                    units::check_name(&s.name).map_err(|m| self.err(at, format!("{k}.name"), m))?;
+                    if steps.iter().any(|p| p.name == s.name) {
+                        return Err(self.err(at, format!("{k}.name"), format!("step name `{}` is used twice", s.name)));
+                    }
+                    let action = match (&s.tool, &s.model) {
+                        (Some(tool), None) => {
+                            if kind_of(tool) != Some(false) {
+                                return Err(self.err(at, format!("{k}.tool"), unknown("tool chain", tool)));
+                            }
+                            if s.prompt.is_some() || s.system.is_some() {
+                                return Err(self.err(at, &k, "a tool step takes `input`, not `prompt` or `system`"));
+                            }
+                            let input = s.input.clone().map(|v| serde_json::to_value(v).unwrap_or_default()).unwrap_or(serde_json::json!({}));
+                            StepAction::Tool { chain: tool.clone(), input }
+                        }
+                        (None, Some(model)) => {
+                            if kind_of(model) != Some(true) {
+                                return Err(self.err(at, format!("{k}.model"), unknown("model chain", model)));
+                            }
+                            let prompt = s.prompt.clone().ok_or_else(|| self.err(at, &k, "a model step needs a `prompt`"))?;
+                            if s.input.is_some() {
+                                return Err(self.err(at, &k, "a model step takes `prompt`, not `input`"));
+                            }
+                            StepAction::Model { chain: model.clone(), prompt, system: s.system.clone() }
+                        }
+                        _ => return Err(self.err(at, &k, "a step names exactly one of `tool` or `model`")),
+                    };
+                    let found = match &action {
+                        StepAction::Tool { input, .. } => value_refs(input),
+                        StepAction::Model { prompt, system, .. } => {
+                            let mut r = refs(prompt);
+                            if let (Ok(list), Some(sys)) = (&mut r, system) {
+                                match refs(sys) {
+                                    Ok(more) => list.extend(more),
+                                    Err(e) => r = Err(e),
+                                }
+                            }
+                            r
+                        }
+                    }
+                    .map_err(|m| self.err(at, &k, m))?;
+                    for r in found {
+                        if let Some(step) = r.step() {
+                            if !steps.iter().any(|p| p.name == step) {
+                                return Err(self.err(at, &k, format!("`{step}` is not an earlier step of this pipeline")));
+                            }
+                        }
+                    }
+                    steps.push(Step { name: s.name.clone(), action });
+                }
+                Ok(AgentConfig { name: name.to_owned(), kind: AgentKind::Pipeline(steps.into()) })
+            }
+            (Some(model), false) => Err(self.err(model.span().start, &key, "an agent is either a tool loop (`model`, `tools`) or a pipeline (`steps`), not both")),
+            (None, true) => Err(self.err(anchor, &key, "an agent needs `model` (a tool loop) or `steps` (a pipeline)")),
+        }
+    }
 }
 
 #[cfg(test)]

@@ -1,0 +1,110 @@
+//! The `[tools.NAME]` section: components, grants, limits and policies.
+
+use super::*;
+
+impl Loader<'_> {
+    pub(super) fn tool(
+        &self,
+        name: &Spanned<String>,
+        spec: &schema::ToolSpec,
+        defaults: &schema::Defaults,
+    ) -> Result<ToolConfig, ConfigError> {
+        let key = format!("tools.{}", name.get_ref());
+        check_name(self, name, &key)?;
+        let component = self.path(spec.component.get_ref());
+        if !component.is_file() {
+            return Err(self.err(
+                spec.component.span().start,
+                format!("{key}.component"),
+                format!(
+                    "component file {} does not exist (build the plugins first: plugins/build.sh)",
+                    component.display()
+                ),
+            ));
+        }
+        let mut dirs = Vec::new();
+        for (i, d) in spec.dirs.iter().enumerate() {
+            let host = self.path(&d.get_ref().host);
+            let k = format!("{key}.dirs[{i}]");
+            if !host.is_dir() {
+                return Err(self.err(
+                    d.span().start,
+                    k,
+                    format!("directory {} does not exist", host.display()),
+                ));
+            }
+            if !d.get_ref().guest.starts_with('/') {
+                return Err(self.err(
+                    d.span().start,
+                    k,
+                    format!(
+                        "guest path `{}` must be absolute, such as \"/data\"",
+                        d.get_ref().guest
+                    ),
+                ));
+            }
+            dirs.push(DirGrant {
+                host,
+                guest: d.get_ref().guest.clone(),
+                writable: d.get_ref().mode == DirMode::ReadWrite,
+            });
+        }
+        let mut env = Vec::new();
+        for (i, e) in spec.env.iter().enumerate() {
+            let (k, v) = match e.get_ref().split_once('=') {
+                Some((k, v)) => (k.to_owned(), Some(v.to_owned())),
+                None => (e.get_ref().clone(), None),
+            };
+            if k.is_empty() || !k.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
+                return Err(self.err(
+                    e.span().start,
+                    format!("{key}.env[{i}]"),
+                    format!("`{k}` is not an environment variable name"),
+                ));
+            }
+            env.push(EnvGrant { key: k, value: v });
+        }
+        let mut http = Vec::new();
+        for (i, o) in spec.http.iter().enumerate() {
+            http.push(
+                Origin::parse(o.get_ref())
+                    .map_err(|m| self.err(o.span().start, format!("{key}.http[{i}]"), m))?,
+            );
+        }
+        let mut retry = defaults.retry.clone();
+        if let Some(r) = &spec.retry {
+            merge_retry(&mut retry, r);
+            resolve_retry(&retry)
+                .map_err(|m| self.err(name.span().start, format!("{key}.retry"), m))?;
+        }
+        Ok(ToolConfig {
+            name: name.get_ref().clone(),
+            component,
+            component_at: self.at(spec.component.span().start),
+            effect: spec.effect.as_ref().map(|e| *e.get_ref()),
+            effect_at: self.at(spec
+                .effect
+                .as_ref()
+                .map_or(name.span().start, |e| e.span().start)),
+            dirs,
+            env,
+            http,
+            timeout: spec
+                .timeout
+                .or(defaults.timeout)
+                .map_or(Duration::from_secs(30), |d| d.0),
+            memory: spec
+                .memory
+                .or(defaults.memory)
+                .unwrap_or(ByteSize(256 << 20)),
+            max_output: spec
+                .max_output
+                .or(defaults.max_output)
+                .unwrap_or(ByteSize(1 << 20)),
+            breaker: resolve_breaker(&defaults.breaker, spec.breaker.as_ref()),
+            bulkhead: bulkhead(spec.max_concurrent, spec.max_queue, defaults),
+            approval: spec.approval,
+            retry: spec.retry.clone().unwrap_or_default(),
+        })
+    }
+}
