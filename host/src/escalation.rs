@@ -190,7 +190,10 @@ pub struct Filter {
 /// for the caller to prefix with the flag or parameter it came from.
 pub fn parse_reason(text: &str) -> Result<EscalationReason, String> {
     serde_json::from_value(Value::String(text.to_owned())).map_err(|_| {
-        format!("`{text}` is not one of retries-exhausted, ambiguous-state, low-confidence, needs-human, approval-required, circuit-open")
+        format!(
+            "`{text}` is not one of retries-exhausted, ambiguous-state, low-confidence, \
+            needs-human, approval-required, circuit-open"
+        )
     })
 }
 
@@ -254,7 +257,10 @@ impl SqliteJournal {
         let conn = self.lock();
         let existing: Option<Row> = conn
             .query_row(
-                &format!("SELECT {COLUMNS} FROM escalations WHERE run = ?1 AND step = ?2 AND reason = ?3 AND resolved_at IS NULL"),
+                &format!(
+                    "SELECT {COLUMNS} FROM escalations WHERE run = ?1 AND step = ?2 AND \
+                    reason = ?3 AND resolved_at IS NULL"
+                ),
                 params![e.run, e.step as i64, e.reason.as_str()],
                 |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
             )
@@ -266,8 +272,16 @@ impl SqliteJournal {
         e.allowed = ResolutionKind::allowed(e.reason);
         e.created_at = now_ms();
         conn.execute(
-            "INSERT INTO escalations (id, run, step, reason, record, created_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-            params![e.id, e.run, e.step as i64, e.reason.as_str(), serde_json::to_string(&e).expect("serializes"), e.created_at],
+            "INSERT INTO escalations (id, run, step, reason, record, created_at) VALUES (?1, ?2, \
+                ?3, ?4, ?5, ?6)",
+            params![
+                e.id,
+                e.run,
+                e.step as i64,
+                e.reason.as_str(),
+                serde_json::to_string(&e).expect("serializes"),
+                e.created_at
+            ],
         )?;
         Ok((e, true))
     }
@@ -308,7 +322,8 @@ impl SqliteJournal {
             });
         }
         let n = self.lock().execute(
-            "UPDATE escalations SET resolution = ?2, resolved_by = ?3, resolved_at = ?4 WHERE id = ?1 AND resolved_at IS NULL",
+            "UPDATE escalations SET resolution = ?2, resolved_by = ?3, resolved_at = ?4 WHERE id = \
+                ?1 AND resolved_at IS NULL",
             params![id, serde_json::to_string(&resolution).expect("serializes"), by, now_ms()],
         )?;
         Ok(Resolved {

@@ -211,7 +211,8 @@ impl<'a> Document<'a> {
                 return Ok(None);
             }
             return err(format!(
-                "`$ref` {reference:?} at {} leads outside the schema; only references within it are allowed",
+                "`$ref` {reference:?} at {} leads outside the schema; only references within it \
+                    are allowed",
                 at(from)
             ));
         };
@@ -307,7 +308,8 @@ impl Graph<'_, '_> {
             }
             if self.nodes.len() >= MAX_NODES {
                 return err(format!(
-                    "has more than {MAX_NODES} subschemas; a declared schema may hold at most that many"
+                    "has more than {MAX_NODES} subschemas; a declared schema may hold at most that \
+                        many"
                 ));
             }
             let (same, down) = self.edges(&ptr)?;
@@ -420,7 +422,8 @@ impl Graph<'_, '_> {
                                 .collect();
                             path.push(at(child));
                             return err(format!(
-                                "is circular: {} apply to the same value without descending into it, so checking a value would never end",
+                                "is circular: {} apply to the same value without descending into \
+                                    it, so checking a value would never end",
                                 path.join(" -> ")
                             ));
                         }
@@ -447,7 +450,8 @@ impl Graph<'_, '_> {
                 }
                 if count > MAX_EXPANSION {
                     return err(format!(
-                        "applies more than {MAX_EXPANSION} subschemas to one value (at {}, through repeated references)",
+                        "applies more than {MAX_EXPANSION} subschemas to one value (at {}, through \
+                            repeated references)",
                         at(ptr)
                     ));
                 }

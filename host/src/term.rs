@@ -54,7 +54,10 @@ mod tests {
         let shown = visible(hostile);
         assert_eq!(
             shown,
-            "ok\\u{1b}]0;pwned\\u{7}\\u{1b}[2J\\u{d}over\\u{0}\\u{85}\\u{9b}31m\\u{202e}txt.exe\\u{2066}"
+            concat!(
+                "ok\\u{1b}]0;pwned\\u{7}\\u{1b}[2J\\u{d}over\\u{0}",
+                "\\u{85}\\u{9b}31m\\u{202e}txt.exe\\u{2066}"
+            )
         );
         assert!(!shown.chars().any(|c| c.is_control() && c != '\n'));
         // Plain text, newlines, tabs and other scripts are untouched.

@@ -327,21 +327,31 @@ pub mod model {
         let mut ev = vec![
             event(
                 "message_start",
-                json!({"type": "message_start", "message": {"model": "scripted", "usage": {"input_tokens": 10}}}),
+                json!({"type": "message_start", "message": {"model": "scripted",
+                    "usage": {"input_tokens": 10}}}),
             ),
             event(
                 "content_block_start",
-                json!({"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}}),
+                json!({"type": "content_block_start", "index": 0, "content_block": {"type": "text",
+                    "text": ""}}),
             ),
         ];
         for p in parts {
-            ev.push(event("content_block_delta", json!({"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": p}})));
+            ev.push(event(
+                "content_block_delta",
+                json!({"type": "content_block_delta", "index": 0,
+                "delta": {"type": "text_delta", "text": p}}),
+            ));
         }
         ev.push(event(
             "content_block_stop",
             json!({"type": "content_block_stop", "index": 0}),
         ));
-        ev.push(event("message_delta", json!({"type": "message_delta", "delta": {"stop_reason": "end_turn"}, "usage": {"output_tokens": parts.len()}})));
+        ev.push(event(
+            "message_delta",
+            json!({"type": "message_delta",
+            "delta": {"stop_reason": "end_turn"}, "usage": {"output_tokens": parts.len()}}),
+        ));
         ev.push(event("message_stop", json!({"type": "message_stop"})));
         ev
     }
@@ -365,7 +375,8 @@ pub mod model {
         Reply::json(
             200,
             json!({"id": "c1", "object": "chat.completion", "model": "scripted",
-                   "choices": [{"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "stop"}],
+                   "choices": [{"index": 0, "message": {"role": "assistant", "content": text},
+                       "finish_reason": "stop"}],
                    "usage": {"prompt_tokens": 10, "completion_tokens": 5}}),
         )
     }
@@ -375,7 +386,8 @@ pub mod model {
             200,
             json!({"id": "c1", "object": "chat.completion", "model": "scripted",
                    "choices": [{"index": 0, "message": {"role": "assistant", "content": null,
-                     "tool_calls": [{"id": id, "type": "function", "function": {"name": name, "arguments": input.to_string()}}]},
+                     "tool_calls": [{"id": id, "type": "function", "function": {"name": name,
+                         "arguments": input.to_string()}}]},
                      "finish_reason": "tool_calls"}],
                    "usage": {"prompt_tokens": 10, "completion_tokens": 5}}),
         )
@@ -391,9 +403,19 @@ pub mod model {
     pub fn openai_stream_events(parts: &[&str]) -> Vec<String> {
         let mut ev: Vec<String> = parts
             .iter()
-            .map(|p| format!("data: {}\n\n", json!({"model": "scripted", "choices": [{"index": 0, "delta": {"content": p}, "finish_reason": null}]})))
+            .map(|p| {
+                let delta = json!({"index": 0, "delta": {"content": p}, "finish_reason": null});
+                format!(
+                    "data: {}\n\n",
+                    json!({"model": "scripted", "choices": [delta]})
+                )
+            })
             .collect();
-        ev.push(format!("data: {}\n\n", json!({"model": "scripted", "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]})));
+        let end = json!({"index": 0, "delta": {}, "finish_reason": "stop"});
+        ev.push(format!(
+            "data: {}\n\n",
+            json!({"model": "scripted", "choices": [end]})
+        ));
         ev.push("data: [DONE]\n\n".into());
         ev
     }

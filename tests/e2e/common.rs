@@ -26,7 +26,8 @@ pub fn plugins() -> &'static Path {
             .expect("run plugins/build.sh");
         assert!(
             out.status.success(),
-            "plugins/build.sh failed (is the wasm32-wasip2 target installed? `rustup target add wasm32-wasip2`):\n{}",
+            "plugins/build.sh failed (is the wasm32-wasip2 target installed? `rustup target add \
+                wasm32-wasip2`):\n{}",
             String::from_utf8_lossy(&out.stderr)
         );
         root().join("plugins/dist")

@@ -21,7 +21,8 @@ fn backstop(config: &std::path::Path, args: &[&str]) -> std::process::Output {
 fn schema_config(schema: &str) -> String {
     let schema = schema.replace('\'', "");
     format!(
-        "{PRELUDE}\n[tools.declares]\ncomponent = \"{{plugins}}/fault.wasm\"\nenv = ['FAULT_OUTPUT_SCHEMA={schema}']\n"
+        "{PRELUDE}\n[tools.declares]\ncomponent = \"{{plugins}}/fault.wasm\"\nenv = \
+            ['FAULT_OUTPUT_SCHEMA={schema}']\n"
     )
 }
 
@@ -61,7 +62,10 @@ fn a_circular_declared_schema_is_a_load_error_naming_the_tool_not_an_abort() {
 #[tokio::test]
 async fn a_recursive_schema_that_descends_is_loaded_and_checks_outputs() {
     let dir = tempdir();
-    let tree = r##"{"$defs":{"n":{"type":"object","properties":{"kids":{"type":"array","items":{"$ref":"#/$defs/n"}}},"unevaluatedProperties":false}},"$ref":"#/$defs/n"}"##;
+    let tree = concat!(
+        r##"{"$defs":{"n":{"type":"object","properties":{"kids":{"type":"array","##,
+        r##""items":{"$ref":"#/$defs/n"}}},"unevaluatedProperties":false}},"$ref":"#/$defs/n"}"##
+    );
     let b = load(dir.path(), &schema_config(tree)).await;
     let ok = b
         .call(
@@ -90,7 +94,9 @@ async fn a_spin_flood_does_not_starve_the_server_or_delay_deadlines() {
     let config = write_config(
         dir.path(),
         &format!(
-            "{PRELUDE}\n[tools.spinner]\ncomponent = \"{{plugins}}/fault.wasm\"\ntimeout = \"1s\"\nretry = {{ attempts = 1 }}\nbreaker = {{ consecutive_failures = 0, failure_rate = 0.0 }}\n"
+            "{PRELUDE}\n[tools.spinner]\ncomponent = \"{{plugins}}/fault.wasm\"\ntimeout = \
+                \"1s\"\nretry = {{ attempts = 1 }}\nbreaker = {{ consecutive_failures = 0, \
+                    failure_rate = 0.0 }}\n"
         ),
     );
     let server = serve(&config, None);
@@ -154,7 +160,8 @@ async fn a_full_bulkhead_fails_fast_and_falls_back_and_spares_other_tools() {
         load(
             dir.path(),
             &format!(
-                "{PRELUDE}\n[tools.slow]\ncomponent = \"{{plugins}}/fault.wasm\"\nmax_concurrent = 4\nmax_queue = 2\nretry = {{ attempts = 1 }}\n\
+                "{PRELUDE}\n[tools.slow]\ncomponent = \"{{plugins}}/fault.wasm\"\nmax_concurrent = \
+                    4\nmax_queue = 2\nretry = {{ attempts = 1 }}\n\
                  [tools.backup]\ncomponent = \"{{plugins}}/fault.wasm\"\n\
                  [tools.other]\ncomponent = \"{{plugins}}/fault.wasm\"\n\
                  [chains.work]\ntargets = [\"slow\", \"backup\"]\n"
@@ -227,7 +234,9 @@ async fn instance_pool_exhaustion_is_not_the_guests_trap() {
             dir.path(),
             &format!(
                 "{PRELUDE}\n[engine]\nmax_concurrent = 5000\n\
-                 [tools.slow]\ncomponent = \"{{plugins}}/fault.wasm\"\nmax_concurrent = 5000\nmemory = \"2MiB\"\nretry = {{ attempts = 1 }}\nbreaker = {{ consecutive_failures = 0, failure_rate = 0.0 }}\n\
+                 [tools.slow]\ncomponent = \"{{plugins}}/fault.wasm\"\nmax_concurrent = \
+                     5000\nmemory = \"2MiB\"\nretry = {{ attempts = 1 }}\nbreaker = {{ \
+                         consecutive_failures = 0, failure_rate = 0.0 }}\n\
                  [tools.backup]\ncomponent = \"{{plugins}}/fault.wasm\"\n\
                  [chains.work]\ntargets = [\"slow\", \"backup\"]\n"
             ),
@@ -238,9 +247,11 @@ async fn instance_pool_exhaustion_is_not_the_guests_trap() {
     for _ in 0..1100 {
         let b = b.clone();
         held.spawn(async move {
-            b.call("work", json!({"slow": {"mode": "sleep", "ms": 3000}, "backup": {"mode": "echo", "value": 1}}))
-                .await
-                .unwrap()
+            let input = json!({
+                "slow": {"mode": "sleep", "ms": 3000},
+                "backup": {"mode": "echo", "value": 1},
+            });
+            b.call("work", input).await.unwrap()
         });
     }
     // Every attempt either ran, or was refused by the full pool (the
@@ -280,7 +291,9 @@ fn a_named_pipe_in_a_granted_directory_cannot_block_the_host() {
     let config = write_config(
         dir.path(),
         &format!(
-            "{PRELUDE}\n[tools.reader]\ncomponent = \"{{plugins}}/fault.wasm\"\ntimeout = \"1s\"\nretry = {{ attempts = 1 }}\ndirs = [{{ host = \"{}\", guest = \"/data\" }}]\n",
+            "{PRELUDE}\n[tools.reader]\ncomponent = \"{{plugins}}/fault.wasm\"\ntimeout = \
+                \"1s\"\nretry = {{ attempts = 1 }}\ndirs = [{{ host = \"{}\", guest = \"/data\" \
+                    }}]\n",
             data.display()
         ),
     );
@@ -347,7 +360,9 @@ async fn the_ledger_never_reports_a_classified_error_after_its_write() {
     let b = load(
         dir.path(),
         &format!(
-            "{PRELUDE}\n[tools.ledger]\ncomponent = \"{{plugins}}/ledger.wasm\"\nenv = [\"LEDGER_SYNC_FAILS=1\"]\ndirs = [{{ host = \"{{dir}}/ledger\", guest = \"/ledger\", mode = \"rw\" }}]\n"
+            "{PRELUDE}\n[tools.ledger]\ncomponent = \"{{plugins}}/ledger.wasm\"\nenv = \
+                [\"LEDGER_SYNC_FAILS=1\"]\ndirs = [{{ host = \"{{dir}}/ledger\", guest = \
+                    \"/ledger\", mode = \"rw\" }}]\n"
         ),
     )
     .await;
@@ -378,7 +393,9 @@ async fn guest_controlled_sizes_are_capped_where_they_enter() {
     let _alone = crate::common::memory_lock().await;
     let dir = tempdir();
     let text = format!(
-        "{PRELUDE}\n[tools.loud]\ncomponent = \"{{plugins}}/fault.wasm\"\nmemory = \"200MiB\"\nretry = {{ attempts = 1 }}\nenv = [\"FAULT_DESCRIPTION=d\", \"FAULT_DESCRIPTION_REPEAT=50000000\"]\n"
+        "{PRELUDE}\n[tools.loud]\ncomponent = \"{{plugins}}/fault.wasm\"\nmemory = \
+            \"200MiB\"\nretry = {{ attempts = 1 }}\nenv = [\"FAULT_DESCRIPTION=d\", \
+                \"FAULT_DESCRIPTION_REPEAT=50000000\"]\n"
     );
     let b = load(dir.path(), &text).await;
     let d = &b.tool("loud").unwrap().description().description;
@@ -406,7 +423,10 @@ async fn guest_controlled_sizes_are_capped_where_they_enter() {
     let big = format!(r#"{{"description":"{}"}}"#, "s".repeat(300 << 10));
     let huge = write_config(
         dir.path(),
-        &format!("{PRELUDE}\n[tools.huge]\ncomponent = \"{{plugins}}/fault.wasm\"\nenv = ['FAULT_OUTPUT_SCHEMA={big}']\n"),
+        &format!(
+            "{PRELUDE}\n[tools.huge]\ncomponent = \"{{plugins}}/fault.wasm\"\nenv = \
+            ['FAULT_OUTPUT_SCHEMA={big}']\n"
+        ),
     );
     let out = backstop(&huge, &["check"]);
     let err = String::from_utf8_lossy(&out.stderr);
@@ -426,7 +446,8 @@ fn escape_sequences_from_a_guest_are_shown_not_executed() {
     let config = write_config(
         dir.path(),
         &format!(
-            "{PRELUDE}\n[tools.loud]\ncomponent = \"{{plugins}}/fault.wasm\"\nretry = {{ attempts = 1 }}\nenv = [\"FAULT_DESCRIPTION=desc\\u001b[2Jx\"]\n"
+            "{PRELUDE}\n[tools.loud]\ncomponent = \"{{plugins}}/fault.wasm\"\nretry = {{ attempts \
+                = 1 }}\nenv = [\"FAULT_DESCRIPTION=desc\\u001b[2Jx\"]\n"
         ),
     );
     let input = json!({"mode": "fail", "class": "permanent", "message": hostile}).to_string();
@@ -509,8 +530,12 @@ mod models {
         let dir = tempdir();
         let origin = server.origin();
         let text = format!(
-            "{PRELUDE}\n[models.plain]\nprovider = \"openai\"\nmodel = \"m\"\nbase_url = \"{origin}\"\ntimeout = \"1s\"\nmax_response = \"4KiB\"\nretry = {{ attempts = 1 }}\nbreaker = {{ consecutive_failures = 0, failure_rate = 0.0 }}\n\
-             [models.streamed]\nprovider = \"openai\"\nmodel = \"m\"\nbase_url = \"{origin}\"\ntimeout = \"400ms\"\nstream = true\nretry = {{ attempts = 3 }}\nbreaker = {{ consecutive_failures = 0, failure_rate = 0.0 }}\n\
+            "{PRELUDE}\n[models.plain]\nprovider = \"openai\"\nmodel = \"m\"\nbase_url = \
+                \"{origin}\"\ntimeout = \"1s\"\nmax_response = \"4KiB\"\nretry = {{ attempts = 1 \
+                    }}\nbreaker = {{ consecutive_failures = 0, failure_rate = 0.0 }}\n\
+             [models.streamed]\nprovider = \"openai\"\nmodel = \"m\"\nbase_url = \
+                 \"{origin}\"\ntimeout = \"400ms\"\nstream = true\nretry = {{ attempts = 3 \
+                     }}\nbreaker = {{ consecutive_failures = 0, failure_rate = 0.0 }}\n\
              [chains.plain_chain]\ntargets = [\"plain\"]\ndeadline = \"1500ms\"\n{extra}"
         );
         let b = load(dir.path(), &text).await;
@@ -643,7 +668,8 @@ mod models {
         let config = write_config(
             dir.path(),
             &format!(
-                "{PRELUDE}\n[models.m]\nprovider = \"anthropic\"\nmodel = \"m\"\napi_key_env = \"BACKSTOP_FRAGMENT_KEY\"\nbase_url = \"{}\"\nretry = {{ attempts = 2 }}\n",
+                "{PRELUDE}\n[models.m]\nprovider = \"anthropic\"\nmodel = \"m\"\napi_key_env = \
+                    \"BACKSTOP_FRAGMENT_KEY\"\nbase_url = \"{}\"\nretry = {{ attempts = 2 }}\n",
                 server.origin()
             ),
         );
@@ -711,11 +737,13 @@ mod runs {
     /// snapshot, written after the last step.
     fn pipeline(dir: &std::path::Path) -> std::path::PathBuf {
         let mut text = format!(
-            "state = \"sqlite:{{dir}}/state.db\"\n{PRELUDE}\n[tools.echo]\ncomponent = \"{{plugins}}/fault.wasm\"\n[agents.long]\n"
+            "state = \"sqlite:{{dir}}/state.db\"\n{PRELUDE}\n[tools.echo]\ncomponent = \
+                \"{{plugins}}/fault.wasm\"\n[agents.long]\n"
         );
         for i in 1..=32 {
             text.push_str(&format!(
-                "[[agents.long.steps]]\nname = \"s{i}\"\ntool = \"echo\"\ninput = {{ mode = \"echo\", value = \"step {i}\" }}\n"
+                "[[agents.long.steps]]\nname = \"s{i}\"\ntool = \"echo\"\ninput = {{ mode = \
+                    \"echo\", value = \"step {i}\" }}\n"
             ));
         }
         write_config(dir, &text)
@@ -827,10 +855,15 @@ mod store {
         write_config(
             dir,
             &format!(
-                "state = \"sqlite:{{dir}}/state.db\"\n{PRELUDE}\n[tools.echo]\ncomponent = \"{{plugins}}/fault.wasm\"\n\
-                 [tools.ledger]\ncomponent = \"{{plugins}}/ledger.wasm\"\ndirs = [{{ host = \"{{dir}}/ledger\", guest = \"/ledger\", mode = \"rw\" }}]\n\
-                 [agents.one]\nsteps = [{{ name = \"e\", tool = \"echo\", input = {{ mode = \"echo\", value = 1 }} }}]\n\
-                 [agents.pay]\nsteps = [\n  {{ name = \"p\", tool = \"ledger\", input = {{ entry = \"paid\" }} }},\n  {{ name = \"wait\", tool = \"echo\", input = {{ mode = \"sleep\", ms = 20000 }} }},\n]\n"
+                "state = \"sqlite:{{dir}}/state.db\"\n{PRELUDE}\n[tools.echo]\ncomponent = \
+                    \"{{plugins}}/fault.wasm\"\n\
+                 [tools.ledger]\ncomponent = \"{{plugins}}/ledger.wasm\"\ndirs = [{{ host = \
+                     \"{{dir}}/ledger\", guest = \"/ledger\", mode = \"rw\" }}]\n\
+                 [agents.one]\nsteps = [{{ name = \"e\", tool = \"echo\", input = {{ mode = \
+                     \"echo\", value = 1 }} }}]\n\
+                 [agents.pay]\nsteps = [\n  {{ name = \"p\", tool = \"ledger\", input = {{ entry = \
+                     \"paid\" }} }},\n  {{ name = \"wait\", tool = \"echo\", input = {{ mode = \
+                         \"sleep\", ms = 20000 }} }},\n]\n"
             ),
         )
     }
@@ -1202,7 +1235,11 @@ mod server {
         let (_d, config) = setup();
         let server = serve_with(&config, None, &["--body-timeout", "1s"]);
         let mut s = TcpStream::connect(addr(&server)).unwrap();
-        s.write_all(b"POST /v1/calls HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n5\r\n{\"cha\r\n").unwrap();
+        s.write_all(
+            b"POST /v1/calls HTTP/1.1\r\nHost: t\r\nContent-Type: \
+            application/json\r\nTransfer-Encoding: chunked\r\n\r\n5\r\n{\"cha\r\n",
+        )
+        .unwrap();
         let t = Instant::now();
         let (text, closed) = until_closed(&mut s, Duration::from_secs(8));
         assert!(text.starts_with("HTTP/1.1 408"), "{text}");
@@ -1254,7 +1291,11 @@ mod server {
         let mut server = serve_with(&config, None, &["--grace", "1s", "--body-timeout", "60s"]);
         let mut s = TcpStream::connect(addr(&server)).unwrap();
         // Headers sent, the body promised and never sent.
-        s.write_all(b"POST /v1/calls HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{\"chain\"").unwrap();
+        s.write_all(
+            b"POST /v1/calls HTTP/1.1\r\nHost: t\r\nContent-Type: \
+            application/json\r\nContent-Length: 100\r\n\r\n{\"chain\"",
+        )
+        .unwrap();
         std::thread::sleep(Duration::from_millis(300));
         let t = Instant::now();
         let killed = Command::new("kill")
@@ -1297,7 +1338,10 @@ fn half_open_probes_are_admitted_once_across_processes() {
     let config = write_config(
         dir.path(),
         &format!(
-            "state = \"sqlite:{{dir}}/state.db\"\n{PRELUDE}\n[models.m]\nprovider = \"anthropic\"\nmodel = \"m\"\nbase_url = \"{}\"\nretry = {{ attempts = 1 }}\nbreaker = {{ consecutive_failures = 1, failure_rate = 0.0, open_for = \"500ms\", probe_timeout = \"10s\" }}\n",
+            "state = \"sqlite:{{dir}}/state.db\"\n{PRELUDE}\n[models.m]\nprovider = \
+                \"anthropic\"\nmodel = \"m\"\nbase_url = \"{}\"\nretry = {{ attempts = 1 \
+                    }}\nbreaker = {{ consecutive_failures = 1, failure_rate = 0.0, open_for = \
+                        \"500ms\", probe_timeout = \"10s\" }}\n",
             server.origin()
         ),
     );
@@ -1348,7 +1392,9 @@ fn a_busy_run_names_its_live_owner() {
     let config = write_config(
         dir.path(),
         &format!(
-            "state = \"sqlite:{{dir}}/state.db\"\n{PRELUDE}\n[tools.slow]\ncomponent = \"{{plugins}}/fault.wasm\"\ntimeout = \"60s\"\n[agents.slow]\nsteps = [{{ name = \"s\", tool = \"slow\", input = {{ mode = \"sleep\", ms = 20000 }} }}]\n"
+            "state = \"sqlite:{{dir}}/state.db\"\n{PRELUDE}\n[tools.slow]\ncomponent = \
+                \"{{plugins}}/fault.wasm\"\ntimeout = \"60s\"\n[agents.slow]\nsteps = [{{ name = \
+                    \"s\", tool = \"slow\", input = {{ mode = \"sleep\", ms = 20000 }} }}]\n"
         ),
     );
     let (mut child, id) = crate::runs::start(&config, "slow", "t");

@@ -37,11 +37,15 @@ dirs = [{{ host = "{{dir}}/ledger", guest = "/ledger", mode = "rw" }}]
 component = "{{plugins}}/fault.wasm"
 approval = true
 
-[agents.publish]
-steps = [
-  {{ name = "p", tool = "publish", input = {{ entry = "post", sleep_before_ms = 1000 }} }},
-  {{ name = "after", tool = "fault", input = {{ mode = "echo", value = "{{{{steps.p.output.entry}}}}" }} }},
-]
+[[agents.publish.steps]]
+name = "p"
+tool = "publish"
+input = {{ entry = "post", sleep_before_ms = 1000 }}
+
+[[agents.publish.steps]]
+name = "after"
+tool = "fault"
+input = {{ mode = "echo", value = "{{{{steps.p.output.entry}}}}" }}
 
 [agents.publish_then_pause]
 steps = [{{ name = "p", tool = "publish", input = {{ entry = "post", sleep_after_ms = 1500 }} }}]
@@ -49,23 +53,35 @@ steps = [{{ name = "p", tool = "publish", input = {{ entry = "post", sleep_after
 [agents.checked]
 steps = [{{ name = "c", tool = "checked", input = {{ mode = "echo", value = "ok" }} }}]
 
-[agents.lowconf]
-steps = [
-  {{ name = "a", tool = "fault", input = {{ mode = "echo", value = "maybe", confidence = 0.2 }} }},
-  {{ name = "b", tool = "fault", input = {{ mode = "echo", value = "{{{{steps.a.output.echo}}}}" }} }},
-]
+[[agents.lowconf.steps]]
+name = "a"
+tool = "fault"
+input = {{ mode = "echo", value = "maybe", confidence = 0.2 }}
 
-[agents.human]
-steps = [
-  {{ name = "h", tool = "fault", input = {{ mode = "fail", class = "needs-human" }} }},
-  {{ name = "b", tool = "fault", input = {{ mode = "echo", value = "{{{{steps.h.output.answer}}}}" }} }},
-]
+[[agents.lowconf.steps]]
+name = "b"
+tool = "fault"
+input = {{ mode = "echo", value = "{{{{steps.a.output.echo}}}}" }}
 
-[agents.inbox]
-steps = [
-  {{ name = "r", tool = "reader", input = {{ mode = "read", path = "/inbox/note.txt" }} }},
-  {{ name = "b", tool = "fault", input = {{ mode = "echo", value = "{{{{steps.r.output.text}}}}" }} }},
-]
+[[agents.human.steps]]
+name = "h"
+tool = "fault"
+input = {{ mode = "fail", class = "needs-human" }}
+
+[[agents.human.steps]]
+name = "b"
+tool = "fault"
+input = {{ mode = "echo", value = "{{{{steps.h.output.answer}}}}" }}
+
+[[agents.inbox.steps]]
+name = "r"
+tool = "reader"
+input = {{ mode = "read", path = "/inbox/note.txt" }}
+
+[[agents.inbox.steps]]
+name = "b"
+tool = "fault"
+input = {{ mode = "echo", value = "{{{{steps.r.output.text}}}}" }}
 "#
     )
 }

@@ -262,7 +262,11 @@ async fn retry_after_is_honoured_and_never_undercut() {
     let (_d, b) = setup().await;
     let started = std::time::Instant::now();
     let o = b
-        .call("main", json!({"flaky": {"mode": "fail", "class": "rate-limited", "retry_after_ms": 150, "times": 1}}))
+        .call(
+            "main",
+            json!({"flaky": {"mode": "fail", "class": "rate-limited",
+            "retry_after_ms": 150, "times": 1}}),
+        )
         .await
         .unwrap();
     assert_eq!(
@@ -280,7 +284,11 @@ async fn retry_after_is_honoured_and_never_undercut() {
 async fn retry_after_beyond_the_cap_fails_over() {
     let (_d, b) = setup().await;
     let o = b
-        .call("impatient", json!({"flaky": {"mode": "fail", "class": "rate-limited", "retry_after_ms": 1000}, "backup": {}}))
+        .call(
+            "impatient",
+            json!({"flaky": {"mode": "fail", "class": "rate-limited",
+            "retry_after_ms": 1000}, "backup": {}}),
+        )
         .await
         .unwrap();
     assert_eq!(

@@ -8,7 +8,9 @@ use serde_json::json;
 async fn setup() -> (tempfile::TempDir, Backstop) {
     let dir = tempdir();
     let text = format!(
-        "{PRELUDE}\n[tools.hostile]\ncomponent = \"{{plugins}}/fault.wasm\"\nmemory = \"160MiB\"\ntimeout = \"5s\"\nretry = {{ attempts = 1 }}\nbreaker = {{ consecutive_failures = 0, failure_rate = 0.0 }}\n"
+        "{PRELUDE}\n[tools.hostile]\ncomponent = \"{{plugins}}/fault.wasm\"\nmemory = \
+            \"160MiB\"\ntimeout = \"5s\"\nretry = {{ attempts = 1 }}\nbreaker = {{ \
+                consecutive_failures = 0, failure_rate = 0.0 }}\n"
     );
     let b = load(dir.path(), &text).await;
     (dir, b)
@@ -171,7 +173,9 @@ async fn measure_hostile_calls() {
 async fn output_that_violates_its_declared_schema_is_malformed() {
     let dir = tempdir();
     let text = format!(
-        "{PRELUDE}\n[tools.shaped]\ncomponent = \"{{plugins}}/fault.wasm\"\nenv = ['FAULT_OUTPUT_SCHEMA={{\"type\":\"object\",\"required\":[\"answer\"],\"properties\":{{\"answer\":{{\"type\":\"string\"}}}}}}']\nretry = {{ attempts = 1 }}\n"
+        "{PRELUDE}\n[tools.shaped]\ncomponent = \"{{plugins}}/fault.wasm\"\nenv = \
+            ['FAULT_OUTPUT_SCHEMA={{\"type\":\"object\",\"required\":[\"answer\"],\
+            \"properties\":{{\"answer\":{{\"type\":\"string\"}}}}}}']\nretry = {{ attempts = 1 }}\n"
     );
     let b = load(dir.path(), &text).await;
     assert_eq!(
@@ -200,7 +204,8 @@ async fn output_that_violates_its_declared_schema_is_malformed() {
     let bad = tempdir();
     let path = crate::common::write_config(
         bad.path(),
-        "[tools.broken]\ncomponent = \"{plugins}/fault.wasm\"\nenv = ['FAULT_OUTPUT_SCHEMA={\"type\": 5}']\n",
+        "[tools.broken]\ncomponent = \"{plugins}/fault.wasm\"\nenv = \
+            ['FAULT_OUTPUT_SCHEMA={\"type\": 5}']\n",
     );
     let e = Backstop::load(&path).await.err().unwrap().to_string();
     assert!(

@@ -1,6 +1,6 @@
 //! The crate's shape, checked from its source: imports go one way (no
 //! module imports one that imports it back, at any level of the module
-//! tree).
+//! tree) and no line is longer than rustfmt's 100 columns.
 //!
 //! The scan reads `crate::`, `super::` and `self::` paths (with `use`
 //! groups expanded), follows `use` re-exports to the module that defines a
@@ -549,4 +549,27 @@ fn the_cycle_check_sees_cycles() {
         .map(|(x, y)| (x.to_owned(), y.to_owned()))
         .collect();
     assert_eq!(top, want);
+}
+
+#[test]
+fn no_line_is_longer_than_rustfmt_allows() {
+    let mut files = Vec::new();
+    rust_files(&src(), &mut files);
+    let root = src().join("..").join("..");
+    for dir in ["tests", "host/benches"] {
+        rust_files(&root.join(dir), &mut files);
+    }
+    let mut long = Vec::new();
+    for f in &files {
+        for (n, line) in std::fs::read_to_string(f).unwrap().lines().enumerate() {
+            if line.chars().count() > 100 {
+                long.push(format!("{}:{}", f.display(), n + 1));
+            }
+        }
+    }
+    assert!(
+        long.is_empty(),
+        "lines past 100 columns:\n{}",
+        long.join("\n")
+    );
 }

@@ -92,8 +92,15 @@ async fn the_config_may_tighten_but_not_loosen_a_tools_effect() {
     assert_eq!(b.tool("f").unwrap().effect(), Effect::Irreversible);
     assert_eq!(b.tool("f").unwrap().description().effect, Effect::ReadOnly);
 
-    let loose = "[tools.f]\ncomponent = \"{plugins}/fault.wasm\"\nenv = [\"FAULT_EFFECT=side-effect\"]\neffect = \"read-only\"\n";
+    let loose = "[tools.f]\ncomponent = \"{plugins}/fault.wasm\"\nenv = \
+        [\"FAULT_EFFECT=side-effect\"]\neffect = \"read-only\"\n";
     let e = try_load(dir.path(), loose).await.err().unwrap().to_string();
     assert!(e.contains("backstop.toml:4:10: tools.f.effect:"), "{e}");
-    assert!(e.contains("describes itself as side-effect; the config may only declare a stricter effect, not read-only"), "{e}");
+    assert!(
+        e.contains(
+            "describes itself as side-effect; the config may only declare a stricter \
+        effect, not read-only"
+        ),
+        "{e}"
+    );
 }

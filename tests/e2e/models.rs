@@ -15,7 +15,9 @@ const NO_BREAKER: &str = "breaker = { consecutive_failures = 0, failure_rate = 0
 fn table_config(origin: &str) -> String {
     let model = |name: &str, provider: &str, stream: bool| {
         format!(
-            "[models.{name}]\nprovider = \"{provider}\"\nmodel = \"m\"\nbase_url = \"{origin}\"\ntimeout = \"400ms\"\nidle_timeout = \"200ms\"\nstream = {stream}\nretry = {{ attempts = 2 }}\n{NO_BREAKER}\n"
+            "[models.{name}]\nprovider = \"{provider}\"\nmodel = \"m\"\nbase_url = \
+                \"{origin}\"\ntimeout = \"400ms\"\nidle_timeout = \"200ms\"\nstream = \
+                    {stream}\nretry = {{ attempts = 2 }}\n{NO_BREAKER}\n"
         )
     };
     format!(
@@ -226,7 +228,9 @@ fn cases() -> Vec<Case> {
             "o",
             Reply::json(
                 200,
-                json!({"choices": [{"message": {"tool_calls": [{"id": "1", "function": {"name": "f", "arguments": "{oops"}}]}, "finish_reason": "tool_calls"}]}),
+                json!({"choices": [{"message": {"tool_calls": [{"id": "1",
+                    "function": {"name": "f", "arguments": "{oops"}}]},
+                        "finish_reason": "tool_calls"}]}),
             ),
             "malformed-output",
             "fail-over",
@@ -391,8 +395,10 @@ async fn responses_and_tool_use_are_carried_both_ways() {
         "system": "be brief",
         "messages": [
             {"role": "user", "content": "find wasm"},
-            {"role": "assistant", "content": [{"type": "tool_use", "id": "t1", "name": "search", "input": {"q": "wasm"}}]},
-            {"role": "user", "content": [{"type": "tool_result", "tool_use_id": "t1", "content": "found"}]}
+            {"role": "assistant", "content": [{"type": "tool_use", "id": "t1", "name": "search",
+                "input": {"q": "wasm"}}]},
+            {"role": "user", "content": [{"type": "tool_result", "tool_use_id": "t1",
+                "content": "found"}]}
         ],
         "tools": [{"name": "search", "description": "search", "input_schema": {"type": "object"}}]
     });
@@ -591,7 +597,8 @@ async fn no_request_arrives_before_its_retry_after() {
     ]);
     let dir = tempdir();
     let config = format!(
-        "{PRELUDE}\n[models.m]\nprovider = \"anthropic\"\nmodel = \"m\"\nbase_url = \"{}\"\nretry = {{ attempts = 4 }}\n{NO_BREAKER}\n",
+        "{PRELUDE}\n[models.m]\nprovider = \"anthropic\"\nmodel = \"m\"\nbase_url = \"{}\"\nretry \
+            = {{ attempts = 4 }}\n{NO_BREAKER}\n",
         server.origin()
     );
     let b = load(dir.path(), &config).await;
@@ -663,7 +670,8 @@ fn keys_never_appear_in_any_output() {
         .unwrap();
     let dir = tempdir();
     let config = format!(
-        "{PRELUDE}\n[models.m]\nprovider = \"anthropic\"\nmodel = \"m\"\napi_key_env = \"BACKSTOP_TEST_KEY\"\nbase_url = \"{}\"\nretry = {{ attempts = 2 }}\n",
+        "{PRELUDE}\n[models.m]\nprovider = \"anthropic\"\nmodel = \"m\"\napi_key_env = \
+            \"BACKSTOP_TEST_KEY\"\nbase_url = \"{}\"\nretry = {{ attempts = 2 }}\n",
         server.origin()
     );
     let path = write_config(dir.path(), &config);
@@ -712,7 +720,8 @@ async fn connection_refused_is_transient_and_retried() {
     // Port 9 (discard) has no listener here: every connect is refused.
     let dir = tempdir();
     let config = format!(
-        "{PRELUDE}\n[models.m]\nprovider = \"openai\"\nmodel = \"m\"\nbase_url = \"http://127.0.0.1:9/v1\"\nretry = {{ attempts = 2 }}\n{NO_BREAKER}\n"
+        "{PRELUDE}\n[models.m]\nprovider = \"openai\"\nmodel = \"m\"\nbase_url = \
+            \"http://127.0.0.1:9/v1\"\nretry = {{ attempts = 2 }}\n{NO_BREAKER}\n"
     );
     let b = load(dir.path(), &config).await;
     let o = b.ask("m", "hi").await.unwrap();

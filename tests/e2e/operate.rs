@@ -47,11 +47,15 @@ retry = {{ attempts = 1 }}
 [chains.search]
 targets = ["fault", "backup"]
 
-[agents.two]
-steps = [
-  {{ name = "a", tool = "fault", input = {{ mode = "echo", value = "one" }} }},
-  {{ name = "b", tool = "fault", input = {{ mode = "echo", value = "{{{{steps.a.output.echo}}}}-two" }} }},
-]
+[[agents.two.steps]]
+name = "a"
+tool = "fault"
+input = {{ mode = "echo", value = "one" }}
+
+[[agents.two.steps]]
+name = "b"
+tool = "fault"
+input = {{ mode = "echo", value = "{{{{steps.a.output.echo}}}}-two" }}
 
 [agents.checked]
 steps = [{{ name = "c", tool = "checked", input = {{ mode = "echo", value = "approved" }} }}]
@@ -221,7 +225,8 @@ async fn every_route_over_http_with_auth_bad_bodies_and_a_resolve_that_resumes()
     let (code, o) = api
         .post(
             "/v1/calls",
-            json!({"chain": "search", "input": {"fault": {"mode": "fail", "class": "permanent"}, "backup": {"mode": "echo", "value": 1}}}),
+            json!({"chain": "search", "input": {"fault": {"mode": "fail", "class": "permanent"},
+                "backup": {"mode": "echo", "value": 1}}}),
         )
         .await;
     assert_eq!(code, 200, "{o}");
@@ -490,7 +495,10 @@ async fn every_route_over_http_with_auth_bad_bodies_and_a_resolve_that_resumes()
             1.0,
         ),
         (
-            r#"backstop_http_requests_total{method="POST",route="/v1/escalations/{id}/resolve",status="409"}"#,
+            concat!(
+                r#"backstop_http_requests_total{method="POST","#,
+                r#"route="/v1/escalations/{id}/resolve",status="409"}"#
+            ),
             1.0,
         ),
     ] {

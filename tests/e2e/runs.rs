@@ -36,16 +36,40 @@ effect = "irreversible"
 approval = false
 dirs = [{{ host = "{{dir}}/ledger", guest = "/ledger", mode = "rw" }}]
 
-[agents.pipe]
-steps = [
-  {{ name = "s1", tool = "fault", input = {{ mode = "sleep", ms = 15, value = "{{{{task}}}}" }} }},
-  {{ name = "s2", tool = "ledger", input = {{ entry = "{{{{steps.s1.output.echo}}}}-2", sleep_before_ms = 15, sleep_after_ms = 15 }} }},
-  {{ name = "s3", tool = "fault", input = {{ mode = "sleep", ms = 15, value = "{{{{steps.s2.output.entry}}}}-3" }} }},
-  {{ name = "s4", tool = "ledger", input = {{ entry = "{{{{steps.s3.output.echo}}}}-4", sleep_before_ms = 15, sleep_after_ms = 15 }} }},
-  {{ name = "s5", tool = "fault", input = {{ mode = "sleep", ms = 15, value = "{{{{steps.s4.output.entry}}}}-5" }} }},
-  {{ name = "s6", tool = "ledger", input = {{ entry = "{{{{steps.s5.output.echo}}}}-6", sleep_before_ms = 15, sleep_after_ms = 15 }} }},
-  {{ name = "s7", tool = "fault", input = {{ mode = "echo", value = "{{{{steps.s6.output.entry}}}}-7" }} }},
-]
+[[agents.pipe.steps]]
+name = "s1"
+tool = "fault"
+input = {{ mode = "sleep", ms = 15, value = "{{{{task}}}}" }}
+
+[[agents.pipe.steps]]
+name = "s2"
+tool = "ledger"
+input = {{ entry = "{{{{steps.s1.output.echo}}}}-2", sleep_before_ms = 15, sleep_after_ms = 15 }}
+
+[[agents.pipe.steps]]
+name = "s3"
+tool = "fault"
+input = {{ mode = "sleep", ms = 15, value = "{{{{steps.s2.output.entry}}}}-3" }}
+
+[[agents.pipe.steps]]
+name = "s4"
+tool = "ledger"
+input = {{ entry = "{{{{steps.s3.output.echo}}}}-4", sleep_before_ms = 15, sleep_after_ms = 15 }}
+
+[[agents.pipe.steps]]
+name = "s5"
+tool = "fault"
+input = {{ mode = "sleep", ms = 15, value = "{{{{steps.s4.output.entry}}}}-5" }}
+
+[[agents.pipe.steps]]
+name = "s6"
+tool = "ledger"
+input = {{ entry = "{{{{steps.s5.output.echo}}}}-6", sleep_before_ms = 15, sleep_after_ms = 15 }}
+
+[[agents.pipe.steps]]
+name = "s7"
+tool = "fault"
+input = {{ mode = "echo", value = "{{{{steps.s6.output.entry}}}}-7" }}
 
 [agents.unsure]
 steps = [
@@ -372,7 +396,8 @@ fn damaged_state_is_named_and_nothing_is_overwritten() {
     let db = e.root.join("state.db");
     let conn = rusqlite::Connection::open(&db).unwrap();
     conn.execute(
-        "UPDATE entries SET payload = 'garbage' WHERE seq = 3 AND rid = (SELECT rid FROM runs WHERE id = ?1)",
+        "UPDATE entries SET payload = 'garbage' WHERE seq = 3 AND rid = (SELECT rid FROM runs \
+            WHERE id = ?1)",
         [&ids[0]],
     )
     .unwrap();
@@ -429,7 +454,9 @@ async fn a_tool_loop_runs_tools_for_the_model_and_survives_a_kill() {
     let e = env();
     let text = std::fs::read_to_string(&e.config).unwrap()
         + &format!(
-            "\n[models.scripted]\nprovider = \"anthropic\"\nmodel = \"m\"\nbase_url = \"{}\"\n\n[agents.loop]\nmodel = \"scripted\"\ntools = [\"ledger\"]\nmax_steps = 5\n",
+            "\n[models.scripted]\nprovider = \"anthropic\"\nmodel = \"m\"\nbase_url = \
+                \"{}\"\n\n[agents.loop]\nmodel = \"scripted\"\ntools = [\"ledger\"]\nmax_steps = \
+                    5\n",
             server.origin()
         );
     std::fs::write(&e.config, text).unwrap();

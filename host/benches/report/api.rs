@@ -29,7 +29,8 @@ pub fn measure(root: &Path, samples: usize, n: u64, seconds: u64) -> Figures {
         .unwrap();
     let dir = tempfile::tempdir().unwrap();
     let text = format!(
-        "version = 1\ncache_dir = \"{}\"\nstate = \"sqlite:{}\"\n[tools.echo]\ncomponent = \"{}\"\n",
+        "version = 1\ncache_dir = \"{}\"\nstate = \"sqlite:{}\"\n[tools.echo]\ncomponent = \
+            \"{}\"\n",
         root.join("target/bench-cache").display(),
         dir.path().join("state.db").display(),
         root.join("plugins/dist/echo_rs.wasm").display()

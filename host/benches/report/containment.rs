@@ -118,7 +118,8 @@ pub fn run(root: &Path, quick: bool) -> String {
 fn spin_flood(root: &Path, page: &mut String) {
     let s = serve(
         root,
-        "[tools.spinner]\ncomponent = \"{dist}/fault.wasm\"\ntimeout = \"1s\"\nretry = { attempts = 1 }\nbreaker = { consecutive_failures = 0, failure_rate = 0.0 }\n",
+        "[tools.spinner]\ncomponent = \"{dist}/fault.wasm\"\ntimeout = \"1s\"\nretry = { attempts \
+            = 1 }\nbreaker = { consecutive_failures = 0, failure_rate = 0.0 }\n",
     );
     let idle = probe(&s.base, 100);
     let base = s.base.clone();
@@ -151,7 +152,15 @@ fn spin_flood(root: &Path, page: &mut String) {
     let flood = probe(&s.base, 60);
     let ends = s.rt.block_on(calls).unwrap();
     p!(page, "### A spin flood\n");
-    p!(page, "`backstop serve`'s server in this process; 100 concurrent `POST /v1/calls` of the `fault` tool in `spin` mode (an endless loop), each with a 1 s timeout; `/healthz` probed every 10 ms by a client on its own thread, idle first (the baseline) and then during the flood. Before guests ran on their own pool and yielded at each epoch tick, `/healthz` took 53.8 s during such a flood and the calls a median of 31 s (up to 60 s).\n");
+    p!(
+        page,
+        "`backstop serve`'s server in this process; 100 concurrent `POST /v1/calls` of the \
+        `fault` tool in `spin` mode (an endless loop), each with a 1 s timeout; `/healthz` probed \
+            every 10 ms by a client on its own thread, idle first (the baseline) and then during \
+                the flood. Before guests ran on their own pool and yielded at each epoch tick, \
+                    `/healthz` took 53.8 s during such a flood and the calls a median of 31 s (up \
+                        to 60 s).\n"
+    );
     p!(page, "| | `/healthz` latency | \n| --- | --- |");
     p!(page, "| idle (baseline) | {} |", idle.show());
     p!(page, "| during the flood | {} |", flood.show());
@@ -162,7 +171,8 @@ fn spin_flood(root: &Path, page: &mut String) {
     );
     p!(
         page,
-        "The 100 spinning calls ended (as `timeout`) between {} and {} after they were sent (median {}): a spread of {} around their own 1 s deadline.\n",
+        "The 100 spinning calls ended (as `timeout`) between {} and {} after they were sent \
+            (median {}): a spread of {} around their own 1 s deadline.\n",
         fmt(ends[0]),
         fmt(*ends.last().unwrap()),
         fmt(ends[ends.len() / 2]),
@@ -175,7 +185,8 @@ fn runs_under_load(root: &Path, quick: bool, page: &mut String) {
         String::from("[tools.fault]\ncomponent = \"{dist}/fault.wasm\"\n[agents.four]\n");
     for i in 0..4 {
         agents.push_str(&format!(
-            "[[agents.four.steps]]\nname = \"s{i}\"\ntool = \"fault\"\ninput = {{ mode = \"echo\", value = {i} }}\n"
+            "[[agents.four.steps]]\nname = \"s{i}\"\ntool = \"fault\"\ninput = {{ mode = \"echo\", \
+                value = {i} }}\n"
         ));
     }
     let s = serve(root, &agents);
@@ -216,7 +227,13 @@ fn runs_under_load(root: &Path, quick: bool, page: &mut String) {
     let busy = probe(&s.base, (seconds as usize * 1000 - 300) / 12);
     let runs = s.rt.block_on(load).unwrap();
     p!(page, "### Runs under load\n");
-    p!(page, "16 clients each starting 4-step pipeline runs (`POST /v1/runs`, waiting for each to finish; every step journals an intent and a result with fsync) back to back for {seconds} s: {runs} runs. `/healthz` probed every 10 ms, idle first. Before journal writes were taken off the async workers: p50 54 ms, max 731 ms.\n");
+    p!(
+        page,
+        "16 clients each starting 4-step pipeline runs (`POST /v1/runs`, waiting for each to \
+        finish; every step journals an intent and a result with fsync) back to back for {seconds} \
+            s: {runs} runs. `/healthz` probed every 10 ms, idle first. Before journal writes were \
+                taken off the async workers: p50 54 ms, max 731 ms.\n"
+    );
     p!(page, "| | `/healthz` latency |\n| --- | --- |");
     p!(page, "| idle (baseline) | {} |", idle.show());
     p!(page, "| 16 runs at once | {} |", busy.show());
@@ -236,10 +253,16 @@ fn big_store(path: &Path, n: usize) {
     let tx = conn.transaction().unwrap();
     {
         let mut run = tx
-            .prepare("INSERT INTO runs (id, agent, task, status, step, started_at, updated_at, output) VALUES (?1, 'one', 'history', 'finished', 1, 0, 0, '{}')")
+            .prepare(
+                "INSERT INTO runs (id, agent, task, status, step, started_at, updated_at, \
+                output) VALUES (?1, 'one', 'history', 'finished', 1, 0, 0, '{}')",
+            )
             .unwrap();
         let mut entry = tx
-            .prepare("INSERT INTO entries (rid, seq, kind, step, payload, checksum, at) VALUES (?1, ?2, 'tool-result', 1, ?3, 0, 0)")
+            .prepare(
+                "INSERT INTO entries (rid, seq, kind, step, payload, checksum, at) VALUES \
+                (?1, ?2, 'tool-result', 1, ?3, 0, 0)",
+            )
             .unwrap();
         let payload = format!("{{\"pad\":\"{}\"}}", "x".repeat(200));
         for i in 0..n {
@@ -262,8 +285,19 @@ fn store_sizes(root: &Path, quick: bool, page: &mut String) {
     };
     let reps = if quick { 3 } else { 11 };
     p!(page, "### `backstop run` as the store grows\n");
-    p!(page, "The release `backstop` binary running a one-step pipeline (`fault` echo) against a store already holding N finished runs (4 journal entries each, 200-byte payloads), {reps} runs each, median (min-max). Before the open check was made O(1) (a full `quick_check` on every open): 16.5 ms on an empty store, 36.9 ms at 6,900 runs. Lock files left in `state.db.locks/` afterwards are counted.\n");
-    p!(page, "| runs in the store | store size | `backstop run` | lock files left |\n| --- | --- | --- | --- |");
+    p!(
+        page,
+        "The release `backstop` binary running a one-step pipeline (`fault` echo) against a \
+        store already holding N finished runs (4 journal entries each, 200-byte payloads), {reps} \
+            runs each, median (min-max). Before the open check was made O(1) (a full `quick_check` \
+                on every open): 16.5 ms on an empty store, 36.9 ms at 6,900 runs. Lock files left \
+                    in `state.db.locks/` afterwards are counted.\n"
+    );
+    p!(
+        page,
+        "| runs in the store | store size | `backstop run` | lock files left |\n| --- | --- | \
+        --- | --- |"
+    );
     let mut medians = Vec::new();
     for &n in sizes {
         let dir = tempfile::tempdir().unwrap();
@@ -273,7 +307,9 @@ fn store_sizes(root: &Path, quick: bool, page: &mut String) {
         std::fs::write(
             &config,
             format!(
-                "version = 1\ncache_dir = \"{}\"\nstate = \"sqlite:{}\"\n[tools.fault]\ncomponent = \"{}\"\n[agents.one]\nsteps = [{{ name = \"e\", tool = \"fault\", input = {{ mode = \"echo\", value = 1 }} }}]\n",
+                "version = 1\ncache_dir = \"{}\"\nstate = \"sqlite:{}\"\n[tools.fault]\ncomponent \
+                    = \"{}\"\n[agents.one]\nsteps = [{{ name = \"e\", tool = \"fault\", input = {{ \
+                        mode = \"echo\", value = 1 }} }}]\n",
                 root.join("target/bench-cache").display(),
                 state.display(),
                 root.join("plugins/dist/fault.wasm").display()

@@ -32,12 +32,17 @@ pub fn run(steps: u64) -> String {
     let mut seq = 0;
     for step in 1..=steps {
         let key = format!("rbench:{step}");
-        let intent = json!({"chain": "search", "input": {"query": format!("query number {step}")}, "key": key, "effect": "read-only"});
+        let intent = json!({"chain": "search", "input": {"query": format!("query number \
+            {step}")}, "key": key, "effect": "read-only"});
         let result = json!({"chain": "search", "key": key, "outcome": {
-            "ok": true, "chain": "search", "key": key, "value": {"results": [{"file": "notes.md", "snippet": "a paragraph of text that answers the query", "score": 0.5}]},
-            "confidence": 0.5, "served_by": "corpus", "degraded": true, "degraded_reason": "fallback: web_search: circuit open",
-            "attempts": [{"target": "web_search", "attempt": 1, "class": "circuit-open", "elapsed_ms": 0, "delay_ms": 0, "then": "fail-over"},
-                         {"target": "corpus", "attempt": 1, "class": "ok", "elapsed_ms": 1, "delay_ms": 0, "then": "done"}],
+            "ok": true, "chain": "search", "key": key, "value": {"results": [{"file": "notes.md",
+                "snippet": "a paragraph of text that answers the query", "score": 0.5}]},
+            "confidence": 0.5, "served_by": "corpus", "degraded": true,
+                "degraded_reason": "fallback: web_search: circuit open",
+            "attempts": [{"target": "web_search", "attempt": 1, "class": "circuit-open",
+                "elapsed_ms": 0, "delay_ms": 0, "then": "fail-over"},
+                         {"target": "corpus", "attempt": 1, "class": "ok", "elapsed_ms": 1,
+                             "delay_ms": 0, "then": "done"}],
             "elapsed_ms": 1}});
         raw += intent.to_string().len() + result.to_string().len();
         let t0 = Instant::now();
@@ -63,7 +68,12 @@ pub fn run(steps: u64) -> String {
     let late = median(costs[n.saturating_sub(21)..n].to_vec());
     let disk = j.size_on_disk().unwrap();
     p!(out, "journal: {steps} steps, {seq} entries");
-    p!(out, "  per-step cost (intent + result, fsync'd): around step 10 {early:?}, around step {steps} {late:?}, ratio {:.2} (goal <= 1.2)", late.as_secs_f64() / early.as_secs_f64());
+    p!(
+        out,
+        "  per-step cost (intent + result, fsync'd): around step 10 {early:?}, around step \
+        {steps} {late:?}, ratio {:.2} (goal <= 1.2)",
+        late.as_secs_f64() / early.as_secs_f64()
+    );
     p!(
         out,
         "  bytes on disk {disk} against raw payload {raw}: ratio {:.2} (goal <= 2)",
@@ -87,17 +97,24 @@ pub fn run(steps: u64) -> String {
     let fault = root.join("plugins/dist/fault.wasm");
     assert!(fault.is_file(), "run plugins/build.sh first");
     let mut text = format!(
-        "state = \"sqlite:{}\"\ncache_dir = \"{}\"\n[defaults.retry]\nattempts = 1\n[tools.fault]\ncomponent = \"{}\"\n[agents.long]\nsteps = [\n",
+        "state = \"sqlite:{}\"\ncache_dir = \"{}\"\n[defaults.retry]\nattempts = \
+            1\n[tools.fault]\ncomponent = \"{}\"\n[agents.long]\nsteps = [\n",
         dir.path().join("runs.db").display(),
         root.join("target/bench-cache").display(),
         fault.display()
     );
     for i in 1..steps {
-        text.push_str(&format!("  {{ name = \"s{i}\", tool = \"fault\", input = {{ mode = \"echo\", value = {i} }} }},\n"));
+        text.push_str(&format!(
+            "  {{ name = \"s{i}\", tool = \"fault\", input = {{ mode = \
+            \"echo\", value = {i} }} }},\n"
+        ));
     }
     // The last step fails (a permanent error) so the run stops for
     // attention there, with every earlier step journaled.
-    text.push_str("  { name = \"last\", tool = \"fault\", input = { mode = \"fail\", class = \"permanent\", value = \"{{steps.s1.output.echo}}\" } },\n]\n");
+    text.push_str(
+        "  { name = \"last\", tool = \"fault\", input = { mode = \"fail\", class = \
+        \"permanent\", value = \"{{steps.s1.output.echo}}\" } },\n]\n",
+    );
     let config = Config::from_str(&text, "bench.toml", dir.path()).unwrap();
     let b = rt.block_on(Backstop::from_config(config)).unwrap();
     let t0 = Instant::now();
@@ -120,7 +137,8 @@ pub fn run(steps: u64) -> String {
         report.status
     );
     p!(out,
-        "  per-step cost of the whole step (tool call + journal): around step 10 {early:?}, around step {steps} {late:?}, ratio {:.2} (goal <= 1.2)",
+        "  per-step cost of the whole step (tool call + journal): around step 10 {early:?}, around \
+            step {steps} {late:?}, ratio {:.2} (goal <= 1.2)",
         late.as_secs_f64() / early.as_secs_f64()
     );
     let mut resumes = Vec::new();
@@ -132,6 +150,11 @@ pub fn run(steps: u64) -> String {
         resumes.push(t0.elapsed());
         assert_eq!(r.step, steps);
     }
-    p!(out, "  resume of the {steps}-step run (replays from its snapshot, re-runs the failed last step): median {:?} (goal <= 100 ms)", median(resumes));
+    p!(
+        out,
+        "  resume of the {steps}-step run (replays from its snapshot, re-runs the failed last \
+        step): median {:?} (goal <= 100 ms)",
+        median(resumes)
+    );
     out
 }

@@ -56,8 +56,10 @@ pub fn run(firsts: usize, cacheds: usize, calls: usize) -> String {
         ("JavaScript", "echo_js.wasm", json!({"say": "hi"})),
         ("C", "echo_c.wasm", json!({"say": "hi"})),
     ];
-    p!(out,
-        "| language | component | size | first start | cached start | guarded call |\n| --- | --- | --- | --- | --- | --- |"
+    p!(
+        out,
+        "| language | component | size | first start | cached start | guarded call |\n| --- | --- \
+            | --- | --- | --- | --- |"
     );
     for (language, file, input) in tools {
         let component = dist.join(file);

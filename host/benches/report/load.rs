@@ -124,8 +124,10 @@ deadline = "5s"
         "load: {concurrency} concurrent callers, 30% injected failures, {:.1} s",
         elapsed.as_secs_f64()
     );
-    p!(out,
-        "  {total} calls ({:.0}/s), every one ended with an outcome: {} served by the primary, {} degraded (fallback), {} failed",
+    p!(
+        out,
+        "  {total} calls ({:.0}/s), every one ended with an outcome: {} served by the primary, {} \
+            degraded (fallback), {} failed",
         total as f64 / elapsed.as_secs_f64(),
         ok.load(Ordering::Relaxed),
         degraded.load(Ordering::Relaxed),

@@ -201,7 +201,13 @@ fn main() {
         page,
         "```sh\nplugins/build.sh && cargo bench -p backstop --bench report\n```\n"
     );
-    p!(page, "Run on {date}. Machine: {}. Times are median (min-max) over {samples} samples unless said otherwise; each baseline was measured in the same run. Peer figures (from the brief, other machines) are for orders of magnitude, not ratios.\n", machine());
+    p!(
+        page,
+        "Run on {date}. Machine: {}. Times are median (min-max) over {samples} samples unless \
+        said otherwise; each baseline was measured in the same run. Peer figures (from the brief, \
+            other machines) are for orders of magnitude, not ratios.\n",
+        machine()
+    );
     if quick {
         p!(
             page,
@@ -218,14 +224,26 @@ fn main() {
         page,
         "| # | benchmark | goal | measured | |\n| --- | --- | --- | --- | --- |"
     );
-    p!(page, "| 1 | guard overhead around a no-op call (guarded minus bare, medians) | <= 150 ns, no allocation | {} , {guard_allocs:.2} allocations | {} |", fmt(guard_ns), met(guard_ns <= Duration::from_nanos(150) && guard_allocs < 0.01));
+    p!(
+        page,
+        "| 1 | guard overhead around a no-op call (guarded minus bare, medians) | <= 150 ns, \
+        no allocation | {} , {guard_allocs:.2} allocations | {} \
+            |",
+        fmt(guard_ns),
+        met(guard_ns <= Duration::from_nanos(150) && guard_allocs < 0.01)
+    );
     p!(
         page,
         "| 1 | a call rejected by an open breaker | <= 100 ns | {} | {} |",
         fmt(reject),
         met(reject <= Duration::from_nanos(100))
     );
-    p!(page, "| 2 | guarded tool call / bare wasmtime call, same component | <= 1.10 | {ratio:.2} | {} |", met(ratio <= 1.10));
+    p!(
+        page,
+        "| 2 | guarded tool call / bare wasmtime call, same component | <= 1.10 | {ratio:.2} \
+        | {} |",
+        met(ratio <= 1.10)
+    );
     p!(
         page,
         "| 2 | bare fresh-instance call p50 | <= 20 µs | {} | {} |",
@@ -245,7 +263,14 @@ fn main() {
         "| 5 | thundering herd | beside the AWS figures | see below | |"
     );
     let deadline_ok = d.overshoot.max <= d.tick + Duration::from_millis(2);
-    p!(page, "| 6 | runaway tool stopped after its deadline | within one tick ({}) | overshoot {} | {} |", fmt(d.tick), d.overshoot.show(), met(deadline_ok));
+    p!(
+        page,
+        "| 6 | runaway tool stopped after its deadline | within one tick ({}) | overshoot {} \
+        | {} |",
+        fmt(d.tick),
+        d.overshoot.show(),
+        met(deadline_ok)
+    );
     p!(
         page,
         "| 7 | cached start, 10 tools | <= 50 ms | {} | {} |\n",
@@ -254,7 +279,12 @@ fn main() {
     );
 
     p!(page, "## 1. Guard overhead\n");
-    p!(page, "The chain, retry and breaker path (`ChainRunner::run`, one target, breaker closed) around a target that answers at once, against calling that target bare. Single-threaded runtime; allocations counted by a counting global allocator.\n");
+    p!(
+        page,
+        "The chain, retry and breaker path (`ChainRunner::run`, one target, breaker closed) \
+        around a target that answers at once, against calling that target bare. Single-threaded \
+            runtime; allocations counted by a counting global allocator.\n"
+    );
     p!(
         page,
         "| call | time per call | allocations per call |\n| --- | --- | --- |"
@@ -287,14 +317,41 @@ fn main() {
         "| breaker alone: acquire refused, open | {} | |\n",
         g.breaker_open.show()
     );
-    p!(page, "Peers: Polly's five-strategy pipeline 766 ns; resilience4j's breaker about 243 ns; tower-resilience's about 298 ns.\n");
-    p!(page, "Where the guarded call's time goes: two clock reads (start, end: 25 ns each here), two breaker lock round trips, the target's and the host's bulkhead counters (issue 14: an atomic add each, and a subtract and a load on release; together about 40 ns in this run against the same path without them), and moving the call's state ({} B future) and its outcome record ({} B) into place. The happy path allocates nothing of its own: target names and the key are shared (`Arc<str>`), class and next-step names are static, the first attempt record is inline. A rejection allocates nothing either: its message is static and the wait until the next probe goes in the attempt's `delay_ms`. What keeps both above their goals is the floor named above (clock reads, locks, moves), not work that could be dropped; a lock-free closed state for the breaker is the next step.\n", g.future_bytes, g.outcome_bytes);
+    p!(
+        page,
+        "Peers: Polly's five-strategy pipeline 766 ns; resilience4j's breaker about 243 ns; \
+        tower-resilience's about 298 ns.\n"
+    );
+    p!(
+        page,
+        "Where the guarded call's time goes: two clock reads (start, end: 25 ns each here), \
+        two breaker lock round trips, the target's and the host's bulkhead counters (issue 14: an \
+            atomic add each, and a subtract and a load on release; together about 40 ns in this \
+                run against the same path without them), and moving the call's state ({} B future) \
+                    and its outcome record ({} B) into place. The happy path allocates nothing of \
+                        its own: target names and the key are shared (`Arc<str>`), class and \
+                            next-step names are static, the first attempt record is inline. A \
+                                rejection allocates nothing either: its message is static and the \
+                                    wait until the next probe goes in the attempt's `delay_ms`. \
+                                        What keeps both above their goals is the floor named above \
+                                            (clock reads, locks, moves), not work that could be \
+                                                dropped; a lock-free closed state for the breaker \
+                                                    is the next step.\n",
+        g.future_bytes,
+        g.outcome_bytes
+    );
 
     p!(
         page,
         "## 2. Guarded tool call against a bare wasmtime call\n"
     );
-    p!(page, "The `echo_rs` component, `{{\"say\": \"hi\"}}`. Bare: `InstancePre` + new Store with a plain WASI context + instantiate + call through typed bindings, host imports answering constants, on the same engine (pooling allocator) and compiled component. Single-threaded runtime.\n");
+    p!(
+        page,
+        "The `echo_rs` component, `{{\"say\": \"hi\"}}`. Bare: `InstancePre` + new Store with \
+        a plain WASI context + instantiate + call through typed bindings, host imports answering \
+            constants, on the same engine (pooling allocator) and compiled component. \
+                Single-threaded runtime.\n"
+    );
     p!(
         page,
         "| call | time per call | ratio |\n| --- | --- | --- |"
@@ -304,21 +361,82 @@ fn main() {
         "| bare wasmtime call (baseline) | {} | 1.00 |",
         w.bare.show()
     );
-    p!(page, "| `WasmTool::invoke`: grants, limits, deadline, host imports, output checks | {} | {:.2} |", w.invoke.show(), w.invoke.median.as_secs_f64() / w.bare.median.as_secs_f64());
-    p!(page, "| `Backstop::call`: the same through chain, breaker, retry, outcome | {} | **{ratio:.2}** |\n", w.guarded.show());
-    p!(page, "Peers (brief): `InstancePre` with pooling and copy-on-write heaps instantiates in about 5 µs; a naive fresh Store + WASI + instantiate + call 60-100 µs.\n");
-    p!(page, "What the host adds to the bare call, every part of it on purpose: a WASI context built from the tool's grants (preopened directories, environment, no sockets), the HTTP gate, the memory limiter, a captured stderr pipe (to explain a panic), a host-side timer beside the epoch deadline (for a guest blocked in a host call), and parsing the output as JSON; `Backstop::call` then adds a fresh idempotency key, serializing the input, and the outcome record. Two settings found by this bench matter more than all of that: the pooling allocator keeps each slot's first pages resident (reset by `memset`, scanned with `PAGEMAP_SCAN`) instead of returning them to the kernel, and library backtraces are off by default, because with `RUST_BACKTRACE=1` wasmtime captures a stack trace on every Store drop. The host's own additions are what keep the ratio above 1.10: a profile of `WasmTool::invoke` (`BENCH_ONLY=invoke` under `perf`) shows no single item above a few percent.\n");
+    p!(
+        page,
+        "| `WasmTool::invoke`: grants, limits, deadline, host imports, output checks | {} | \
+        {:.2} |",
+        w.invoke.show(),
+        w.invoke.median.as_secs_f64() / w.bare.median.as_secs_f64()
+    );
+    p!(
+        page,
+        "| `Backstop::call`: the same through chain, breaker, retry, outcome | {} | \
+        **{ratio:.2}** |\n",
+        w.guarded.show()
+    );
+    p!(
+        page,
+        "Peers (brief): `InstancePre` with pooling and copy-on-write heaps instantiates in \
+        about 5 µs; a naive fresh Store + WASI + instantiate + call 60-100 µs.\n"
+    );
+    p!(
+        page,
+        "What the host adds to the bare call, every part of it on purpose: a WASI context \
+        built from the tool's grants (preopened directories, environment, no sockets), the HTTP \
+            gate, the memory limiter, a captured stderr pipe (to explain a panic), a host-side \
+                timer beside the epoch deadline (for a guest blocked in a host call), and parsing \
+                    the output as JSON; `Backstop::call` then adds a fresh idempotency key, \
+                        serializing the input, and the outcome record. Two settings found by this \
+                            bench matter more than all of that: the pooling allocator keeps each \
+                                slot's first pages resident (reset by `memset`, scanned with \
+                                    `PAGEMAP_SCAN`) instead of returning them to the kernel, and \
+                                        library backtraces are off by default, because with \
+                                            `RUST_BACKTRACE=1` wasmtime captures a stack trace on \
+                                                every Store drop. The host's own additions are \
+                                                    what keep the ratio above 1.10: a profile of \
+                                                        `WasmTool::invoke` (`BENCH_ONLY=invoke` \
+                                                            under `perf`) shows no single item \
+                                                                above a few percent.\n"
+    );
 
     p!(page, "## 3. Throughput\n");
-    p!(page, "`Backstop::call` of the `echo_rs` component from {} callers on a {}-worker runtime for {} s: **{:.0} calls/s** (`{{\"say\": \"hi\"}}`), {:.0} calls/s (empty input). Each call is a fresh instance.\n", w.workers * 8, w.workers, if quick { 2 } else { 10 }, w.throughput, w.throughput_noop_wasm);
+    p!(
+        page,
+        "`Backstop::call` of the `echo_rs` component from {} callers on a {}-worker runtime \
+        for {} s: **{:.0} calls/s** (`{{\"say\": \"hi\"}}`), {:.0} calls/s (empty input). Each \
+            call is a fresh instance.\n",
+        w.workers * 8,
+        w.workers,
+        if quick { 2 } else { 10 },
+        w.throughput,
+        w.throughput_noop_wasm
+    );
 
     p!(page, "## 4. Journal and resume\n");
-    p!(page, "A step = a durable tool intent + a durable tool result (`synchronous = FULL`, WAL, a snapshot every 64 entries). Goals: per-step cost at step 10,000 / at step 10 <= 1.2; bytes stored / raw payload <= 2; resume of a 10,000-step run <= 100 ms.\n");
+    p!(
+        page,
+        "A step = a durable tool intent + a durable tool result (`synchronous = FULL`, WAL, a \
+        snapshot every 64 entries). Goals: per-step cost at step 10,000 / at step 10 <= 1.2; bytes \
+            stored / raw payload <= 2; resume of a 10,000-step run <= 100 ms.\n"
+    );
     p!(page, "```\n{}```\n", journal);
 
     p!(page, "## 5. Thundering herd\n");
-    p!(page, "The AWS backoff study's scenario, re-implemented as a discrete-event simulation whose clients decide with Backstop's own `RetryPolicy::decide` (base 5 ms, cap 2 s): N clients each write one row once with optimistic concurrency (read the version, write with it, back off and start over on a conflict), every message delayed |Normal(10 ms, 2 ms)|. Mean of {herd_runs} seeded runs. Backstop numbers its first retry 0, so its first wait is drawn under 5 ms where the study's was under 10 ms.\n");
-    p!(page, "| clients | jitter | calls | completion | AWS study (100 clients) |\n| --- | --- | --- | --- | --- |");
+    p!(
+        page,
+        "The AWS backoff study's scenario, re-implemented as a discrete-event simulation \
+        whose clients decide with Backstop's own `RetryPolicy::decide` (base 5 ms, cap 2 s): N \
+            clients each write one row once with optimistic concurrency (read the version, write \
+                with it, back off and start over on a conflict), every message delayed |Normal(10 \
+                    ms, 2 ms)|. Mean of {herd_runs} seeded runs. Backstop numbers its first retry \
+                        0, so its first wait is drawn under 5 ms where the study's was under 10 \
+                            ms.\n"
+    );
+    p!(
+        page,
+        "| clients | jitter | calls | completion | AWS study (100 clients) |\n| --- | --- | \
+        --- | --- | --- |"
+    );
     for clients in [50, 100, 190] {
         for (jitter, name) in herd::JITTERS {
             let r = herd::occ(clients, jitter, herd_runs);
@@ -336,7 +454,12 @@ fn main() {
             );
         }
     }
-    p!(page, "\nA capacity-limited server: 200 clients call once each; the server admits 50 calls/s (a bucket of 5) and answers the rest 429 with `Retry-After` in whole seconds. Full jitter, base 100 ms, cap 20 s. Ideal completion: 4 s.\n");
+    p!(
+        page,
+        "\nA capacity-limited server: 200 clients call once each; the server admits 50 \
+        calls/s (a bucket of 5) and answers the rest 429 with `Retry-After` in whole seconds. Full \
+            jitter, base 100 ms, cap 20 s. Ideal completion: 4 s.\n"
+    );
     p!(
         page,
         "| Retry-After | calls | completion |\n| --- | --- | --- |"
@@ -358,13 +481,24 @@ fn main() {
     p!(page, "");
 
     p!(page, "## 6. Deadline precision\n");
-    p!(page, "The `fault` tool in `spin` mode (an infinite loop) with a {} deadline, {} runs; the epoch ticks every {}.\n", fmt(d.deadline), if quick { 5 } else { 30 }, fmt(d.tick));
+    p!(
+        page,
+        "The `fault` tool in `spin` mode (an infinite loop) with a {} deadline, {} runs; the \
+        epoch ticks every {}.\n",
+        fmt(d.deadline),
+        if quick { 5 } else { 30 },
+        fmt(d.tick)
+    );
     p!(page, "| measure | median (min-max) |\n| --- | --- |");
     p!(page, "| stopped after | {} |", d.stopped_after.show());
     p!(page, "| past the deadline | {} |\n", d.overshoot.show());
 
     p!(page, "## 7. Start-up\n");
-    p!(page, "`Backstop::from_config` until every tool is compiled (or read from the cache), instantiated and described. Cached start is what a restarted process pays.\n");
+    p!(
+        page,
+        "`Backstop::from_config` until every tool is compiled (or read from the cache), \
+        instantiated and described. Cached start is what a restarted process pays.\n"
+    );
     p!(
         page,
         "| tools | first start (empty cache) | cached start |\n| --- | --- | --- |"
@@ -383,11 +517,24 @@ fn main() {
     );
 
     p!(page, "## Tools by language\n");
-    p!(page, "Each language's template tool: component size, first start (compile + instantiate + `describe`, empty cache), cached start (a new engine reading the cache), one guarded call (a fresh instance).\n");
+    p!(
+        page,
+        "Each language's template tool: component size, first start (compile + instantiate + \
+        `describe`, empty cache), cached start (a new engine reading the cache), one guarded call \
+            (a fresh instance).\n"
+    );
     p!(page, "{langs}");
 
     p!(page, "## The HTTP API\n");
-    p!(page, "`backstop serve`'s router on 127.0.0.1 and a keep-alive `reqwest` client in the same process, sharing the {} cores, calling `echo_rs` with `{{\"say\": \"hi\"}}`; the baseline is `Backstop::call` of the same component in the same run. The HTTP figure includes the client's own work (building the request, parsing the JSON answer).\n", api.callers / 8);
+    p!(
+        page,
+        "`backstop serve`'s router on 127.0.0.1 and a keep-alive `reqwest` client in the same \
+        process, sharing the {} cores, calling `echo_rs` with `{{\"say\": \"hi\"}}`; the baseline \
+            is `Backstop::call` of the same component in the same run. The HTTP figure includes \
+                the client's own work (building the request, parsing the JSON \
+                    answer).\n",
+        api.callers / 8
+    );
     p!(
         page,
         "| | `Backstop::call` (baseline) | `POST /v1/calls` | ratio |\n| --- | --- | --- | --- |"
@@ -418,7 +565,13 @@ fn main() {
     p!(page, "{contained}");
 
     p!(page, "## Load\n");
-    p!(page, "200 concurrent callers through `flaky -> backup` (two `fault` tools), 30% of calls injected with a failure on `flaky` (transient, unavailable, trap, permanent), for {} s on a multi-threaded runtime:\n", if quick { 10 } else { 60 });
+    p!(
+        page,
+        "200 concurrent callers through `flaky -> backup` (two `fault` tools), 30% of calls \
+        injected with a failure on `flaky` (transient, unavailable, trap, permanent), for {} s on \
+            a multi-threaded runtime:\n",
+        if quick { 10 } else { 60 }
+    );
     p!(page, "```\n{}```", load);
 
     let out = std::env::var_os("BENCH_OUT")

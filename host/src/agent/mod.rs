@@ -39,9 +39,13 @@ pub enum RunError {
     Store(#[from] StoreError),
     #[error("unknown agent `{name}`{hint}")]
     UnknownAgent { name: String, hint: String },
-    #[error("run {run} is active in another process{}; wait for it or stop it first", pid.map(|p| format!(" (pid {p})")).unwrap_or_default())]
+    #[error("run {run} is active in another process{}; wait for it or stop it \
+        first", pid.map(|p| format!(" (pid {p})")).unwrap_or_default())]
     Busy { run: String, pid: Option<u32> },
-    #[error("run {run} was started with a different configuration: {changes}; pass --allow-drift to resume anyway")]
+    #[error(
+        "run {run} was started with a different configuration: {changes}; pass --allow-drift \
+        to resume anyway"
+    )]
     Drift { run: String, changes: String },
     #[error("run {run}: {message}")]
     Invalid { run: String, message: String },

@@ -71,7 +71,10 @@ impl Run<'_> {
                 let outcome = self.record_reconciled(step, chain, &key, &target, out)?;
                 self.say(
                     step,
-                    format!("{chain}: reconciled: it had already happened (its journal record is missing), not repeated"),
+                    format!(
+                        "{chain}: reconciled: it had already happened (its journal record is \
+                        missing), not repeated"
+                    ),
                 );
                 return Ok(Flow::Go(outcome));
             }
@@ -450,7 +453,10 @@ impl Run<'_> {
                     Ok((Resolution::Result { value }, by, _)) => {
                         let value = match value {
                             Value::String(text) => {
-                                json!({"model": format!("person:{by}"), "content": [{"type": "text", "text": text}], "stop_reason": "end_turn", "usage": {"input_tokens": 0, "output_tokens": 0}, "text": text})
+                                json!({"model": format!("person:{by}"),
+                                    "content": [{"type": "text", "text": text}],
+                                        "stop_reason": "end_turn", "usage": {"input_tokens": 0,
+                                            "output_tokens": 0}, "text": text})
                             }
                             other => other,
                         };

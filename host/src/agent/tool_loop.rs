@@ -98,7 +98,8 @@ impl Run<'_> {
                 .collect();
             if uses.is_empty() {
                 return Ok(End::Finished(
-                    json!({"text": response.text, "served_by": outcome.served_by, "degraded": outcome.degraded}),
+                    json!({"text": response.text, "served_by": outcome.served_by,
+                        "degraded": outcome.degraded}),
                 ));
             }
             let mut results = Vec::new();
@@ -133,7 +134,8 @@ impl Run<'_> {
                 }
                 let content = json!({
                     "ok": o.ok, "value": o.value, "served_by": o.served_by, "degraded": o.degraded,
-                    "degraded_reason": o.degraded_reason, "error": o.error.as_ref().map(|e| &e.message),
+                    "degraded_reason": o.degraded_reason,
+                        "error": o.error.as_ref().map(|e| &e.message),
                 });
                 results.push(Block::ToolResult {
                     tool_use_id: id,

@@ -75,12 +75,16 @@ fn parse_ref(inner: &str) -> Result<Ref, String> {
     let parts: Vec<&str> = inner.trim().split('.').collect();
     match parts.as_slice() {
         ["task"] => Ok(Ref::Task),
-        ["steps", step, "text"] => Ok(Ref::Text { step: (*step).to_owned() }),
-        ["steps", step, "output", path @ ..] => {
-            Ok(Ref::Output { step: (*step).to_owned(), path: path.iter().map(|p| (*p).to_owned()).collect() })
-        }
+        ["steps", step, "text"] => Ok(Ref::Text {
+            step: (*step).to_owned(),
+        }),
+        ["steps", step, "output", path @ ..] => Ok(Ref::Output {
+            step: (*step).to_owned(),
+            path: path.iter().map(|p| (*p).to_owned()).collect(),
+        }),
         _ => Err(format!(
-            "`{{{{{inner}}}}}` is not a reference: use {{{{task}}}}, {{{{steps.NAME.output}}}}, {{{{steps.NAME.output.FIELD}}}} or {{{{steps.NAME.text}}}}"
+            "`{{{{{inner}}}}}` is not a reference: use {{{{task}}}}, {{{{steps.NAME.output}}}}, \
+                {{{{steps.NAME.output.FIELD}}}} or {{{{steps.NAME.text}}}}"
         )),
     }
 }
@@ -219,15 +223,39 @@ impl Loader<'_> {
             (Some(model), true) => {
                 match kind_of(model.get_ref()) {
                     Some(true) => {}
-                    Some(false) => return Err(self.err(model.span().start, format!("{key}.model"), format!("`{}` is a tool chain, not a model chain", model.get_ref()))),
-                    None => return Err(self.err(model.span().start, format!("{key}.model"), unknown("model chain", model.get_ref()))),
+                    Some(false) => {
+                        return Err(self.err(
+                            model.span().start,
+                            format!("{key}.model"),
+                            format!("`{}` is a tool chain, not a model chain", model.get_ref()),
+                        ))
+                    }
+                    None => {
+                        return Err(self.err(
+                            model.span().start,
+                            format!("{key}.model"),
+                            unknown("model chain", model.get_ref()),
+                        ))
+                    }
                 }
                 let mut list = Vec::new();
                 for (i, t) in spec.tools.iter().enumerate() {
                     match kind_of(t.get_ref()) {
                         Some(false) => list.push(t.get_ref().clone()),
-                        Some(true) => return Err(self.err(t.span().start, format!("{key}.tools[{i}]"), format!("`{}` is a model chain, not a tool chain", t.get_ref()))),
-                        None => return Err(self.err(t.span().start, format!("{key}.tools[{i}]"), unknown("tool chain", t.get_ref()))),
+                        Some(true) => {
+                            return Err(self.err(
+                                t.span().start,
+                                format!("{key}.tools[{i}]"),
+                                format!("`{}` is a model chain, not a tool chain", t.get_ref()),
+                            ))
+                        }
+                        None => {
+                            return Err(self.err(
+                                t.span().start,
+                                format!("{key}.tools[{i}]"),
+                                unknown("tool chain", t.get_ref()),
+                            ))
+                        }
                     }
                 }
                 Ok(AgentConfig {
@@ -248,30 +276,89 @@ impl Loader<'_> {
                     let s = st.get_ref();
                     units::check_name(&s.name).map_err(|m| self.err(at, format!("{k}.name"), m))?;
                     if steps.iter().any(|p| p.name == s.name) {
-                        return Err(self.err(at, format!("{k}.name"), format!("step name `{}` is used twice", s.name)));
+                        return Err(self.err(
+                            at,
+                            format!("{k}.name"),
+                            format!(
+                                "step name `{}` is \
+                            used twice",
+                                s.name
+                            ),
+                        ));
                     }
                     let action = match (&s.tool, &s.model) {
                         (Some(tool), None) => {
                             if kind_of(tool) != Some(false) {
-                                return Err(self.err(at, format!("{k}.tool"), unknown("tool chain", tool)));
+                                return Err(self.err(
+                                    at,
+                                    format!("{k}.tool"),
+                                    unknown(
+                                        "tool \
+                                    chain",
+                                        tool,
+                                    ),
+                                ));
                             }
                             if s.prompt.is_some() || s.system.is_some() {
-                                return Err(self.err(at, &k, "a tool step takes `input`, not `prompt` or `system`"));
+                                return Err(self.err(
+                                    at,
+                                    &k,
+                                    "a tool step takes `input`, not \
+                                    `prompt` or `system`",
+                                ));
                             }
-                            let input = s.input.clone().map(|v| serde_json::to_value(v).unwrap_or_default()).unwrap_or(serde_json::json!({}));
-                            StepAction::Tool { chain: tool.clone(), input }
+                            let input = s
+                                .input
+                                .clone()
+                                .map(|v| serde_json::to_value(v).unwrap_or_default())
+                                .unwrap_or(serde_json::json!({}));
+                            StepAction::Tool {
+                                chain: tool.clone(),
+                                input,
+                            }
                         }
                         (None, Some(model)) => {
                             if kind_of(model) != Some(true) {
-                                return Err(self.err(at, format!("{k}.model"), unknown("model chain", model)));
+                                return Err(self.err(
+                                    at,
+                                    format!("{k}.model"),
+                                    unknown(
+                                        "model \
+                                    chain",
+                                        model,
+                                    ),
+                                ));
                             }
-                            let prompt = s.prompt.clone().ok_or_else(|| self.err(at, &k, "a model step needs a `prompt`"))?;
+                            let prompt = s.prompt.clone().ok_or_else(|| {
+                                self.err(
+                                    at,
+                                    &k,
+                                    "a model \
+                                step needs a `prompt`",
+                                )
+                            })?;
                             if s.input.is_some() {
-                                return Err(self.err(at, &k, "a model step takes `prompt`, not `input`"));
+                                return Err(self.err(
+                                    at,
+                                    &k,
+                                    "a model step takes `prompt`, not \
+                                    `input`",
+                                ));
                             }
-                            StepAction::Model { chain: model.clone(), prompt, system: s.system.clone() }
+                            StepAction::Model {
+                                chain: model.clone(),
+                                prompt,
+                                system: s.system.clone(),
+                            }
                         }
-                        _ => return Err(self.err(at, &k, "a step names exactly one of `tool` or `model`")),
+                        _ => {
+                            return Err(self.err(
+                                at,
+                                &k,
+                                "a step names exactly one of `tool` or \
+                            `model`",
+                            ))
+                        }
                     };
                     let found = match &action {
                         StepAction::Tool { input, .. } => value_refs(input),
@@ -290,16 +377,39 @@ impl Loader<'_> {
                     for r in found {
                         if let Some(step) = r.step() {
                             if !steps.iter().any(|p| p.name == step) {
-                                return Err(self.err(at, &k, format!("`{step}` is not an earlier step of this pipeline")));
+                                return Err(self.err(
+                                    at,
+                                    &k,
+                                    format!(
+                                        "`{step}` is not an earlier \
+                                    step of this pipeline"
+                                    ),
+                                ));
                             }
                         }
                     }
-                    steps.push(Step { name: s.name.clone(), action });
+                    steps.push(Step {
+                        name: s.name.clone(),
+                        action,
+                    });
                 }
-                Ok(AgentConfig { name: name.to_owned(), kind: AgentKind::Pipeline(steps.into()) })
+                Ok(AgentConfig {
+                    name: name.to_owned(),
+                    kind: AgentKind::Pipeline(steps.into()),
+                })
             }
-            (Some(model), false) => Err(self.err(model.span().start, &key, "an agent is either a tool loop (`model`, `tools`) or a pipeline (`steps`), not both")),
-            (None, true) => Err(self.err(anchor, &key, "an agent needs `model` (a tool loop) or `steps` (a pipeline)")),
+            (Some(model), false) => Err(self.err(
+                model.span().start,
+                &key,
+                "an agent is either a \
+                tool loop (`model`, `tools`) or a pipeline (`steps`), not both",
+            )),
+            (None, true) => Err(self.err(
+                anchor,
+                &key,
+                "an agent needs `model` (a tool loop) or \
+                `steps` (a pipeline)",
+            )),
         }
     }
 }
@@ -325,7 +435,12 @@ mod tests {
                 Ref::Text { .. } => json!("text"),
             })
         };
-        let t = json!({"q": "about {{task}}", "whole": "{{steps.a.output}}", "n": "{{steps.a.output.n}}", "list": ["{{steps.b.text}}!"]});
+        let t = json!({
+            "q": "about {{task}}",
+            "whole": "{{steps.a.output}}",
+            "n": "{{steps.a.output.n}}",
+            "list": ["{{steps.b.text}}!"],
+        });
         assert_eq!(
             render(&t, &mut lookup).unwrap(),
             json!({"q": "about wasm", "whole": {"n": 1}, "n": 1, "list": ["text!"]})

@@ -43,7 +43,8 @@ impl Loader<'_> {
             return Err(self.err(
                 spec.provider.span().start,
                 format!("{key}.api_key_env"),
-                "a hosted provider needs `api_key_env` (the variable holding the key); set `base_url` for a local server without one",
+                "a hosted provider needs `api_key_env` (the variable holding the key); set \
+                    `base_url` for a local server without one",
             ));
         }
         let mut retry = defaults.retry.clone();

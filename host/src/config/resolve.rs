@@ -123,7 +123,8 @@ impl Loader<'_> {
                     name.span().start,
                     key,
                     format!(
-                        "`{}` is already a tool or model; tools, models and chains share one namespace",
+                        "`{}` is already a tool or model; tools, models and chains share one \
+                            namespace",
                         name.get_ref()
                     ),
                 ));

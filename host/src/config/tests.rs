@@ -24,7 +24,9 @@ fn minimal_config_resolves_defaults() {
 #[test]
 fn target_overrides_chain_overrides_defaults() {
     let c = load(&format!(
-        "[defaults.retry]\nattempts = 4\nbase = \"10ms\"\n{TOOL}retry = {{ attempts = 2 }}\n[tools.b]\ncomponent = \"t.wasm\"\n[chains.c]\ntargets = [\"a\", \"b\"]\nretry = {{ attempts = 3, base = \"20ms\" }}\n"
+        "[defaults.retry]\nattempts = 4\nbase = \"10ms\"\n{TOOL}retry = {{ attempts = 2 \
+            }}\n[tools.b]\ncomponent = \"t.wasm\"\n[chains.c]\ntargets = [\"a\", \"b\"]\nretry = \
+                {{ attempts = 3, base = \"20ms\" }}\n"
     ))
     .unwrap();
     assert_eq!(c.retry_policy("c", "a").attempts, 2);
@@ -39,7 +41,8 @@ fn target_overrides_chain_overrides_defaults() {
 #[test]
 fn nested_chains_flatten() {
     let c = load(&format!(
-        "{TOOL}[tools.b]\ncomponent = \"t.wasm\"\n[chains.inner]\ntargets = [\"b\"]\n[chains.outer]\ntargets = [\"a\", \"inner\", \"b\"]\n"
+        "{TOOL}[tools.b]\ncomponent = \"t.wasm\"\n[chains.inner]\ntargets = \
+            [\"b\"]\n[chains.outer]\ntargets = [\"a\", \"inner\", \"b\"]\n"
     ))
     .unwrap();
     assert_eq!(c.chains["outer"].targets, ["a", "b"]);

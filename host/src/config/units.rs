@@ -28,7 +28,10 @@ fn parse_duration(text: &str) -> Result<Duration, String> {
         ));
     }
     let d = humantime::parse_duration(trimmed).map_err(|e| {
-        format!("`{text}` is not a duration ({e}); write a number and a unit, such as \"500ms\", \"2s\" or \"1m\"")
+        format!(
+            "`{text}` is not a duration ({e}); write a number and a unit, such as \"500ms\", \
+            \"2s\" or \"1m\""
+        )
     })?;
     if d > MAX_DURATION {
         return Err(format!("duration `{text}` is longer than the 7-day limit"));
@@ -123,7 +126,8 @@ pub fn check_name(name: &str) -> Result<(), String> {
         Ok(())
     } else {
         Err(format!(
-            "`{name}` is not a valid name: use 1-64 lowercase letters, digits, `_` or `-`, starting with a letter"
+            "`{name}` is not a valid name: use 1-64 lowercase letters, digits, `_` or `-`, \
+                starting with a letter"
         ))
     }
 }

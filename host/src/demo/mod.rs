@@ -113,7 +113,8 @@ fn scripted_model(a: &Arrival) -> Reply {
             model::openai_tool_call(
                 "call_2",
                 "publish",
-                json!({ "entry": format!("Report on {task}: {first_line}"), "sleep_before_ms": 1500 }),
+                json!({ "entry": format!("Report on {task}: \
+                    {first_line}"), "sleep_before_ms": 1500 }),
             )
         }
         _ => model::openai_text(&format!("Published a short report on {task}.")),
@@ -236,13 +237,21 @@ pub async fn run(
     agent(out, &b, exe, &config_path, &llm).await?;
     operate(out, &b).await?;
 
-    writeln!(out, "\nEvery fallback above is marked: `served_by`, `degraded` and the reason travel with the result.")?;
+    writeln!(
+        out,
+        "\nEvery fallback above is marked: `served_by`, `degraded` and the reason travel \
+        with the result."
+    )?;
     writeln!(
         out,
         "Try it yourself: backstop -c {} call search --input '{{\"query\": \"breakers\"}}' --json",
         config_path.display()
     )?;
-    writeln!(out, "(web_search will be unreachable then: the demo's service has stopped, so watch it fall back.)")?;
+    writeln!(
+        out,
+        "(web_search will be unreachable then: the demo's service has stopped, so watch \
+        it fall back.)"
+    )?;
     Ok(())
 }
 
@@ -382,8 +391,16 @@ async fn agent(
 ) -> anyhow::Result<()> {
     let journal = b.journal()?;
     let cfg = config_path.display();
-    writeln!(out, "\n5. An agent run: a model fallback, a stop for approval, a kill, a resume without repeats")?;
-    writeln!(out, "   model chain llm: sonnet (its key variable is unset: fails fast, never called) -> local (a scripted model on 127.0.0.1)")?;
+    writeln!(
+        out,
+        "\n5. An agent run: a model fallback, a stop for approval, a kill, a resume \
+        without repeats"
+    )?;
+    writeln!(
+        out,
+        "   model chain llm: sonnet (its key variable is unset: fails fast, never \
+        called) -> local (a scripted model on 127.0.0.1)"
+    )?;
     let task = "wasm sandboxing";
     writeln!(out, "   $ backstop run research --task {task:?}")?;
     let (id, _) = child(
@@ -439,7 +456,11 @@ async fn agent(
     })
     .await?;
     anyhow::ensure!(killed, "the resume ended before `publish` started");
-    writeln!(out, "     | KILLED while `publish` (irreversible, approved) was running: its intent is journaled, its result is not")?;
+    writeln!(
+        out,
+        "     | KILLED while `publish` (irreversible, approved) was running: its intent \
+        is journaled, its result is not"
+    )?;
 
     writeln!(out, "   resuming run {id} in this process:")?;
     let mut lines = Vec::new();
@@ -469,7 +490,8 @@ async fn agent(
     )?;
     writeln!(
         out,
-        "   => completed steps came from the journal: the model was asked {} more time(s) after the kill (only for its final answer)",
+        "   => completed steps came from the journal: the model was asked {} more time(s) after \
+            the kill (only for its final answer)",
         llm.arrivals().len() - asked
     )?;
     writeln!(

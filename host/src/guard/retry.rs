@@ -171,8 +171,10 @@ mod tests {
             other => panic!("expected a retry, got {other:?}"),
         }
         let too_long = Failure::rate_limited("", Some(Duration::from_secs(30)));
+        let decision = decide(too_long, Effect::ReadOnly, 1);
         assert!(
-            matches!(decide(too_long, Effect::ReadOnly, 1), Decision::FailOver(Some(m)) if m.contains("max_retry_after"))
+            matches!(&decision, Decision::FailOver(Some(m)) if m.contains("max_retry_after")),
+            "{decision:?}"
         );
     }
 

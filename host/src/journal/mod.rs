@@ -145,7 +145,10 @@ pub enum StoreError {
     Open { path: String, message: String },
     #[error("no run `{0}` in the state store")]
     NoSuchRun(String),
-    #[error("run {run}: journal entry {seq} is damaged: {message}; nothing was changed (inspect with `backstop runs show {run}`)")]
+    #[error(
+        "run {run}: journal entry {seq} is damaged: {message}; nothing was changed (inspect \
+        with `backstop runs show {run}`)"
+    )]
     Damaged {
         run: String,
         seq: u64,

@@ -110,7 +110,8 @@ pub(crate) fn connect_read_only(path: &Path) -> rusqlite::Result<Connection> {
                 r.get::<_, i64>(0)
             })?;
             eprintln!(
-                "warning: {} could not be read with its write-ahead log ({e}); read as it is on disk, so the newest writes may be missing",
+                "warning: {} could not be read with its write-ahead log ({e}); read as it is on \
+                    disk, so the newest writes may be missing",
                 path.display()
             );
             Ok(c)
@@ -152,7 +153,11 @@ fn check_file(path: &Path) -> Result<(), String> {
     let mut f = std::fs::File::open(path).map_err(|e| format!("cannot read it: {e}"))?;
     let len = f.metadata().map_err(|e| e.to_string())?.len();
     if len == 0 {
-        return Err("the file is empty (0 bytes): it was cut or emptied after it held a store; refusing to start a new one over it (move it away to start afresh)".into());
+        return Err(
+            "the file is empty (0 bytes): it was cut or emptied after it held a store; \
+            refusing to start a new one over it (move it away to start afresh)"
+                .into(),
+        );
     }
     let mut header = [0u8; 100];
     if len < 100 || f.read_exact(&mut header).is_err() {
@@ -265,8 +270,13 @@ impl SqliteJournal {
             let left = companions(&path);
             if !left.is_empty() {
                 return Err(open_err(format!(
-                    "the store is gone but {} of it remain{}: its runs, escalations and breaker states were lost; refusing to start an empty store in its place (remove {} to start afresh)",
-                    left.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(", "),
+                    "the store is gone but {} of it remain{}: its runs, escalations and breaker \
+                        states were lost; refusing to start an empty store in its place (remove {} \
+                            to start afresh)",
+                    left.iter()
+                        .map(|p| p.display().to_string())
+                        .collect::<Vec<_>>()
+                        .join(", "),
                     if left.len() == 1 { "s" } else { "" },
                     if left.len() == 1 { "it" } else { "them" },
                 )));
@@ -359,7 +369,8 @@ impl SqliteJournal {
             .map_err(|e| open_err(e.to_string()))?;
         if version < MIGRATIONS.len() {
             return Err(open_err(format!(
-                "the store is at schema version {version} of {}: a command that writes (such as `backstop run`) brings it up to date",
+                "the store is at schema version {version} of {}: a command that writes (such as \
+                    `backstop run`) brings it up to date",
                 MIGRATIONS.len()
             )));
         }
@@ -440,7 +451,8 @@ impl SqliteJournal {
         after: u64,
     ) -> Result<Vec<Entry>, StoreError> {
         let mut stmt = conn.prepare_cached(
-            "SELECT seq, kind, step, payload, checksum, at FROM entries WHERE rid = ?1 AND seq > ?2 ORDER BY seq",
+            "SELECT seq, kind, step, payload, checksum, at FROM entries WHERE rid = ?1 AND seq > \
+                ?2 ORDER BY seq",
         )?;
         let rows = stmt.query_map(params![rid, after as i64], |r| {
             Ok((
@@ -512,7 +524,8 @@ impl Journal for SqliteJournal {
     fn create_run(&self, id: &str, agent: &str, task: &str) -> Result<(), StoreError> {
         let now = now_ms();
         self.lock().execute(
-            "INSERT INTO runs (id, agent, task, status, step, started_at, updated_at) VALUES (?1, ?2, ?3, 'running', 0, ?4, ?4)",
+            "INSERT INTO runs (id, agent, task, status, step, started_at, updated_at) VALUES (?1, \
+                ?2, ?3, 'running', 0, ?4, ?4)",
             params![id, agent, task, now],
         )?;
         Ok(())
@@ -537,7 +550,8 @@ impl Journal for SqliteJournal {
         let sum = checksum(run, seq as u64, kind.as_str(), step, &text);
         let now = now_ms();
         tx.execute(
-            "INSERT INTO entries (rid, seq, kind, step, payload, checksum, at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+            "INSERT INTO entries (rid, seq, kind, step, payload, checksum, at) VALUES (?1, ?2, ?3, \
+                ?4, ?5, ?6, ?7)",
             params![rid, seq, kind.as_str(), step as i64, text, sum, now],
         )?;
         tx.execute(
@@ -555,7 +569,8 @@ impl Journal for SqliteJournal {
         let sum = checksum(run, snapshot.seq, "snapshot", 0, &text);
         conn.execute(
             "INSERT INTO snapshots (rid, seq, state, checksum) VALUES (?1, ?2, ?3, ?4)
-             ON CONFLICT (rid) DO UPDATE SET seq = excluded.seq, state = excluded.state, checksum = excluded.checksum",
+             ON CONFLICT (rid) DO UPDATE SET
+                seq = excluded.seq, state = excluded.state, checksum = excluded.checksum",
             params![rid, snapshot.seq as i64, text, sum],
         )?;
         Ok(())
@@ -617,11 +632,19 @@ impl Journal for SqliteJournal {
         // 10,000-step resume spent most of its time here).
         let row: Option<(i64, String, i64, String, i64, i64)> = conn
             .prepare_cached(
-                "SELECT seq, kind, step, payload, checksum, at FROM entries INDEXED BY entries_by_step
+                "SELECT seq, kind, step, payload, checksum, at
+                 FROM entries INDEXED BY entries_by_step
                  WHERE rid = ?1 AND step = ?2 AND kind = ?3 ORDER BY seq DESC LIMIT 1",
             )?
             .query_row(params![rid, step as i64, kind.as_str()], |r| {
-                Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?))
+                Ok((
+                    r.get(0)?,
+                    r.get(1)?,
+                    r.get(2)?,
+                    r.get(3)?,
+                    r.get(4)?,
+                    r.get(5)?,
+                ))
             })
             .optional()?;
         row.map(|(seq, k, st, p, sum, at)| Self::decode(run, seq as u64, k, st as u64, p, sum, at))
@@ -636,8 +659,15 @@ impl Journal for SqliteJournal {
         output: Option<&Value>,
     ) -> Result<(), StoreError> {
         let n = self.lock().execute(
-            "UPDATE runs SET status = ?2, step = MAX(step, ?3), output = COALESCE(?4, output), updated_at = ?5 WHERE id = ?1",
-            params![run, status.as_str(), step as i64, output.map(|o| o.to_string()), now_ms()],
+            "UPDATE runs SET status = ?2, step = MAX(step, ?3), output = COALESCE(?4, output), \
+                updated_at = ?5 WHERE id = ?1",
+            params![
+                run,
+                status.as_str(),
+                step as i64,
+                output.map(|o| o.to_string()),
+                now_ms()
+            ],
         )?;
         if n == 0 {
             return Err(StoreError::NoSuchRun(run.to_owned()));

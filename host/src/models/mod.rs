@@ -181,7 +181,8 @@ impl ModelTarget {
             Ok(k) if http::HeaderValue::from_str(&k).is_err() => Err(Failure::new(
                 FailureClass::Permanent,
                 format!(
-                    "the API key in {var} cannot be sent in an HTTP header (it holds a newline or another control character); model `{}` was not called",
+                    "the API key in {var} cannot be sent in an HTTP header (it holds a newline or \
+                        another control character); model `{}` was not called",
                     self.config.name
                 ),
             )),

@@ -49,7 +49,8 @@ fn messages(request: &ChatRequest) -> Vec<Value> {
                         ..
                     } = b
                     {
-                        out.push(json!({"role": "tool", "tool_call_id": tool_use_id, "content": content}));
+                        out.push(json!({"role": "tool", "tool_call_id": tool_use_id,
+                            "content": content}));
                     }
                 }
                 if !text.is_empty() {
@@ -67,7 +68,8 @@ fn messages(request: &ChatRequest) -> Vec<Value> {
                         _ => None,
                     })
                     .collect();
-                let mut msg = json!({"role": "assistant", "content": if text.is_empty() { Value::Null } else { json!(text) }});
+                let mut msg = json!({"role": "assistant",
+                    "content": if text.is_empty() { Value::Null } else { json!(text) }});
                 if !calls.is_empty() {
                     msg["tool_calls"] = json!(calls);
                 }
@@ -88,7 +90,10 @@ fn body(config: &ModelConfig, request: &ChatRequest) -> Value {
         let tools: Vec<Value> = request
             .tools
             .iter()
-            .map(|t| json!({"type": "function", "function": {"name": t.name, "description": t.description, "parameters": t.input_schema}}))
+            .map(|t| {
+                json!({"type": "function", "function": {"name": t.name,
+                "description": t.description, "parameters": t.input_schema}})
+            })
             .collect();
         body["tools"] = json!(tools);
     }

@@ -150,12 +150,17 @@ impl Runtime {
             match unsafe { Component::deserialize(&self.engine, &serialized) } {
                 Ok(c) => return Ok((c, digest, CompileSource::Cache)),
                 Err(e) => {
-                    tracing::warn!(file = %cached.display(), "ignoring unreadable compiled cache entry: {e:#}")
+                    tracing::warn!(file = %cached.display(), "ignoring unreadable compiled cache \
+                        entry: {e:#}")
                 }
             }
         }
         if bytes.len() >= 8 && bytes[..4] == *b"\0asm" && bytes[4..8] == [1, 0, 0, 0] {
-            anyhow::bail!("{} is a core wasm module, not a component; build it for wasm32-wasip2 or wrap it with `wasm-tools component new`", path.display());
+            anyhow::bail!(
+                "{} is a core wasm module, not a component; build it for wasm32-wasip2 \
+                or wrap it with `wasm-tools component new`",
+                path.display()
+            );
         }
         // Text is accepted only when it looks like a component in the text
         // format; anything else gets a one-line answer, not a WAT parse error.
@@ -174,7 +179,8 @@ impl Runtime {
             )
         })?;
         if let Err(e) = self.store_cache(&component, &cached) {
-            tracing::warn!(dir = %self.cache_dir.display(), "cannot write the compiled-code cache: {e:#}");
+            tracing::warn!(dir = %self.cache_dir.display(), "cannot write the compiled-code cache: \
+                {e:#}");
         }
         Ok((component, digest, CompileSource::Compiled))
     }

@@ -88,7 +88,8 @@ impl WasiHttpHooks for HttpGate {
         _fut: Box<dyn std::future::Future<Output = wasmtime_wasi_http::Result<()>> + Send>,
     ) -> Box<dyn std::future::Future<Output = SendResult> + Send> {
         if !self.allowed(request.uri()) {
-            tracing::warn!(tool = %self.tool, uri = %request.uri(), "outbound request denied: origin not granted");
+            tracing::warn!(tool = %self.tool, uri = %request.uri(), "outbound request denied: \
+                origin not granted");
             return Box::new(async { Err(wasmtime_wasi_http::Error::HttpRequestDenied) });
         }
         Box::new(async move {
@@ -207,7 +208,8 @@ impl bindings::backstop::tool::host::Host for HostState {
         self.logs += 1;
         if self.logs > MAX_LOGS {
             if self.logs == MAX_LOGS + 1 {
-                tracing::warn!(tool = %self.call.tool, "tool log limit reached; dropping further records");
+                tracing::warn!(tool = %self.call.tool, "tool log limit reached; dropping further \
+                    records");
             }
             return;
         }

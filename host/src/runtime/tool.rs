@@ -92,16 +92,26 @@ impl WasmTool {
                 .map_err(|e| fail(format!("compiler task failed: {e}")))?
                 .map_err(|e| fail(format!("{e:#}")))?;
         let instance_pre = rt.linker.instantiate_pre(&component).map_err(|e| {
-            fail(format!("does not implement world `backstop:tool/tool` (imports something the host does not offer): {e:#}"))
+            fail(format!(
+                "does not implement world `backstop:tool/tool` (imports something the \
+                host does not offer): {e:#}"
+            ))
         })?;
         let exports_reconcile = component
             .component_type()
             .exports(rt.engine())
             .any(|(name, _)| name == "reconcile");
         let reconcile_pre = if exports_reconcile {
-            Some(bindings::reconcilable::ReconcilableToolPre::new(instance_pre.clone()).map_err(|e| {
-                fail(format!("exports `reconcile` but not as world `backstop:tool/reconcilable-tool` says: {e:#}"))
-            })?)
+            Some(
+                bindings::reconcilable::ReconcilableToolPre::new(instance_pre.clone()).map_err(
+                    |e| {
+                        fail(format!(
+                            "exports `reconcile` but not as world \
+                    `backstop:tool/reconcilable-tool` says: {e:#}"
+                        ))
+                    },
+                )?,
+            )
         } else {
             None
         };
@@ -143,7 +153,8 @@ impl WasmTool {
         let schema = |what: &str, text: &str| {
             if text.len() > rt.max_schema {
                 return Err(fail(format!(
-                    "`describe` returned an {what} of {} bytes; the limit is {} (engine.max_schema)",
+                    "`describe` returned an {what} of {} bytes; the limit is {} \
+                        (engine.max_schema)",
                     text.len(),
                     crate::config::ByteSize(rt.max_schema as u64)
                 )));
@@ -190,7 +201,8 @@ impl WasmTool {
                     location: config.effect_at.clone(),
                     key: format!("tools.{}.effect", config.name),
                     message: format!(
-                        "the tool describes itself as {declared}; the config may only declare a stricter effect, not {op}"
+                        "the tool describes itself as {declared}; the config may only declare a \
+                            stricter effect, not {op}"
                     ),
                 })
             }

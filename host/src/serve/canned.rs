@@ -151,7 +151,8 @@ mod tests {
 
     #[test]
     fn hypers_bodiless_errors_get_the_json_body() {
-        let canned = b"HTTP/1.1 431 Request Header Fields Too Large\r\ncontent-length: 0\r\ndate: Tue, 01 Dec 2026 10:00:00 GMT\r\n\r\n";
+        let canned = b"HTTP/1.1 431 Request Header Fields Too Large\r\ncontent-length: 0\r\ndate: \
+            Tue, 01 Dec 2026 10:00:00 GMT\r\n\r\n";
         let out = String::from_utf8(rewrite(canned).unwrap()).unwrap();
         assert!(
             out.starts_with("HTTP/1.1 431 Request Header Fields Too Large\r\n"),

@@ -37,7 +37,10 @@ pub const OPENAPI: &str = include_str!("openapi.json");
 /// Why the server cannot start.
 #[derive(Debug, thiserror::Error)]
 pub enum ServeError {
-    #[error("refusing to listen on {addr} without a token: set {TOKEN_ENV} (only a loopback address may go without one)")]
+    #[error(
+        "refusing to listen on {addr} without a token: set {TOKEN_ENV} (only a loopback \
+        address may go without one)"
+    )]
     NoToken { addr: SocketAddr },
     #[error("{TOKEN_ENV} is set but empty")]
     EmptyToken,

@@ -150,7 +150,9 @@ async fn tools(config: &Path, json: bool) -> anyhow::Result<ExitCode> {
                     "digest": t.digest(),
                     "component": c.component,
                     "grants": {
-                        "dirs": c.dirs.iter().map(|d| serde_json::json!({"host": d.host, "guest": d.guest, "mode": if d.writable {"rw"} else {"ro"}})).collect::<Vec<_>>(),
+                        "dirs": c.dirs.iter().map(|d| serde_json::json!({"host": d.host,
+                            "guest": d.guest,
+                                "mode": if d.writable {"rw"} else {"ro"}})).collect::<Vec<_>>(),
                         "env": c.env.iter().map(|e| &e.key).collect::<Vec<_>>(),
                         "http": c.http.iter().map(|o| o.to_string()).collect::<Vec<_>>(),
                     },
@@ -307,9 +309,13 @@ fn finish(r: &backstop::agent::RunReport) -> ExitCode {
             }
             match r.attention.as_ref().and_then(|a| a.escalation.as_ref()) {
                 Some(id) => say!(
-                    "escalation {id} waits for a person: backstop escalations show {id}, then resolve it (--resume continues the run)"
+                    "escalation {id} waits for a person: backstop escalations show {id}, then \
+                        resolve it (--resume continues the run)"
                 ),
-                None => say!("after a person decides, continue with: backstop resume {}", r.run),
+                None => say!(
+                    "after a person decides, continue with: backstop resume {}",
+                    r.run
+                ),
             }
             ExitCode::from(3)
         }
@@ -733,7 +739,14 @@ async fn serve(
             tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
         tokio::select! {
             _ = tokio::signal::ctrl_c() => {}
-            _ = async { match term.as_mut() { Some(t) => { t.recv().await; } None => std::future::pending().await } } => {}
+            _ = async {
+                match term.as_mut() {
+                    Some(t) => {
+                        t.recv().await;
+                    }
+                    None => std::future::pending().await,
+                }
+            } => {}
         }
     };
     backstop::serve::serve_with(b.clone(), listener, token, options, shutdown).await?;

@@ -13,7 +13,8 @@ use std::process::ExitCode;
 #[command(
     name = "backstop",
     version,
-    about = "Run agent tools as sandboxed WASM components behind retries, breakers and fallback chains"
+    about = "Run agent tools as sandboxed WASM components behind retries, breakers and fallback \
+        chains"
 )]
 struct Cli {
     /// Config file.
@@ -167,7 +168,11 @@ enum EscalationCommand {
     },
     /// Answer an escalation (the first answer wins), then optionally resume
     /// the run.
-    #[command(group(clap::ArgGroup::new("answer").required(true).args(["approve", "reject", "result", "retry", "abort"])))]
+    #[command(group(
+        clap::ArgGroup::new("answer")
+            .required(true)
+            .args(["approve", "reject", "result", "retry", "abort"])
+    ))]
     Resolve {
         id: String,
         /// Run the pending call.
