@@ -7,7 +7,8 @@
 //! `STATUS\nname: value\n...\n\nbody`.
 #![no_main]
 
-use backstop::models::{decode, Provider};
+use backstop::config::Provider;
+use backstop::models::decode;
 use libfuzzer_sys::fuzz_target;
 use std::sync::OnceLock;
 
