@@ -20,7 +20,6 @@
 
 pub mod agent;
 pub mod config;
-pub mod demo;
 mod error;
 pub mod escalation;
 pub mod guard;
@@ -35,6 +34,7 @@ pub mod serve;
 pub mod status;
 pub mod target;
 pub mod term;
+#[cfg(feature = "testkit")]
 pub mod testkit;
 
 pub use config::{Config, ConfigError};

@@ -28,7 +28,8 @@ fn acts(c: char) -> bool {
     }
 }
 
-/// `text` with every character that [`acts`] on a terminal escaped.
+/// `text` with every character that acts on a terminal (controls, escapes,
+/// bidirectional overrides) escaped.
 pub fn visible(text: &str) -> Cow<'_, str> {
     if !text.chars().any(acts) {
         return Cow::Borrowed(text);

@@ -573,3 +573,47 @@ fn no_line_is_longer_than_rustfmt_allows() {
         long.join("\n")
     );
 }
+
+/// An app embedding the library with `default-features = false` compiles
+/// neither the command line's dependencies nor the test kit's.
+#[test]
+fn the_library_alone_leaves_the_cli_dependencies_out() {
+    let tree = |features: &[&str]| {
+        let out = std::process::Command::new(env!("CARGO"))
+            .args([
+                "tree",
+                "-p",
+                "backstop",
+                "-e",
+                "normal",
+                "--prefix",
+                "none",
+                "--offline",
+            ])
+            .args(features)
+            .current_dir(env!("CARGO_MANIFEST_DIR"))
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let names = |tree: &str| -> BTreeSet<String> {
+        tree.lines()
+            .filter_map(|l| l.split_whitespace().next().map(str::to_owned))
+            .collect()
+    };
+    let alone = names(&tree(&["--no-default-features"]));
+    let full = names(&tree(&[]));
+    for cli_only in ["clap", "tracing-subscriber"] {
+        assert!(full.contains(cli_only), "the binary uses {cli_only}");
+        assert!(
+            !alone.contains(cli_only),
+            "the library alone pulls in {cli_only}"
+        );
+    }
+    assert!(alone.contains("wasmtime"), "the tree was read: {alone:?}");
+}

@@ -241,7 +241,7 @@ impl ModelTarget {
 /// in runs of half its length, and a key under 8 bytes only whole).
 const FRAGMENT: usize = 8;
 
-/// `text` with `key`, and every fragment of it of [`FRAGMENT`] bytes or
+/// `text` with `key`, and every fragment of it of 8 (`FRAGMENT`) bytes or
 /// more, replaced by `[redacted]`. Messages are cut for size elsewhere, so
 /// a key may arrive split or partly cut: its pieces are found too.
 pub fn redact<'a>(text: &'a str, key: &str) -> std::borrow::Cow<'a, str> {

@@ -109,7 +109,7 @@ pub async fn run(command: Command, config: &Path) -> anyhow::Result<ExitCode> {
         } => show_run(config, &run, json).await,
         Command::Demo { plugins, dir } => {
             let exe = std::env::current_exe()?;
-            backstop::demo::run(&mut std::io::stdout(), &plugins, &dir, &exe).await?;
+            crate::demo::run(&mut std::io::stdout(), &plugins, &dir, &exe).await?;
             Ok(ExitCode::SUCCESS)
         }
     }

@@ -4,6 +4,7 @@
 //! needs attention, 4 an escalation that was already resolved.
 
 mod commands;
+mod demo;
 
 use clap::{Parser, Subcommand};
 use std::path::PathBuf;

@@ -4,11 +4,11 @@
 //! opening, marked fallbacks (tools and models), a process killed mid-run
 //! and resumed without repeating a step, and a stop for attention.
 
-use crate::agent::{Progress, ResumeOptions};
-use crate::journal::{EntryKind, Journal};
-use crate::testkit::{model, Arrival, Reply, ScriptedServer};
-use crate::{Backstop, Config, Outcome};
 use anyhow::Context;
+use backstop::agent::{Progress, ResumeOptions};
+use backstop::journal::{EntryKind, Journal};
+use backstop::testkit::{model, Arrival, Reply, ScriptedServer};
+use backstop::{Backstop, Config, Outcome};
 use serde_json::json;
 use std::io::Write;
 use std::path::Path;
@@ -154,8 +154,8 @@ pub async fn run(
     let b = std::sync::Arc::new(Backstop::from_config(config).await?);
     let web = b.tool("web_search").expect("declared in the demo config");
     let cached = match web.compile_source() {
-        crate::runtime::CompileSource::Cache => "loaded from the compiled-code cache",
-        crate::runtime::CompileSource::Compiled => "compiled (cached for next time)",
+        backstop::runtime::CompileSource::Cache => "loaded from the compiled-code cache",
+        backstop::runtime::CompileSource::Compiled => "compiled (cached for next time)",
     };
 
     writeln!(
@@ -262,10 +262,10 @@ async fn operate(out: &mut dyn Write, b: &std::sync::Arc<Backstop>) -> anyhow::R
         out,
         "\n6. Operating it: the HTTP API (backstop serve) scraped for metrics and status"
     )?;
-    let listener = crate::serve::bind(([127, 0, 0, 1], 0).into(), None).await?;
+    let listener = backstop::serve::bind(([127, 0, 0, 1], 0).into(), None).await?;
     let base = format!("http://{}", listener.local_addr()?);
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let server = tokio::spawn(crate::serve::serve(b.clone(), listener, None, async {
+    let server = tokio::spawn(backstop::serve::serve(b.clone(), listener, None, async {
         let _ = stopped.await;
     }));
     let http = reqwest::Client::new();
@@ -412,7 +412,7 @@ async fn agent(
     )
     .await?;
     let id = id.context("the run printed no id")?;
-    let open = journal.escalations(&crate::escalation::Filter {
+    let open = journal.escalations(&backstop::escalation::Filter {
         run: Some(id.clone()),
         ..Default::default()
     })?;
@@ -425,7 +425,7 @@ async fn agent(
     )?;
     let r = journal.resolve(
         &esc.id,
-        crate::escalation::Resolution::Approve,
+        backstop::escalation::Resolution::Approve,
         "demo-operator",
     )?;
     writeln!(
