@@ -13,12 +13,10 @@ pub enum Error {
     Load(#[from] LoadError),
     #[error("unknown chain or tool `{name}`{hint}")]
     UnknownChain { name: String, hint: String },
-    #[error("invalid input for `{chain}`: {message}")]
-    Input { chain: String, message: String },
     #[error(transparent)]
     Run(#[from] crate::agent::RunError),
     #[error(transparent)]
     Store(#[from] crate::journal::StoreError),
-    #[error("cannot start the wasm engine: {0:#}")]
-    Engine(anyhow::Error),
+    #[error("cannot start the wasm engine: {0}")]
+    Engine(#[from] crate::runtime::EngineError),
 }

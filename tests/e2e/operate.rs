@@ -5,6 +5,7 @@
 
 use crate::common::{serve, tempdir, write_config, Server, PRELUDE};
 use crate::runs::{finish, spawn, wait_until};
+use backstop::journal::{EntryKind, Journal};
 use backstop::testkit::model::anthropic_text;
 use backstop::testkit::ScriptedServer;
 use serde_json::{json, Value};
@@ -1010,4 +1011,42 @@ fn a_span_per_call_and_attempt_in_readable_or_json_logs() {
                 && l.contains("close")),
         "{text}"
     );
+}
+
+/// A resume the caller cannot have under this config is a 409 naming why,
+/// a run that is not there a 404, and a run whose journal is damaged the
+/// server's 500: never a 500 for what the caller can fix.
+#[tokio::test]
+async fn run_errors_over_http_say_whose_they_are() {
+    let model = ScriptedServer::start(anthropic_text("x")).await.unwrap();
+    let e = env(&model.origin());
+    let state = e.config.parent().unwrap().join("state.db");
+    {
+        let j = backstop::journal::SqliteJournal::open(&state).unwrap();
+        // Made by an older config whose agent `ghost` is gone, killed
+        // before its first entry.
+        j.create_run("rghost", "ghost", "t").unwrap();
+        // Entries without a run-started entry: damaged.
+        j.create_run("rcut", "two", "t").unwrap();
+        let step = json!({"chain": "fault", "input": {}, "key": "rcut:1"});
+        j.append("rcut", EntryKind::ToolIntent, 1, &step).unwrap();
+    }
+    let token = "tok-run-errors";
+    let server = serve(&e.config, Some(token));
+    let api = Client::new(&server, Some(token));
+    let (code, body) = api.post("/v1/runs/rghost/resume", json!({})).await;
+    assert_eq!(code, 409, "{body}");
+    assert!(
+        message(&body).contains("agent `ghost` is no longer in the config"),
+        "{body}"
+    );
+    let (code, body) = api.post("/v1/runs/rnone/resume", json!({})).await;
+    assert_eq!(code, 404, "{body}");
+    let (code, body) = api.post("/v1/runs/rcut/resume", json!({})).await;
+    assert_eq!(code, 500, "{body}");
+    assert!(message(&body).contains("no run-started entry"), "{body}");
+    let (code, body) = api
+        .post("/v1/runs", json!({"agent": "nobody", "task": "t"}))
+        .await;
+    assert_eq!(code, 404, "{body}");
 }

@@ -31,11 +31,12 @@ impl Run<'_> {
             resolution: None,
         };
         let journal = self.store;
-        let (esc, new) =
-            crate::journal::offload(|| journal.escalate(esc)).map_err(|e| RunError::Invalid {
+        let (esc, new) = crate::journal::offload(|| journal.escalate(esc)).map_err(|source| {
+            RunError::Queue {
                 run: self.id.clone(),
-                message: e.to_string(),
-            })?;
+                source,
+            }
+        })?;
         att.escalation = Some(esc.id.clone());
         self.append(
             EntryKind::Attention,
@@ -56,10 +57,13 @@ impl Run<'_> {
         let Some(id) = &att.escalation else {
             return Ok(None);
         };
-        let esc = self.store.escalation(id).map_err(|e| RunError::Invalid {
-            run: self.id.clone(),
-            message: e.to_string(),
-        })?;
+        let esc = self
+            .store
+            .escalation(id)
+            .map_err(|source| RunError::Queue {
+                run: self.id.clone(),
+                source,
+            })?;
         Ok(esc
             .resolution
             .map(|r| (r, esc.resolved_by.unwrap_or_default())))

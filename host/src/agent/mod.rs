@@ -47,8 +47,20 @@ pub enum RunError {
         to resume anyway"
     )]
     Drift { run: String, changes: String },
+    #[error("run {run}: agent `{agent}` is no longer in the config")]
+    AgentGone { run: String, agent: String },
+    /// A step's input could not be rendered from its template.
     #[error("run {run}: {message}")]
-    Invalid { run: String, message: String },
+    Template { run: String, message: String },
+    /// A model's answer in a tool loop is not a chat response.
+    #[error("run {run}: model answer is not a chat response: {message}")]
+    BadAnswer { run: String, message: String },
+    #[error("run {run}: {source}")]
+    Queue {
+        run: String,
+        #[source]
+        source: crate::escalation::QueueError,
+    },
     #[error("run {run}: cannot lock the run: {message}")]
     Lock { run: String, message: String },
     #[error("run {run}: no chain, tool or model `{chain}` to call")]

@@ -19,7 +19,7 @@ impl Run<'_> {
                     step: done.name.clone(),
                     path: Vec::new(),
                 })
-                .map_err(|message| RunError::Invalid {
+                .map_err(|message| RunError::Template {
                     run: self.id.clone(),
                     message,
                 })?,
@@ -108,14 +108,14 @@ impl Run<'_> {
     }
 
     pub(super) fn render(&mut self, template: &Value) -> Result<Value, RunError> {
-        render(template, &mut |r| self.lookup_ref(r)).map_err(|m| RunError::Invalid {
+        render(template, &mut |r| self.lookup_ref(r)).map_err(|m| RunError::Template {
             run: self.id.clone(),
             message: m,
         })
     }
 
     pub(super) fn render_text(&mut self, template: &str) -> Result<String, RunError> {
-        match render_str(template, &mut |r| self.lookup_ref(r)).map_err(|m| RunError::Invalid {
+        match render_str(template, &mut |r| self.lookup_ref(r)).map_err(|m| RunError::Template {
             run: self.id.clone(),
             message: m,
         })? {

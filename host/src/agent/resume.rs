@@ -4,7 +4,7 @@
 use super::memory::Run;
 use super::{Host, Progress, ResumeOptions, RunError, RunReport};
 use crate::config::{AgentConfig, AgentKind};
-use crate::journal::{EntryKind, Journal, RunRecord, RunStatus, SqliteJournal};
+use crate::journal::{EntryKind, Journal, RunRecord, RunStatus, SqliteJournal, StoreError};
 use serde_json::{json, Value};
 
 /// What a run's journal says to do next.
@@ -64,16 +64,17 @@ pub(super) fn reload<'a>(
             attention: None,
         }));
     }
-    let gone = |record: &RunRecord| RunError::Invalid {
+    let gone = |record: &RunRecord| RunError::AgentGone {
         run: record.id.clone(),
-        message: format!("agent `{}` is no longer in the config", record.agent),
+        agent: record.agent.clone(),
     };
     let Some(started) = journal.find(id, 0, EntryKind::RunStarted)? else {
         if !journal.entries(id)?.is_empty() {
-            return Err(RunError::Invalid {
+            return Err(RunError::Store(StoreError::Damaged {
                 run: id.to_owned(),
+                seq: 0,
                 message: "its journal has entries but no run-started entry".into(),
-            });
+            }));
         }
         let agent = agent(host, &record.agent).map_err(|_| gone(&record))?;
         journal.set_owner(id, Some(std::process::id()))?;

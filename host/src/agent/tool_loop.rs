@@ -77,9 +77,9 @@ impl Run<'_> {
             }
             let response: ChatResponse =
                 serde_json::from_value(outcome.value.clone().unwrap_or_default()).map_err(|e| {
-                    RunError::Invalid {
+                    RunError::BadAnswer {
                         run: self.id.clone(),
-                        message: format!("model answer is not a chat response: {e}"),
+                        message: e.to_string(),
                     }
                 })?;
             messages.push(Message {

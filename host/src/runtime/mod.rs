@@ -30,6 +30,43 @@ pub struct LoadError {
     pub message: String,
 }
 
+/// Why the wasm engine could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    /// wasmtime refused the engine's settings or the host's imports.
+    #[error("{0}")]
+    Wasmtime(String),
+    #[error("cannot start the guest threads: {0}")]
+    GuestThreads(#[source] std::io::Error),
+}
+
+impl EngineError {
+    fn wasmtime(e: wasmtime::Error) -> EngineError {
+        EngineError::Wasmtime(format!("{e:#}"))
+    }
+}
+
+/// Why a component file could not be compiled.
+#[derive(Debug, thiserror::Error)]
+pub enum CompileError {
+    #[error("cannot read {}: {source}", path.display())]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(
+        "{} is a core wasm module, not a component; build it for wasm32-wasip2 \
+         or wrap it with `wasm-tools component new`",
+        path.display()
+    )]
+    CoreModule { path: PathBuf },
+    #[error("{} is not a WebAssembly component (a wasm binary starts with \\0asm)", path.display())]
+    NotComponent { path: PathBuf },
+    #[error("{} is not a valid WebAssembly component: {message}", path.display())]
+    Invalid { path: PathBuf, message: String },
+}
+
 /// Increments the engine's epoch every tick until dropped: the clock that
 /// epoch deadlines count in.
 struct Ticker {
@@ -84,7 +121,7 @@ impl Runtime {
     /// Builds the engine for `config`. The pooling allocator is used when
     /// asked and this machine can reserve its memory; otherwise instances
     /// are allocated on demand.
-    pub fn new(config: &Config) -> anyhow::Result<Runtime> {
+    pub fn new(config: &Config) -> Result<Runtime, EngineError> {
         let max_memory = config
             .tools
             .values()
@@ -93,17 +130,19 @@ impl Runtime {
             .unwrap_or(256 << 20);
         let (engine, pooling) = build_engine(&config.engine, max_memory)?;
         let mut linker = Linker::new(&engine);
-        wasmtime_wasi::p2::add_to_linker_async(&mut linker)?;
-        wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut linker)?;
-        fs_guard::shadow_open_at(&mut linker)?;
+        wasmtime_wasi::p2::add_to_linker_async(&mut linker).map_err(EngineError::wasmtime)?;
+        wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut linker)
+            .map_err(EngineError::wasmtime)?;
+        fs_guard::shadow_open_at(&mut linker).map_err(EngineError::wasmtime)?;
         bindings::Tool::add_to_linker::<_, wasmtime::component::HasSelf<HostState>>(
             &mut linker,
             |s| s,
-        )?;
+        )
+        .map_err(EngineError::wasmtime)?;
         let ticker = Ticker::start(engine.clone(), config.engine.tick);
         let guests = Arc::new(
             guests::GuestPool::new(config.engine.guest_threads)
-                .map_err(|e| anyhow::anyhow!("cannot start the guest threads: {e}"))?,
+                .map_err(EngineError::GuestThreads)?,
         );
         Ok(Runtime {
             guests,
@@ -130,10 +169,12 @@ impl Runtime {
     /// Compiles `path`, or loads it from the cache when this engine already
     /// compiled the same bytes. Returns the component, its SHA-256 and
     /// where it came from.
-    pub fn compile(&self, path: &Path) -> anyhow::Result<(Component, String, CompileSource)> {
+    pub fn compile(&self, path: &Path) -> Result<(Component, String, CompileSource), CompileError> {
         use sha2::Digest;
-        let bytes = std::fs::read(path)
-            .map_err(|e| anyhow::anyhow!("cannot read {}: {e}", path.display()))?;
+        let bytes = std::fs::read(path).map_err(|source| CompileError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
         let digest = hex::encode(sha2::Sha256::digest(&bytes));
         let mut h = std::collections::hash_map::DefaultHasher::new();
         self.engine.precompile_compatibility_hash().hash(&mut h);
@@ -156,28 +197,24 @@ impl Runtime {
             }
         }
         if bytes.len() >= 8 && bytes[..4] == *b"\0asm" && bytes[4..8] == [1, 0, 0, 0] {
-            anyhow::bail!(
-                "{} is a core wasm module, not a component; build it for wasm32-wasip2 \
-                or wrap it with `wasm-tools component new`",
-                path.display()
-            );
+            return Err(CompileError::CoreModule {
+                path: path.to_owned(),
+            });
         }
         // Text is accepted only when it looks like a component in the text
         // format; anything else gets a one-line answer, not a WAT parse error.
         let text_component =
             std::str::from_utf8(&bytes).is_ok_and(|t| t.trim_start().starts_with("(component"));
         if !bytes.starts_with(b"\0asm") && !text_component {
-            anyhow::bail!(
-                "{} is not a WebAssembly component (a wasm binary starts with \\0asm)",
-                path.display()
-            );
+            return Err(CompileError::NotComponent {
+                path: path.to_owned(),
+            });
         }
-        let component = Component::new(&self.engine, &bytes).map_err(|e| {
-            anyhow::anyhow!(
-                "{} is not a valid WebAssembly component: {e:#}",
-                path.display()
-            )
-        })?;
+        let component =
+            Component::new(&self.engine, &bytes).map_err(|e| CompileError::Invalid {
+                path: path.to_owned(),
+                message: format!("{e:#}"),
+            })?;
         if let Err(e) = self.store_cache(&component, &cached) {
             tracing::warn!(dir = %self.cache_dir.display(), "cannot write the compiled-code cache: \
                 {e:#}");
@@ -195,7 +232,7 @@ impl Runtime {
     }
 }
 
-fn build_engine(cfg: &EngineConfig, max_memory: u64) -> anyhow::Result<(Engine, bool)> {
+fn build_engine(cfg: &EngineConfig, max_memory: u64) -> Result<(Engine, bool), EngineError> {
     let base = || {
         let mut c = wasmtime::Config::new();
         c.epoch_interruption(true);
@@ -236,5 +273,5 @@ fn build_engine(cfg: &EngineConfig, max_memory: u64) -> anyhow::Result<(Engine, 
             Err(e) => tracing::warn!("pooling allocator unavailable, allocating on demand: {e:#}"),
         }
     }
-    Ok((Engine::new(&base())?, false))
+    Ok((Engine::new(&base()).map_err(EngineError::wasmtime)?, false))
 }

@@ -90,7 +90,7 @@ impl WasmTool {
             tokio::task::spawn_blocking(move || compiling.compile(&path))
                 .await
                 .map_err(|e| fail(format!("compiler task failed: {e}")))?
-                .map_err(|e| fail(format!("{e:#}")))?;
+                .map_err(|e| fail(e.to_string()))?;
         let instance_pre = rt.linker.instantiate_pre(&component).map_err(|e| {
             fail(format!(
                 "does not implement world `backstop:tool/tool` (imports something the \

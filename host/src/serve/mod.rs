@@ -133,7 +133,6 @@ impl From<Error> for ApiError {
     fn from(e: Error) -> Self {
         let status = match &e {
             Error::UnknownChain { .. } => StatusCode::NOT_FOUND,
-            Error::Input { .. } => StatusCode::BAD_REQUEST,
             Error::Run(r) => return ApiError::from_run(r, e.to_string()),
             Error::Store(s) => return ApiError::from(s),
             _ => StatusCode::INTERNAL_SERVER_ERROR,
@@ -145,7 +144,9 @@ impl From<Error> for ApiError {
 impl From<&StoreError> for ApiError {
     fn from(e: &StoreError) -> Self {
         let status = match e {
-            StoreError::NoSuchRun(_) => StatusCode::NOT_FOUND,
+            // Nothing was ever run with this config: whatever the caller
+            // names is not there.
+            StoreError::NoSuchRun(_) | StoreError::Missing(_) => StatusCode::NOT_FOUND,
             _ => StatusCode::INTERNAL_SERVER_ERROR,
         };
         ApiError::new(status, e.to_string())
@@ -162,9 +163,15 @@ impl ApiError {
     fn from_run(e: &RunError, message: String) -> Self {
         let status = match e {
             RunError::UnknownAgent { .. } => StatusCode::NOT_FOUND,
-            RunError::Busy { .. } | RunError::Drift { .. } => StatusCode::CONFLICT,
+            // The run cannot go on under this config: the caller's to
+            // resolve (wait, allow drift, restore the agent).
+            RunError::Busy { .. } | RunError::Drift { .. } | RunError::AgentGone { .. } => {
+                StatusCode::CONFLICT
+            }
             RunError::Store(s) => return ApiError::from(s),
-            RunError::Invalid { .. } | RunError::Lock { .. } | RunError::UnknownChain { .. } => {
+            RunError::Queue { source, .. } => return ApiError::from_queue(source, message),
+            RunError::BadAnswer { .. } => StatusCode::BAD_GATEWAY,
+            RunError::Template { .. } | RunError::Lock { .. } | RunError::UnknownChain { .. } => {
                 StatusCode::INTERNAL_SERVER_ERROR
             }
         };
@@ -181,11 +188,18 @@ impl From<RunError> for ApiError {
 
 impl From<QueueError> for ApiError {
     fn from(e: QueueError) -> Self {
+        let message = e.to_string();
+        ApiError::from_queue(&e, message)
+    }
+}
+
+impl ApiError {
+    fn from_queue(e: &QueueError, message: String) -> Self {
         match e {
-            QueueError::Store(s) => ApiError::from(s),
-            QueueError::NoSuch(_) => ApiError::new(StatusCode::NOT_FOUND, e.to_string()),
+            QueueError::Store(s) => ApiError::new(ApiError::from(s).status, message),
+            QueueError::NoSuch(_) => ApiError::new(StatusCode::NOT_FOUND, message),
             QueueError::NotAllowed { .. } => {
-                ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, e.to_string())
+                ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, message)
             }
         }
     }
@@ -651,6 +665,84 @@ async fn json_errors(State(b): State<App>, req: Request, next: Next) -> Response
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// What the caller can fix answers 4xx; what the server must fix, 5xx.
+    #[test]
+    fn run_errors_map_to_the_status_that_says_whose_it_is() {
+        let run = || "r1".to_owned();
+        let cases = [
+            (
+                RunError::UnknownAgent {
+                    name: run(),
+                    hint: String::new(),
+                },
+                404,
+            ),
+            (
+                RunError::Busy {
+                    run: run(),
+                    pid: Some(1),
+                },
+                409,
+            ),
+            (
+                RunError::Drift {
+                    run: run(),
+                    changes: run(),
+                },
+                409,
+            ),
+            (
+                RunError::AgentGone {
+                    run: run(),
+                    agent: run(),
+                },
+                409,
+            ),
+            (RunError::Store(StoreError::NoSuchRun(run())), 404),
+            (RunError::Store(StoreError::Missing(run())), 404),
+            (
+                RunError::Queue {
+                    run: run(),
+                    source: QueueError::NoSuch(run()),
+                },
+                404,
+            ),
+            (
+                RunError::BadAnswer {
+                    run: run(),
+                    message: run(),
+                },
+                502,
+            ),
+            (
+                RunError::Store(StoreError::Damaged {
+                    run: run(),
+                    seq: 1,
+                    message: run(),
+                }),
+                500,
+            ),
+            (
+                RunError::Template {
+                    run: run(),
+                    message: run(),
+                },
+                500,
+            ),
+        ];
+        for (e, want) in cases {
+            let text = e.to_string();
+            let api = ApiError::from(e);
+            assert_eq!(api.status.as_u16(), want, "{text}");
+            assert_eq!(api.message, text);
+        }
+        let unknown = Error::UnknownChain {
+            name: "x".into(),
+            hint: String::new(),
+        };
+        assert_eq!(ApiError::from(unknown).status, StatusCode::NOT_FOUND);
+    }
 
     #[test]
     fn the_bearer_scheme_is_case_insensitive() {
