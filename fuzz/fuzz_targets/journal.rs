@@ -8,7 +8,8 @@
 use arbitrary::Arbitrary;
 use backstop::escalation::{Escalation, Filter, ResolutionKind};
 use backstop::EscalationReason;
-use backstop::journal::{EntryKind, Journal, Snapshot, SqliteJournal};
+use backstop::journal::{EntryKind, Snapshot};
+use backstop::store::{BreakerStore, SqliteStore};
 use libfuzzer_sys::fuzz_target;
 use rusqlite::types::Value as Sql;
 
@@ -64,7 +65,7 @@ fn json(text: &str) -> serde_json::Value {
     serde_json::from_str(text).unwrap_or_else(|_| serde_json::Value::String(text.to_owned()))
 }
 
-fn read_everything(j: &SqliteJournal) {
+fn read_everything(j: &SqliteStore) {
     if let Ok(runs) = j.runs() {
         for r in runs {
             let _ = j.run(&r.id);
@@ -84,7 +85,7 @@ fn read_everything(j: &SqliteJournal) {
     }
     let _ = j.escalation_stats();
     let _ = j.recent_runs(3);
-    if let Ok(store) = backstop::journal::BreakerStore::beside(j) {
+    if let Ok(store) = backstop::store::sqlite::SqliteBreakers::beside(j) {
         let _ = store.read("t");
         if let Ok(rows) = store.all() {
             for row in rows {
@@ -111,7 +112,7 @@ fuzz_target!(|input: Input| {
     };
     let path = dir.path().join("state.db");
     {
-        let j = SqliteJournal::open(&path).unwrap();
+        let j = SqliteStore::open(&path).unwrap();
         j.create_run("r1", "agent", "task").unwrap();
         for (kind, step, payload) in input.entries.iter().take(32) {
             let kind = KINDS[*kind as usize % KINDS.len()];
@@ -135,7 +136,7 @@ fuzz_target!(|input: Input| {
             resolution: None,
         })
         .unwrap();
-        let breakers = backstop::journal::BreakerStore::beside(&j).unwrap();
+        let breakers = backstop::store::sqlite::SqliteBreakers::beside(&j).unwrap();
         breakers.write("t", Some(5_000), 1).unwrap();
         breakers.write("u", None, 2).unwrap();
         if let Some((seq, state)) = &input.snapshot {
@@ -174,7 +175,7 @@ fuzz_target!(|input: Input| {
         }
     }
     // Opening may refuse a damaged store; that is an answer too.
-    if let Ok(j) = SqliteJournal::open(&path) {
+    if let Ok(j) = SqliteStore::open(&path) {
         read_everything(&j);
     }
 });

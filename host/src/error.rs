@@ -16,7 +16,7 @@ pub enum Error {
     #[error(transparent)]
     Run(#[from] crate::agent::RunError),
     #[error(transparent)]
-    Store(#[from] crate::journal::StoreError),
+    Store(#[from] crate::store::StoreError),
     #[error("cannot start the wasm engine: {0}")]
     Engine(#[from] crate::runtime::EngineError),
 }

@@ -6,8 +6,9 @@ use crate::config::Config;
 use crate::error::Error;
 use crate::outcome::Outcome;
 use crate::status::BreakerStatus;
+use crate::store::{self, Store, StoreError};
 use crate::target::CallTarget;
-use crate::{escalation, guard, journal, metrics, models, runtime, status};
+use crate::{escalation, guard, metrics, models, runtime, status, webhook};
 use guard::{BreakerState, Breakers, ChainRunner, ChainTarget};
 use rand::{rngs::StdRng, SeedableRng};
 use runtime::{Runtime, WasmTool};
@@ -33,7 +34,7 @@ pub struct Backstop {
     breakers: Breakers,
     plans: std::collections::HashMap<String, Plan>,
     rng: Mutex<StdRng>,
-    journal: std::sync::OnceLock<Arc<journal::SqliteJournal>>,
+    journal: std::sync::OnceLock<Arc<dyn Store>>,
     http: reqwest::Client,
     notifications: Mutex<Vec<tokio::task::JoinHandle<()>>>,
     metrics: metrics::Metrics,
@@ -91,10 +92,10 @@ impl Backstop {
         // processes (or this one before a restart) left. A store that
         // cannot be opened leaves breakers per process; runs report it.
         let journal = std::sync::OnceLock::new();
-        let store = journal::SqliteJournal::open(&config.state_path).and_then(|j| {
-            let store = journal::BreakerStore::beside(&j);
-            let _ = journal.set(Arc::new(j));
-            store
+        let store = store::open(&config.state_path).and_then(|s| {
+            let breakers = s.breakers();
+            let _ = journal.set(s);
+            breakers
         });
         let breakers = Breakers::new(
             config
@@ -203,11 +204,11 @@ impl Backstop {
 
     /// The state store named by the config (`state`, by default
     /// `.backstop/state.db` beside the config), opened on first use.
-    pub fn journal(&self) -> Result<Arc<journal::SqliteJournal>, journal::StoreError> {
+    pub fn store(&self) -> Result<Arc<dyn Store>, StoreError> {
         if let Some(j) = self.journal.get() {
             return Ok(j.clone());
         }
-        let j = Arc::new(journal::SqliteJournal::open(&self.config.state_path)?);
+        let j = store::open(&self.config.state_path)?;
         Ok(self.journal.get_or_init(|| j).clone())
     }
 
@@ -232,7 +233,7 @@ impl Backstop {
         let client = self.http.clone();
         let id = escalation.id.clone();
         let task = tokio::spawn(async move {
-            if let Err(f) = escalation::deliver(&client, &url, &body, policy).await {
+            if let Err(f) = webhook::deliver(&client, &url, &body, policy).await {
                 tracing::warn!(escalation = %id, "webhook delivery failed: {f}");
             }
         });
@@ -351,19 +352,23 @@ impl Backstop {
 
     /// The metrics in Prometheus's text format: counters since load, and
     /// breaker states and the escalation queue as they are now.
-    pub fn metrics_text(&self) -> String {
-        let queue = self.journal().ok().and_then(|j| {
-            j.escalation_stats()
+    pub async fn metrics_text(&self) -> String {
+        let queue = match self.store() {
+            Ok(s) => s
+                .escalation_stats()
+                .await
                 .map_err(|e| tracing::warn!("metrics: cannot read the escalation queue: {e}"))
-                .ok()
-        });
+                .ok(),
+            Err(_) => None,
+        };
         self.metrics.render(&self.breakers, queue.as_ref())
     }
 
     /// Breakers (this process's view), the queue and the `recent_runs`
     /// newest runs.
-    pub fn status(&self, recent_runs: u32) -> Result<status::Status, journal::StoreError> {
-        status::Status::with_breakers(&*self.journal()?, self.breakers(), recent_runs)
+    pub async fn status(&self, recent_runs: u32) -> Result<status::Status, StoreError> {
+        let store = self.store()?;
+        status::Status::with_breakers(store.as_ref(), self.breakers(), recent_runs).await
     }
 
     /// Starts a run of `agent` on `task`, journaled in the config's state
@@ -416,8 +421,8 @@ impl agent::Host for Backstop {
         &self.config
     }
 
-    fn journal(&self) -> Result<Arc<journal::SqliteJournal>, journal::StoreError> {
-        Backstop::journal(self)
+    fn journal(&self) -> Result<Arc<dyn Store>, StoreError> {
+        self.store()
     }
 
     fn call<'a>(

@@ -32,10 +32,12 @@ pub mod runtime;
 pub mod schema;
 pub mod serve;
 pub mod status;
+pub mod store;
 pub mod target;
 pub mod term;
 #[cfg(feature = "testkit")]
 pub mod testkit;
+pub mod webhook;
 
 pub use config::{Config, ConfigError};
 pub use error::Error;

@@ -6,7 +6,8 @@ use crate::config::Config;
 use crate::escalation::Stats;
 use crate::guard::shared::remote;
 use crate::guard::{BreakerState, Remote};
-use crate::journal::{now_ms, BreakerRow, BreakerStore, RunRecord, SqliteJournal, StoreError};
+use crate::journal::RunRecord;
+use crate::store::{now_ms, BreakerRow, QueueError, Store, StoreError};
 use serde::Serialize;
 
 #[derive(Clone, Debug, Serialize)]
@@ -54,8 +55,8 @@ impl Status {
     ///
     /// Only reads: works on a read-only or full store, and while another
     /// process writes to it. No store yet is an empty status.
-    pub fn read(config: &Config, recent_runs: u32) -> Result<Status, StoreError> {
-        let journal = match SqliteJournal::open_read_only(&config.state_path) {
+    pub async fn read(config: &Config, recent_runs: u32) -> Result<Status, StoreError> {
+        let store = match crate::store::open_read_only(&config.state_path) {
             Err(StoreError::Missing(_)) => {
                 return Ok(Status {
                     breakers: stored_breakers(config, Vec::new()),
@@ -65,26 +66,26 @@ impl Status {
             }
             j => j?,
         };
-        let breakers = stored_breakers(config, BreakerStore::read_only(&journal)?.all()?);
-        Self::with_breakers(&journal, breakers, recent_runs)
+        let breakers = stored_breakers(config, store.breakers()?.all()?);
+        Self::with_breakers(store.as_ref(), breakers, recent_runs).await
     }
 
-    pub fn with_breakers(
-        journal: &SqliteJournal,
+    pub async fn with_breakers(
+        store: &dyn Store,
         breakers: Vec<BreakerStatus>,
         recent_runs: u32,
     ) -> Result<Status, StoreError> {
-        let escalations = journal.escalation_stats().map_err(|e| match e {
-            crate::escalation::QueueError::Store(s) => s,
+        let escalations = store.escalation_stats().await.map_err(|e| match e {
+            QueueError::Store(s) => s,
             other => StoreError::Open {
-                path: journal.path().display().to_string(),
+                path: store.location(),
                 message: other.to_string(),
             },
         })?;
         Ok(Status {
             breakers,
             escalations,
-            runs: journal.recent_runs(recent_runs)?,
+            runs: store.recent_runs(recent_runs).await?,
         })
     }
 }

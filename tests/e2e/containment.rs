@@ -731,7 +731,8 @@ mod runs {
     //! A run's result is never lost, and no run is stuck forever, whichever
     //! write it was killed after (`BACKSTOP_KILL_AT`).
     use super::*;
-    use backstop::journal::{EntryKind, Journal, RunStatus, SqliteJournal};
+    use backstop::journal::{EntryKind, RunStatus};
+    use backstop::store::SqliteStore;
 
     /// A 32-step pipeline of echoes: its 64 entries fill the first
     /// snapshot, written after the last step.
@@ -783,7 +784,7 @@ mod runs {
     }
 
     fn finished_once(dir: &std::path::Path, id: &str) {
-        let j = SqliteJournal::open(dir.join("state.db")).unwrap();
+        let j = SqliteStore::open(dir.join("state.db")).unwrap();
         let run = j.run(id).unwrap();
         assert_eq!(run.status, RunStatus::Finished);
         let output = run.output.unwrap_or_default();
@@ -836,7 +837,7 @@ mod runs {
         let dir = tempdir();
         let config = pipeline(dir.path());
         let id = run_killed_at(&config, "run-created");
-        let j = SqliteJournal::open(dir.path().join("state.db")).unwrap();
+        let j = SqliteStore::open(dir.path().join("state.db")).unwrap();
         assert!(j.entries(&id).unwrap().is_empty());
         let (code, out) = resume(&config, &id);
         assert_eq!(code, 0, "{out}");
@@ -848,7 +849,7 @@ mod store {
     //! The store: damage is named and never papered over, reading never
     //! needs writing, and a run leaves no lock file behind.
     use super::*;
-    use backstop::journal::{Journal, SqliteJournal};
+    use backstop::store::SqliteStore;
 
     fn config(dir: &std::path::Path) -> std::path::PathBuf {
         let _ = std::fs::create_dir(dir.join("ledger"));
@@ -989,7 +990,7 @@ mod store {
         let text_config = format!("version = 1\nstate = \"sqlite:{}\"\n", state.display());
         std::fs::write(base.join("backstop.toml"), text_config).unwrap();
         {
-            let j = SqliteJournal::open(&state).unwrap();
+            let j = SqliteStore::open(&state).unwrap();
             j.create_run("r000000000001", "one", "t").unwrap();
         }
         let bin = base.join("backstop");
@@ -1058,7 +1059,7 @@ mod store {
         let _unmount = Unmount(mnt.clone());
         let state = mnt.join("state.db");
         {
-            let j = SqliteJournal::open(&state).unwrap();
+            let j = SqliteStore::open(&state).unwrap();
             j.create_run("r000000000002", "one", "t").unwrap();
         }
         // Fill what is left.

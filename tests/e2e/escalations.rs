@@ -5,7 +5,7 @@
 use crate::common::{load, tempdir, write_config, PRELUDE};
 use crate::runs::{finish, journal, ledger_counts, spawn, start, wait_until};
 use backstop::escalation::{Filter, Resolution};
-use backstop::journal::{EntryKind, Journal, RunStatus};
+use backstop::journal::{EntryKind, RunStatus};
 use backstop::testkit::{Reply, ScriptedServer};
 use backstop::EscalationReason;
 use serde_json::json;
@@ -233,9 +233,10 @@ steps = [{{ name = "a", tool = "unsure", input = {{ mode = "spin" }} }}]
     let att = r.attention.unwrap();
     assert_eq!(att.reason, EscalationReason::CircuitOpen);
     let esc = b
-        .journal()
+        .store()
         .unwrap()
         .escalation(att.escalation.as_ref().unwrap())
+        .await
         .unwrap();
     assert_eq!(esc.reason, EscalationReason::CircuitOpen);
 
@@ -524,4 +525,54 @@ async fn the_webhook_hears_of_each_escalation_and_a_failing_one_does_not_stop_th
     .unwrap();
     assert_eq!(code, 3, "{out}");
     let _ = Resolution::Retry;
+}
+
+/// Delivery goes through the guard: a 429 with Retry-After waits as long
+/// as asked (never less), a 400 is not retried, and a huge refusal body is
+/// read only up to its cap.
+#[tokio::test]
+async fn webhook_delivery_follows_the_retry_policy() {
+    use backstop::guard::{Backoff, Jitter, RetryPolicy};
+    let policy = RetryPolicy {
+        attempts: 3,
+        backoff: Backoff::new(
+            Duration::from_millis(10),
+            Duration::from_millis(20),
+            Jitter::Full,
+        )
+        .unwrap(),
+        max_retry_after: Duration::from_secs(5),
+    };
+    let client = reqwest::Client::new();
+    let hook = ScriptedServer::start(Reply::status(204)).await.unwrap();
+    hook.push([Reply::status(429).header("retry-after", "1")]);
+    let url = format!("{}/hook", hook.origin());
+    let body = serde_json::json!({"event": "escalation-opened"});
+    let started = Instant::now();
+    backstop::webhook::deliver(&client, &url, &body, policy)
+        .await
+        .unwrap();
+    assert!(
+        started.elapsed() >= Duration::from_secs(1),
+        "Retry-After was undercut"
+    );
+    assert_eq!(hook.arrivals().len(), 2);
+
+    let refusing = ScriptedServer::start(Reply::raw(400, &"x".repeat(1 << 20)))
+        .await
+        .unwrap();
+    let url = format!("{}/hook", refusing.origin());
+    let e = backstop::webhook::deliver(&client, &url, &body, policy)
+        .await
+        .unwrap_err();
+    assert_eq!(refusing.arrivals().len(), 1, "a 400 is not retried: {e}");
+    assert!(
+        e.starts_with("invalid-input after 1 attempt") || e.contains("after 1 attempt"),
+        "{e}"
+    );
+    assert!(
+        e.len() < 20_000,
+        "the refusal's body was capped: {} bytes",
+        e.len()
+    );
 }

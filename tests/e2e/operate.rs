@@ -5,7 +5,7 @@
 
 use crate::common::{serve, tempdir, write_config, Server, PRELUDE};
 use crate::runs::{finish, spawn, wait_until};
-use backstop::journal::{EntryKind, Journal};
+use backstop::journal::EntryKind;
 use backstop::testkit::model::anthropic_text;
 use backstop::testkit::ScriptedServer;
 use serde_json::{json, Value};
@@ -1022,7 +1022,7 @@ async fn run_errors_over_http_say_whose_they_are() {
     let e = env(&model.origin());
     let state = e.config.parent().unwrap().join("state.db");
     {
-        let j = backstop::journal::SqliteJournal::open(&state).unwrap();
+        let j = backstop::store::SqliteStore::open(&state).unwrap();
         // Made by an older config whose agent `ghost` is gone, killed
         // before its first entry.
         j.create_run("rghost", "ghost", "t").unwrap();

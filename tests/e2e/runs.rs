@@ -2,7 +2,8 @@
 //! ambiguous state, one writer per run, drift and damaged state.
 
 use crate::common::{tempdir, write_config, PRELUDE};
-use backstop::journal::{EntryKind, Journal, RunStatus, SqliteJournal};
+use backstop::journal::{EntryKind, RunStatus};
+use backstop::store::SqliteStore;
 use rand::{rngs::StdRng, Rng, SeedableRng};
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader};
@@ -162,8 +163,8 @@ pub fn ledger_counts(root: &Path) -> HashMap<String, usize> {
     counts
 }
 
-pub fn journal(root: &Path) -> SqliteJournal {
-    SqliteJournal::open(root.join("state.db")).unwrap()
+pub fn journal(root: &Path) -> SqliteStore {
+    SqliteStore::open(root.join("state.db")).unwrap()
 }
 
 fn final_echo(root: &Path, run: &str) -> serde_json::Value {

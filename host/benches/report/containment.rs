@@ -247,7 +247,7 @@ fn runs_under_load(root: &Path, quick: bool, page: &mut String) {
 /// A store with `n` finished runs of 4 entries each, written directly.
 fn big_store(path: &Path, n: usize) {
     {
-        let _ = backstop::journal::SqliteJournal::open(path).unwrap();
+        let _ = backstop::store::SqliteStore::open(path).unwrap();
     }
     let mut conn = rusqlite::Connection::open(path).unwrap();
     let tx = conn.transaction().unwrap();

@@ -9,7 +9,8 @@
 //!    steps that stopped for attention at its last step (the journal is
 //!    written by the runner itself, with real component calls).
 
-use backstop::journal::{EntryKind, Journal, Snapshot, SqliteJournal, SNAPSHOT_EVERY};
+use backstop::journal::{EntryKind, Snapshot, SNAPSHOT_EVERY};
+use backstop::store::SqliteStore;
 use backstop::{Backstop, Config};
 use serde_json::json;
 use std::path::Path;
@@ -25,7 +26,7 @@ pub fn run(steps: u64) -> String {
     let dir = tempfile::tempdir().unwrap();
 
     // 1 and 2: the journal alone.
-    let j = SqliteJournal::open(dir.path().join("journal.db")).unwrap();
+    let j = SqliteStore::open(dir.path().join("journal.db")).unwrap();
     j.create_run("rbench", "pipe", "bench").unwrap();
     let mut costs = Vec::new();
     let mut raw = 0usize;

@@ -13,7 +13,10 @@ use serde_json::{json, Value};
 impl Run<'_> {
     /// Records that a step needs a person: an attention entry in the
     /// journal and an escalation in the queue (announced to the webhook).
-    pub(super) fn attention(&mut self, mut att: Attention) -> Result<Flow<Outcome>, RunError> {
+    pub(super) async fn attention(
+        &mut self,
+        mut att: Attention,
+    ) -> Result<Flow<Outcome>, RunError> {
         let esc = Escalation {
             id: format!("e{:010x}", rand::random::<u64>() & 0xff_ffff_ffff),
             run: self.id.clone(),
@@ -30,19 +33,21 @@ impl Run<'_> {
             resolved_by: None,
             resolution: None,
         };
-        let journal = self.store;
-        let (esc, new) = crate::journal::offload(|| journal.escalate(esc)).map_err(|source| {
-            RunError::Queue {
+        let (esc, new) = self
+            .store
+            .escalate(esc)
+            .await
+            .map_err(|source| RunError::Queue {
                 run: self.id.clone(),
                 source,
-            }
-        })?;
+            })?;
         att.escalation = Some(esc.id.clone());
         self.append(
             EntryKind::Attention,
             att.step,
             serde_json::to_value(&att).expect("serializes"),
-        )?;
+        )
+        .await?;
         if new {
             self.host.notify(&esc);
         }
@@ -50,7 +55,7 @@ impl Run<'_> {
     }
 
     /// The resolution of an attention's escalation, once a person gave one.
-    pub(super) fn resolution_of(
+    pub(super) async fn resolution_of(
         &self,
         att: &Attention,
     ) -> Result<Option<(Resolution, String)>, RunError> {
@@ -60,6 +65,7 @@ impl Run<'_> {
         let esc = self
             .store
             .escalation(id)
+            .await
             .map_err(|source| RunError::Queue {
                 run: self.id.clone(),
                 source,
@@ -71,7 +77,7 @@ impl Run<'_> {
 
     /// What a step does about its newest attention: wait, or act on the
     /// resolution (journaled once, so a crash after it acts again).
-    pub(super) fn pending_resolution(
+    pub(super) async fn pending_resolution(
         &mut self,
         step: u64,
         newest: &Entry,
@@ -79,9 +85,12 @@ impl Run<'_> {
         if newest.kind == EntryKind::Resolution {
             let r: Resolution = serde_json::from_value(newest.payload["resolution"].clone())
                 .map_err(|e| self.damaged(newest.seq, "not a resolution", e))?;
-            let att = self.lookup(step, EntryKind::Attention)?.ok_or_else(|| {
-                self.damaged(newest.seq, "resolution without attention", "missing")
-            })?;
+            let att = self
+                .lookup(step, EntryKind::Attention)
+                .await?
+                .ok_or_else(|| {
+                    self.damaged(newest.seq, "resolution without attention", "missing")
+                })?;
             let att: Attention = serde_json::from_value(att.payload)
                 .map_err(|e| self.damaged(newest.seq, "not an attention", e))?;
             return Ok(Ok((
@@ -92,14 +101,15 @@ impl Run<'_> {
         }
         let att: Attention = serde_json::from_value(newest.payload.clone())
             .map_err(|e| self.damaged(newest.seq, "not an attention", e))?;
-        match self.resolution_of(&att)? {
+        match self.resolution_of(&att).await? {
             None => Ok(Err(att)),
             Some((r, by)) => {
                 self.append(
                     EntryKind::Resolution,
                     step,
                     json!({"escalation": att.escalation, "resolution": r, "by": by}),
-                )?;
+                )
+                .await?;
                 Ok(Ok((r, by, att)))
             }
         }
@@ -133,13 +143,16 @@ impl Run<'_> {
     }
 
     /// Whether a person approved (or asked to retry) this step.
-    pub(super) fn approved(&self, step: u64) -> Result<bool, RunError> {
-        Ok(self.lookup(step, EntryKind::Resolution)?.is_some_and(|r| {
-            matches!(
-                serde_json::from_value(r.payload["resolution"].clone()),
-                Ok(Resolution::Approve | Resolution::Retry)
-            )
-        }))
+    pub(super) async fn approved(&self, step: u64) -> Result<bool, RunError> {
+        Ok(self
+            .lookup(step, EntryKind::Resolution)
+            .await?
+            .is_some_and(|r| {
+                matches!(
+                    serde_json::from_value(r.payload["resolution"].clone()),
+                    Ok(Resolution::Approve | Resolution::Retry)
+                )
+            }))
     }
 
     pub(super) fn failed_attention(

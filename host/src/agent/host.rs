@@ -3,9 +3,9 @@
 
 use crate::config::Config;
 use crate::escalation::Escalation;
-use crate::journal::{SqliteJournal, StoreError};
 use crate::outcome::{Effect, Failure, Outcome};
 use crate::runtime::{Reconciled, ToolDescription};
+use crate::store::{Store, StoreError};
 use serde_json::Value;
 use std::future::Future;
 use std::pin::Pin;
@@ -22,7 +22,7 @@ pub trait Host: Send + Sync {
     fn config(&self) -> &Config;
 
     /// The state store runs are journaled in.
-    fn journal(&self) -> Result<Arc<SqliteJournal>, StoreError>;
+    fn journal(&self) -> Result<Arc<dyn Store>, StoreError>;
 
     /// Calls `chain` through its guards with idempotency key `key`; `None`
     /// when no chain, tool or model has that name.

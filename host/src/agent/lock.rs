@@ -13,7 +13,7 @@
 
 use super::RunError;
 use crate::config::Config;
-use crate::journal::Journal;
+use crate::store::Journal;
 use std::fs::{File, OpenOptions, TryLockError};
 use std::io::{Read, Seek, Write};
 use std::os::unix::fs::MetadataExt;
@@ -32,7 +32,11 @@ impl RunLock {
         PathBuf::from(p)
     }
 
-    pub fn acquire(config: &Config, run: &str, journal: &dyn Journal) -> Result<RunLock, RunError> {
+    pub async fn acquire(
+        config: &Config,
+        run: &str,
+        journal: &dyn Journal,
+    ) -> Result<RunLock, RunError> {
         let dir = Self::dir(config);
         let fail = |message: String| RunError::Lock {
             run: run.to_owned(),
@@ -52,15 +56,18 @@ impl RunLock {
             match file.try_lock() {
                 Ok(()) => {}
                 Err(TryLockError::WouldBlock) => {
+                    let pid = match holder(&mut file) {
+                        Some(pid) => Some(pid),
+                        None => journal
+                            .run(run)
+                            .await
+                            .ok()
+                            .and_then(|r| r.owner_pid)
+                            .filter(|p| alive(*p)),
+                    };
                     return Err(RunError::Busy {
                         run: run.to_owned(),
-                        pid: holder(&mut file).or_else(|| {
-                            journal
-                                .run(run)
-                                .ok()
-                                .and_then(|r| r.owner_pid)
-                                .filter(|p| alive(*p))
-                        }),
+                        pid,
                     });
                 }
                 Err(TryLockError::Error(e)) => {

@@ -4,17 +4,16 @@
 use super::Host;
 use super::{Progress, RunError};
 use crate::config::AgentConfig;
-use crate::journal::SqliteJournal;
-use crate::journal::{Entry, EntryKind, Journal, Offloaded, Snapshot, StoreError, SNAPSHOT_EVERY};
+use crate::journal::{Entry, EntryKind, Snapshot, SNAPSHOT_EVERY};
 use crate::outcome::Outcome;
+use crate::store::{Store, StoreError};
 use serde_json::Value;
 use std::collections::HashMap;
 
 /// A run in progress in this process.
 pub(super) struct Run<'a> {
     pub(super) host: &'a dyn Host,
-    pub(super) store: &'a SqliteJournal,
-    pub(super) journal: Offloaded<'a>,
+    pub(super) store: &'a dyn Store,
     pub(super) id: String,
     pub(super) agent: AgentConfig,
     pub(super) task: String,
@@ -37,7 +36,7 @@ impl<'a> Run<'a> {
     /// A run that knows nothing of its journal yet.
     pub(super) fn new(
         host: &'a dyn Host,
-        store: &'a SqliteJournal,
+        store: &'a dyn Store,
         id: &str,
         agent: AgentConfig,
         task: &str,
@@ -46,7 +45,6 @@ impl<'a> Run<'a> {
         Run {
             host,
             store,
-            journal: Offloaded(store),
             id: id.to_owned(),
             agent,
             task: task.to_owned(),
@@ -62,13 +60,13 @@ impl<'a> Run<'a> {
 }
 
 impl Run<'_> {
-    pub(super) fn append(
+    pub(super) async fn append(
         &mut self,
         kind: EntryKind,
         step: u64,
         payload: Value,
     ) -> Result<(), RunError> {
-        self.last_seq = self.journal.append(&self.id, kind, step, &payload)?;
+        self.last_seq = self.store.append(&self.id, kind, step, &payload).await?;
         crate::journal::kill::point(kind.as_str());
         self.recorded.insert(
             (step, kind),
@@ -83,15 +81,17 @@ impl Run<'_> {
         Ok(())
     }
 
-    pub(super) fn snapshot(&mut self, state: Value) -> Result<(), RunError> {
+    pub(super) async fn snapshot(&mut self, state: Value) -> Result<(), RunError> {
         if self.last_seq >= self.snapshot_seq + SNAPSHOT_EVERY {
-            self.journal.write_snapshot(
-                &self.id,
-                &Snapshot {
-                    seq: self.last_seq,
-                    state,
-                },
-            )?;
+            self.store
+                .write_snapshot(
+                    &self.id,
+                    &Snapshot {
+                        seq: self.last_seq,
+                        state,
+                    },
+                )
+                .await?;
             self.snapshot_seq = self.last_seq;
             crate::journal::kill::point("snapshot");
         }
@@ -99,21 +99,29 @@ impl Run<'_> {
     }
 
     /// The newest entry of `kind` for `step`: from memory, else the journal.
-    pub(super) fn lookup(&self, step: u64, kind: EntryKind) -> Result<Option<Entry>, RunError> {
+    pub(super) async fn lookup(
+        &self,
+        step: u64,
+        kind: EntryKind,
+    ) -> Result<Option<Entry>, RunError> {
         if let Some(e) = self.recorded.get(&(step, kind)) {
             return Ok(Some(e.clone()));
         }
         if step > self.known_steps {
             return Ok(None);
         }
-        Ok(self.journal.find(&self.id, step, kind)?)
+        Ok(self.store.find(&self.id, step, kind).await?)
     }
 
     /// The newest of the given kinds of entry for `step`.
-    pub(super) fn newest(&self, step: u64, kinds: &[EntryKind]) -> Result<Option<Entry>, RunError> {
+    pub(super) async fn newest(
+        &self,
+        step: u64,
+        kinds: &[EntryKind],
+    ) -> Result<Option<Entry>, RunError> {
         let mut best: Option<Entry> = None;
         for k in kinds {
-            if let Some(e) = self.lookup(step, *k)? {
+            if let Some(e) = self.lookup(step, *k).await? {
                 if best.as_ref().is_none_or(|b| e.seq > b.seq) {
                     best = Some(e);
                 }

@@ -25,8 +25,9 @@ pub use host::{Host, HostFuture};
 pub use lock::RunLock;
 
 use crate::config::AgentKind;
-use crate::journal::{EntryKind, Journal, RunStatus, StoreError};
+use crate::journal::{EntryKind, RunStatus};
 use crate::outcome::{Attempt, AttemptClass, EscalationReason, Outcome};
+use crate::store::StoreError;
 use memory::Run;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
@@ -59,7 +60,7 @@ pub enum RunError {
     Queue {
         run: String,
         #[source]
-        source: crate::escalation::QueueError,
+        source: crate::store::QueueError,
     },
     #[error("run {run}: cannot lock the run: {message}")]
     Lock { run: String, message: String },
@@ -173,11 +174,11 @@ pub async fn run(
     let agent = resume::agent(host, agent)?;
     let journal = host.journal()?;
     let id = new_run_id();
-    journal.create_run(&id, &agent.name, task)?;
-    let _lock = RunLock::acquire(host.config(), &id, journal.as_ref())?;
-    journal.set_owner(&id, Some(std::process::id()))?;
+    journal.create_run(&id, &agent.name, task).await?;
+    let _lock = RunLock::acquire(host.config(), &id, journal.as_ref()).await?;
+    journal.set_owner(&id, Some(std::process::id())).await?;
     let name = agent.name.clone();
-    let mut run = Run::new(host, &journal, &id, agent, task, progress);
+    let mut run = Run::new(host, journal.as_ref(), &id, agent, task, progress);
     // The id is out before anything else is written, so a run killed
     // from here on can be named to `resume`.
     (run.progress)(Progress::Started {
@@ -198,9 +199,9 @@ pub async fn resume(
     progress: &mut (dyn FnMut(Progress) + Send + Sync),
 ) -> Result<RunReport, RunError> {
     let journal = host.journal()?;
-    let record = journal.run(id)?;
-    let _lock = RunLock::acquire(host.config(), id, journal.as_ref())?;
-    match resume::reload(host, &journal, record, options, progress)? {
+    let record = journal.run(id).await?;
+    let _lock = RunLock::acquire(host.config(), id, journal.as_ref()).await?;
+    match resume::reload(host, journal.as_ref(), record, options, progress).await? {
         resume::Reloaded::Ended(report) => Ok(report),
         resume::Reloaded::NotStarted(mut run) => run.start().await,
         resume::Reloaded::At(mut run, start) => run.execute(start).await,
@@ -215,7 +216,7 @@ impl Run<'_> {
             "task": self.task,
             "fingerprint": resume::fingerprint(self.host),
         });
-        self.append(EntryKind::RunStarted, 0, started)?;
+        self.append(EntryKind::RunStarted, 0, started).await?;
         self.execute(0).await
     }
 
@@ -234,9 +235,10 @@ impl Run<'_> {
                 RunStatus::Failed
             };
             let out = done.payload["output"].clone();
-            self.journal
-                .set_status(&self.id, status, done.step, Some(&out))?;
-            self.journal.set_owner(&self.id, None)?;
+            self.store
+                .set_status(&self.id, status, done.step, Some(&out))
+                .await?;
+            self.store.set_owner(&self.id, None).await?;
             return Ok(RunReport {
                 run: self.id.clone(),
                 agent: self.agent.name.clone(),
@@ -255,16 +257,18 @@ impl Run<'_> {
                 system,
             } => self.tool_loop(&model, &tools, max_steps, system).await?,
         };
-        let step = self.journal.run(&self.id)?.step;
+        let step = self.store.run(&self.id).await?.step;
         let (status, output, attention) = match end {
             End::Finished(out) => {
                 self.append(
                     EntryKind::RunFinished,
                     step,
                     json!({"status": "finished", "output": out}),
-                )?;
-                self.journal
-                    .set_status(&self.id, RunStatus::Finished, step, Some(&out))?;
+                )
+                .await?;
+                self.store
+                    .set_status(&self.id, RunStatus::Finished, step, Some(&out))
+                    .await?;
                 (RunStatus::Finished, Some(out), None)
             }
             End::Failed(message) => {
@@ -273,18 +277,21 @@ impl Run<'_> {
                     EntryKind::RunFinished,
                     step,
                     json!({"status": "failed", "output": out}),
-                )?;
-                self.journal
-                    .set_status(&self.id, RunStatus::Failed, step, Some(&out))?;
+                )
+                .await?;
+                self.store
+                    .set_status(&self.id, RunStatus::Failed, step, Some(&out))
+                    .await?;
                 (RunStatus::Failed, Some(out), None)
             }
             End::Attention(att) => {
-                self.journal
-                    .set_status(&self.id, RunStatus::NeedsAttention, att.step, None)?;
+                self.store
+                    .set_status(&self.id, RunStatus::NeedsAttention, att.step, None)
+                    .await?;
                 (RunStatus::NeedsAttention, None, Some(att))
             }
         };
-        self.journal.set_owner(&self.id, None)?;
+        self.store.set_owner(&self.id, None).await?;
         Ok(RunReport {
             run: self.id.clone(),
             agent: self.agent.name.clone(),

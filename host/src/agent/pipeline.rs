@@ -3,7 +3,7 @@
 
 use super::memory::Run;
 use super::{rejection, End, Flow, RunError};
-use crate::config::agents::{render, render_str, Ref};
+use crate::config::agents::{refs, render, render_str, value_refs, Ref};
 use crate::config::{AgentKind, Step, StepAction};
 use crate::journal::EntryKind;
 use crate::models::ChatRequest;
@@ -19,6 +19,7 @@ impl Run<'_> {
                     step: done.name.clone(),
                     path: Vec::new(),
                 })
+                .await
                 .map_err(|message| RunError::Template {
                     run: self.id.clone(),
                     message,
@@ -29,7 +30,7 @@ impl Run<'_> {
             let step = i as u64 + 1;
             let (chain, input, flow) = match &st.action {
                 StepAction::Tool { chain, input } => {
-                    let input = self.render(input)?;
+                    let input = self.render(input).await?;
                     let flow = self.tool_step(step, chain, &input).await?;
                     (chain, input, flow)
                 }
@@ -38,8 +39,11 @@ impl Run<'_> {
                     prompt,
                     system,
                 } => {
-                    let mut request = ChatRequest::prompt(self.render_text(prompt)?);
-                    request.system = system.as_ref().map(|s| self.render_text(s)).transpose()?;
+                    let mut request = ChatRequest::prompt(self.render_text(prompt).await?);
+                    request.system = match system {
+                        Some(s) => Some(self.render_text(s).await?),
+                        None => None,
+                    };
                     let flow = self.model_step(step, chain, &request).await?;
                     (chain, json!(request), flow)
                 }
@@ -58,19 +62,19 @@ impl Run<'_> {
             if !outcome.ok {
                 let att = self.failed_attention(step, chain, input, &outcome);
                 self.say(step, format!("{chain}: NEEDS ATTENTION: {}", att.reason));
-                if let Flow::Stop(att) = self.attention(att)? {
+                if let Flow::Stop(att) = self.attention(att).await? {
                     return Ok(End::Attention(att));
                 }
             }
             let out = outcome.value.unwrap_or(Value::Null);
             self.outputs.insert(st.name.clone(), out.clone());
             last = out;
-            self.snapshot(json!({"next": i + 1}))?;
+            self.snapshot(json!({"next": i + 1})).await?;
         }
         Ok(End::Finished(last))
     }
 
-    pub(super) fn lookup_ref(&mut self, r: &Ref) -> Result<Value, String> {
+    pub(super) async fn lookup_ref(&mut self, r: &Ref) -> Result<Value, String> {
         let name = match r {
             Ref::Task => return Ok(Value::String(self.task.clone())),
             Ref::Output { step, .. } | Ref::Text { step } => step.clone(),
@@ -91,6 +95,7 @@ impl Run<'_> {
                 };
                 let entry = self
                     .lookup(idx as u64 + 1, kind)
+                    .await
                     .map_err(|e| e.to_string())?
                     .ok_or_else(|| format!("step `{name}` has no result in the journal"))?;
                 let v = entry.payload["outcome"]["value"].clone();
@@ -107,20 +112,45 @@ impl Run<'_> {
         })
     }
 
-    pub(super) fn render(&mut self, template: &Value) -> Result<Value, RunError> {
-        render(template, &mut |r| self.lookup_ref(r)).map_err(|m| RunError::Template {
-            run: self.id.clone(),
-            message: m,
-        })
+    /// The values of `refs`, looked up first: rendering itself is
+    /// synchronous, a lookup may have to read the journal.
+    async fn resolve(&mut self, refs: Vec<Ref>) -> Vec<(Ref, Result<Value, String>)> {
+        let mut found = Vec::with_capacity(refs.len());
+        for r in refs {
+            let value = self.lookup_ref(&r).await;
+            found.push((r, value));
+        }
+        found
     }
 
-    pub(super) fn render_text(&mut self, template: &str) -> Result<String, RunError> {
-        match render_str(template, &mut |r| self.lookup_ref(r)).map_err(|m| RunError::Template {
+    fn template_error(&self, message: String) -> RunError {
+        RunError::Template {
             run: self.id.clone(),
-            message: m,
-        })? {
+            message,
+        }
+    }
+
+    pub(super) async fn render(&mut self, template: &Value) -> Result<Value, RunError> {
+        let refs = value_refs(template).map_err(|m| self.template_error(m))?;
+        let found = self.resolve(refs).await;
+        render(template, &mut |r| lookup(&found, r)).map_err(|m| self.template_error(m))
+    }
+
+    pub(super) async fn render_text(&mut self, template: &str) -> Result<String, RunError> {
+        let refs = refs(template).map_err(|m| self.template_error(m))?;
+        let found = self.resolve(refs).await;
+        match render_str(template, &mut |r| lookup(&found, r))
+            .map_err(|m| self.template_error(m))?
+        {
             Value::String(s) => Ok(s),
             other => Ok(other.to_string()),
         }
     }
+}
+
+fn lookup(found: &[(Ref, Result<Value, String>)], r: &Ref) -> Result<Value, String> {
+    found.iter().find(|(k, _)| k == r).map_or_else(
+        || Err("a reference was not looked up".to_owned()),
+        |(_, v)| v.clone(),
+    )
 }

@@ -4,7 +4,8 @@
 use super::memory::Run;
 use super::{Host, Progress, ResumeOptions, RunError, RunReport};
 use crate::config::{AgentConfig, AgentKind};
-use crate::journal::{EntryKind, Journal, RunRecord, RunStatus, SqliteJournal, StoreError};
+use crate::journal::{EntryKind, RunRecord, RunStatus};
+use crate::store::{Store, StoreError};
 use serde_json::{json, Value};
 
 /// What a run's journal says to do next.
@@ -45,15 +46,15 @@ pub(super) fn fingerprint(host: &dyn Host) -> Value {
 }
 
 /// Reads run `record`'s journal and makes the run that continues it.
-pub(super) fn reload<'a>(
+pub(super) async fn reload<'a>(
     host: &'a dyn Host,
-    journal: &'a SqliteJournal,
+    journal: &'a dyn Store,
     record: RunRecord,
     options: &ResumeOptions,
     progress: &'a mut (dyn FnMut(Progress) + Send + Sync),
 ) -> Result<Reloaded<'a>, RunError> {
     let id = record.id.as_str();
-    let loaded = journal.load(id)?;
+    let loaded = journal.load(id).await?;
     if matches!(loaded.run.status, RunStatus::Finished | RunStatus::Failed) {
         return Ok(Reloaded::Ended(RunReport {
             run: id.to_owned(),
@@ -68,8 +69,8 @@ pub(super) fn reload<'a>(
         run: record.id.clone(),
         agent: record.agent.clone(),
     };
-    let Some(started) = journal.find(id, 0, EntryKind::RunStarted)? else {
-        if !journal.entries(id)?.is_empty() {
+    let Some(started) = journal.find(id, 0, EntryKind::RunStarted).await? else {
+        if !journal.entries(id).await?.is_empty() {
             return Err(RunError::Store(StoreError::Damaged {
                 run: id.to_owned(),
                 seq: 0,
@@ -77,7 +78,7 @@ pub(super) fn reload<'a>(
             }));
         }
         let agent = agent(host, &record.agent).map_err(|_| gone(&record))?;
-        journal.set_owner(id, Some(std::process::id()))?;
+        journal.set_owner(id, Some(std::process::id())).await?;
         let name = agent.name.clone();
         let mut run = Run::new(host, journal, id, agent, &record.task, progress);
         // Its records may be what was lost: ask before effects.
@@ -98,8 +99,10 @@ pub(super) fn reload<'a>(
         }
     }
     let agent = agent(host, &record.agent).map_err(|_| gone(&record))?;
-    journal.set_owner(id, Some(std::process::id()))?;
-    journal.set_status(id, RunStatus::Running, loaded.run.step, None)?;
+    journal.set_owner(id, Some(std::process::id())).await?;
+    journal
+        .set_status(id, RunStatus::Running, loaded.run.step, None)
+        .await?;
     // A pipeline starts from its snapshot and replays the tail; a tool
     // loop rebuilds its conversation, so it reads the whole journal.
     let (start, entries) = match &agent.kind {
@@ -111,7 +114,7 @@ pub(super) fn reload<'a>(
                 .unwrap_or(0) as usize;
             (start, loaded.tail)
         }
-        AgentKind::Loop { .. } => (0, journal.entries(id)?),
+        AgentKind::Loop { .. } => (0, journal.entries(id).await?),
     };
     let name = agent.name.clone();
     let mut run = Run::new(host, journal, id, agent, &record.task, progress);
@@ -127,7 +130,8 @@ pub(super) fn reload<'a>(
         EntryKind::Resumed,
         loaded.run.step,
         json!({"pid": std::process::id(), "from_step": loaded.run.step}),
-    )?;
+    )
+    .await?;
     (run.progress)(Progress::Resumed {
         run: id.to_owned(),
         agent: name,

@@ -52,15 +52,17 @@ impl Run<'_> {
         chain: &str,
         input: &Value,
     ) -> Result<Flow<Outcome>, RunError> {
-        let newest = self.newest(
-            step,
-            &[
-                EntryKind::ToolIntent,
-                EntryKind::ToolResult,
-                EntryKind::Attention,
-                EntryKind::Resolution,
-            ],
-        )?;
+        let newest = self
+            .newest(
+                step,
+                &[
+                    EntryKind::ToolIntent,
+                    EntryKind::ToolResult,
+                    EntryKind::Attention,
+                    EntryKind::Resolution,
+                ],
+            )
+            .await?;
         // A resumed run with nothing journaled for a step that has side
         // effects: the record may be what was lost (a store cut back after
         // a crash), not the call. A tool that can tell is asked first, so a
@@ -68,7 +70,9 @@ impl Run<'_> {
         if newest.is_none() && self.resumed && !self.chain_effect(chain).repeatable() {
             let key = self.key(step);
             if let Some((target, Reconciled::Done(out))) = self.reconcile(chain, &key).await {
-                let outcome = self.record_reconciled(step, chain, &key, &target, out)?;
+                let outcome = self
+                    .record_reconciled(step, chain, &key, &target, out)
+                    .await?;
                 self.say(
                     step,
                     format!(
@@ -86,7 +90,10 @@ impl Run<'_> {
                 newest.as_ref().expect("matched"),
             )?)),
             Some(EntryKind::Attention) | Some(EntryKind::Resolution) => {
-                match self.pending_resolution(step, newest.as_ref().expect("matched"))? {
+                match self
+                    .pending_resolution(step, newest.as_ref().expect("matched"))
+                    .await?
+                {
                     Err(att) => Ok(self.waiting(step, att)),
                     Ok((res, by, att)) => self.act(step, chain, input, res, by, att).await,
                 }
@@ -106,7 +113,7 @@ impl Run<'_> {
                     attempts: Vec::new(),
                     escalation: None,
                 };
-                let flow = self.attention(att)?;
+                let flow = self.attention(att).await?;
                 if let Flow::Stop(a) = &flow {
                     self.say(
                         step,
@@ -134,7 +141,8 @@ impl Run<'_> {
             EntryKind::ToolIntent,
             step,
             json!({"chain": chain, "input": input, "key": key, "effect": self.chain_effect(chain)}),
-        )?;
+        )
+        .await?;
         let mut outcome = self.call(chain, input.clone(), key.clone()).await?;
         // With `on_circuit_open = "wait"`, a chain whose every breaker is
         // open waits for the first half-open probe instead of escalating.
@@ -185,13 +193,14 @@ impl Run<'_> {
                     att.message
                 ),
             );
-            return self.attention(att);
+            return self.attention(att).await;
         }
         self.append(
             EntryKind::ToolResult,
             step,
             json!({"chain": chain, "key": key, "outcome": outcome}),
-        )?;
+        )
+        .await?;
         self.say(step, format!("{chain}: {}", summary(&outcome)));
         if let (Some(threshold), Some(c)) = (
             self.host.config().escalation.confidence_threshold,
@@ -209,7 +218,7 @@ impl Run<'_> {
                     escalation: None,
                 };
                 self.say(step, format!("{chain}: NEEDS ATTENTION: {}", att.message));
-                return self.attention(att);
+                return self.attention(att).await;
             }
         }
         Ok(Flow::Go(outcome))
@@ -235,10 +244,12 @@ impl Run<'_> {
             );
             return self.live(step, chain, &input).await;
         }
-        let approved = self.approved(step)?;
+        let approved = self.approved(step).await?;
         let why = match self.reconcile(chain, &key).await {
             Some((target, Reconciled::Done(out))) => {
-                let outcome = self.record_reconciled(step, chain, &key, &target, out)?;
+                let outcome = self
+                    .record_reconciled(step, chain, &key, &target, out)
+                    .await?;
                 self.say(
                     step,
                     format!("{chain}: reconciled: it had already happened, not repeated"),
@@ -274,7 +285,7 @@ impl Run<'_> {
             step,
             format!("{chain}: NEEDS ATTENTION: ambiguous state ({why})"),
         );
-        self.attention(att)
+        self.attention(att).await
     }
 
     /// Asks each target of the chain that can reconcile; the first definite
@@ -307,7 +318,7 @@ impl Run<'_> {
 
     /// Journals what `reconcile` said a call already produced, as that
     /// step's result.
-    pub(super) fn record_reconciled(
+    pub(super) async fn record_reconciled(
         &mut self,
         step: u64,
         chain: &str,
@@ -340,7 +351,8 @@ impl Run<'_> {
             EntryKind::ToolResult,
             step,
             json!({"chain": chain, "key": key, "outcome": outcome, "reconciled": true}),
-        )?;
+        )
+        .await?;
         Ok(outcome)
     }
 
@@ -358,9 +370,12 @@ impl Run<'_> {
         match res {
             Resolution::Abort => Ok(Flow::Abort(format!("aborted by {by} at step {step}"))),
             Resolution::Approve if att.reason == EscalationReason::LowConfidence => {
-                let r = self.lookup(step, EntryKind::ToolResult)?.ok_or_else(|| {
-                    self.damaged(0, "low-confidence attention without a result", step)
-                })?;
+                let r = self
+                    .lookup(step, EntryKind::ToolResult)
+                    .await?
+                    .ok_or_else(|| {
+                        self.damaged(0, "low-confidence attention without a result", step)
+                    })?;
                 let outcome = self.outcome_of(&r)?;
                 self.say(
                     step,
@@ -395,7 +410,8 @@ impl Run<'_> {
                     EntryKind::ToolResult,
                     step,
                     json!({"chain": chain, "key": key, "outcome": o, "supplied_by": by}),
-                )?;
+                )
+                .await?;
                 self.say(step, format!("{chain}: result supplied by {by}"));
                 Ok(Flow::Go(o))
             }
@@ -412,7 +428,8 @@ impl Run<'_> {
                     EntryKind::ToolResult,
                     step,
                     json!({"chain": chain, "key": key, "outcome": o, "rejected_by": by}),
-                )?;
+                )
+                .await?;
                 self.say(step, format!("{chain}: rejected by {by}: {comment}"));
                 Ok(Flow::Go(o))
             }
@@ -428,14 +445,16 @@ impl Run<'_> {
         chain: &str,
         request: &ChatRequest,
     ) -> Result<Flow<Outcome>, RunError> {
-        let newest = self.newest(
-            step,
-            &[
-                EntryKind::ModelCall,
-                EntryKind::Attention,
-                EntryKind::Resolution,
-            ],
-        )?;
+        let newest = self
+            .newest(
+                step,
+                &[
+                    EntryKind::ModelCall,
+                    EntryKind::Attention,
+                    EntryKind::Resolution,
+                ],
+            )
+            .await?;
         match newest.as_ref().map(|e| e.kind) {
             Some(EntryKind::ModelCall) => {
                 return Ok(Flow::Go(self.replayed(
@@ -445,7 +464,10 @@ impl Run<'_> {
                 )?));
             }
             Some(EntryKind::Attention) | Some(EntryKind::Resolution) => {
-                match self.pending_resolution(step, newest.as_ref().expect("matched"))? {
+                match self
+                    .pending_resolution(step, newest.as_ref().expect("matched"))
+                    .await?
+                {
                     Err(att) => return Ok(self.waiting(step, att)),
                     Ok((Resolution::Abort, by, _)) => {
                         return Ok(Flow::Abort(format!("aborted by {by} at step {step}")))
@@ -472,7 +494,8 @@ impl Run<'_> {
                             EntryKind::ModelCall,
                             step,
                             json!({"chain": chain, "outcome": o, "supplied_by": by}),
-                        )?;
+                        )
+                        .await?;
                         self.say(step, format!("{chain}: answer supplied by {by}"));
                         return Ok(Flow::Go(o));
                     }
@@ -489,7 +512,8 @@ impl Run<'_> {
                             EntryKind::ModelCall,
                             step,
                             json!({"chain": chain, "outcome": o, "rejected_by": by}),
-                        )?;
+                        )
+                        .await?;
                         return Ok(Flow::Go(o));
                     }
                     Ok((_, by, _)) => self.say(step, format!("{chain}: retry asked by {by}")),
@@ -503,7 +527,8 @@ impl Run<'_> {
             EntryKind::ModelCall,
             step,
             json!({"chain": chain, "outcome": outcome}),
-        )?;
+        )
+        .await?;
         self.say(step, format!("{chain}: {}", summary(&outcome)));
         Ok(Flow::Go(outcome))
     }

@@ -5,9 +5,9 @@
 use super::*;
 use crate::config::Config;
 use crate::escalation::{Escalation, Resolution};
-use crate::journal::SqliteJournal;
 use crate::outcome::{CallError, Effect, EscalationReason, Failure, FailureClass};
 use crate::runtime::{Reconciled, ToolDescription};
+use crate::store::{SqliteStore, Store};
 use crate::target::TargetOutput;
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
@@ -39,7 +39,7 @@ steps = [{ name = "mint", tool = "mint", input = {} }]
 /// A host whose tools are answers queued per chain.
 struct Fake {
     config: Config,
-    journal: Arc<SqliteJournal>,
+    journal: Arc<SqliteStore>,
     effects: HashMap<&'static str, Effect>,
     answers: Mutex<HashMap<String, VecDeque<Outcome>>>,
     reconciled: Mutex<HashMap<String, Reconciled>>,
@@ -55,7 +55,7 @@ impl Fake {
         std::fs::write(dir.path().join("t.wasm"), b"never loaded").unwrap();
         let text = format!("{extra}\n{TOOLS}");
         let config = Config::from_str(&text, "agents.toml", dir.path()).unwrap();
-        let journal = Arc::new(SqliteJournal::open(&config.state_path).unwrap());
+        let journal = Arc::new(SqliteStore::open(&config.state_path).unwrap());
         Fake {
             config,
             journal,
@@ -126,7 +126,7 @@ impl Host for Fake {
         &self.config
     }
 
-    fn journal(&self) -> Result<Arc<SqliteJournal>, StoreError> {
+    fn journal(&self) -> Result<Arc<dyn Store>, StoreError> {
         Ok(self.journal.clone())
     }
 

@@ -70,7 +70,7 @@ impl Run<'_> {
                     json!({"messages": messages.len()}),
                     &outcome,
                 );
-                return Ok(match self.attention(att)? {
+                return Ok(match self.attention(att).await? {
                     Flow::Stop(att) => End::Attention(att),
                     Flow::Go(_) | Flow::Abort(_) => unreachable!("attention always stops"),
                 });
@@ -128,7 +128,7 @@ impl Run<'_> {
                 if let (Some(reason), None) = (needs_person, rejection(&o)) {
                     let mut att = self.failed_attention(step, &name, input, &o);
                     att.reason = reason;
-                    if let Flow::Stop(att) = self.attention(att)? {
+                    if let Flow::Stop(att) = self.attention(att).await? {
                         return Ok(End::Attention(att));
                     }
                 }
@@ -147,7 +147,7 @@ impl Run<'_> {
                 role: Role::User,
                 content: Content::Blocks(results),
             });
-            self.snapshot(json!({"step": step}))?;
+            self.snapshot(json!({"step": step})).await?;
         }
         Ok(End::Failed(format!(
             "no final answer after max_steps = {max_steps} model calls"

@@ -7,7 +7,7 @@
 //! open for the server running beside it, and after a restart.
 
 use super::breaker::{Breaker, Change, Remote, SharedBreaker};
-use crate::journal::{BreakerRow, BreakerStore, RowState};
+use crate::store::{BreakerRow, BreakerStore, RowState};
 use std::time::Duration;
 use tokio::time::Instant;
 
@@ -15,7 +15,7 @@ use tokio::time::Instant;
 pub const SYNC_EVERY: Duration = Duration::from_millis(250);
 
 pub struct BreakerSync {
-    store: BreakerStore,
+    store: Box<dyn BreakerStore>,
     /// Tells this process's own rows from others'.
     writer: i64,
     every: Duration,
@@ -26,11 +26,11 @@ fn lock(b: &SharedBreaker) -> std::sync::MutexGuard<'_, Breaker> {
 }
 
 fn now_wall_ms() -> i64 {
-    crate::journal::now_ms()
+    crate::store::now_ms()
 }
 
 impl BreakerSync {
-    pub fn new(store: BreakerStore, every: Duration) -> Self {
+    pub fn new(store: Box<dyn BreakerStore>, every: Duration) -> Self {
         BreakerSync {
             store,
             writer: rand::random::<i64>() & i64::MAX,
@@ -38,8 +38,8 @@ impl BreakerSync {
         }
     }
 
-    pub fn store(&self) -> &BreakerStore {
-        &self.store
+    pub fn store(&self) -> &dyn BreakerStore {
+        self.store.as_ref()
     }
 
     /// Whether to read the shared state now; marks the next read.

@@ -8,8 +8,8 @@
 //! `/openapi.json`).
 
 use crate::agent::{Progress, ResumeOptions, RunError};
-use crate::escalation::{parse_age, parse_reason, Filter, QueueError, Resolution};
-use crate::journal::{Journal, StoreError};
+use crate::escalation::{parse_age, parse_reason, Filter, Resolution};
+use crate::store::{QueueError, StoreError};
 use crate::{Backstop, Error};
 use axum::body::Bytes;
 use axum::extract::{Path, Query, Request, State};
@@ -387,7 +387,7 @@ async fn metrics(State(b): State<App>) -> Response {
             header::CONTENT_TYPE,
             HeaderValue::from_static("application/openmetrics-text; version=1.0.0; charset=utf-8"),
         )],
-        b.metrics_text(),
+        b.metrics_text().await,
     )
         .into_response()
 }
@@ -399,7 +399,7 @@ struct StatusQuery {
 }
 
 async fn status(State(b): State<App>, q: Query<StatusQuery>) -> Api<Json<Value>> {
-    let s = b.status(q.runs.unwrap_or(10))?;
+    let s = b.status(q.runs.unwrap_or(10)).await?;
     Ok(Json(serde_json::to_value(s).expect("status serializes")))
 }
 
@@ -424,7 +424,7 @@ async fn ask(State(b): State<App>, JsonBody(req): JsonBody<AskBody>) -> Api<Json
 }
 
 async fn runs(State(b): State<App>, q: Query<RunsQuery>) -> Api<Json<Value>> {
-    let runs = b.journal()?.recent_runs(q.limit.unwrap_or(50))?;
+    let runs = b.store()?.recent_runs(q.limit.unwrap_or(50)).await?;
     Ok(Json(json!(runs)))
 }
 
@@ -463,9 +463,9 @@ async fn start_run(State(b): State<App>, JsonBody(req): JsonBody<RunBody>) -> Ap
 }
 
 async fn show_run(State(b): State<App>, Path(id): Path<String>) -> Api<Json<Value>> {
-    let journal = b.journal()?;
-    let run = journal.run(&id)?;
-    let entries = journal.entries(&id)?;
+    let store = b.store()?;
+    let run = store.run(&id).await?;
+    let entries = store.entries(&id).await?;
     Ok(Json(json!({"run": run, "entries": entries})))
 }
 
@@ -495,17 +495,18 @@ async fn escalations(State(b): State<App>, q: Query<EscalationsQuery>) -> Api<Js
     let older_than_ms = older_than
         .map(|d| parse_age(&d).map_err(bad("older_than")))
         .transpose()?;
-    let list = b.journal()?.escalations(&Filter {
+    let filter = Filter {
         reason,
         run,
         older_than_ms,
         all: q.all,
-    })?;
+    };
+    let list = b.store()?.escalations(&filter).await?;
     Ok(Json(json!(list)))
 }
 
 async fn show_escalation(State(b): State<App>, Path(id): Path<String>) -> Api<Json<Value>> {
-    Ok(Json(json!(b.journal()?.escalation(&id)?)))
+    Ok(Json(json!(b.store()?.escalation(&id).await?)))
 }
 
 async fn resolve(
@@ -513,7 +514,7 @@ async fn resolve(
     Path(id): Path<String>,
     JsonBody(req): JsonBody<ResolveBody>,
 ) -> Api<Json<Value>> {
-    let r = b.journal()?.resolve(&id, req.resolution, &req.by)?;
+    let r = b.store()?.resolve(&id, req.resolution, &req.by).await?;
     let e = r.escalation;
     if !r.first {
         return Err(ApiError::new(

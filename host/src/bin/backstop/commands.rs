@@ -17,7 +17,7 @@ macro_rules! say {
 pub async fn run(command: Command, config: &Path) -> anyhow::Result<ExitCode> {
     match command {
         Command::Check => check(config).await,
-        Command::Status { json, runs } => status(config, json, runs),
+        Command::Status { json, runs } => status(config, json, runs).await,
         Command::Serve {
             listen,
             header_timeout,
@@ -71,11 +71,11 @@ pub async fn run(command: Command, config: &Path) -> anyhow::Result<ExitCode> {
             all,
             stats,
             json,
-        } => list_escalations(config, reason, run, older_than, all, stats, json),
+        } => list_escalations(config, reason, run, older_than, all, stats, json).await,
         Command::Escalations {
             action: Some(crate::EscalationCommand::Show { id, json }),
             ..
-        } => show_escalation(config, &id, json),
+        } => show_escalation(config, &id, json).await,
         Command::Escalations {
             action:
                 Some(crate::EscalationCommand::Resolve {
@@ -333,15 +333,14 @@ fn when(ms: i64) -> String {
 
 async fn runs(config: &Path) -> anyhow::Result<ExitCode> {
     let config = backstop::Config::from_file(config)?;
-    let journal = match backstop::journal::SqliteJournal::open_read_only(&config.state_path) {
-        Err(backstop::journal::StoreError::Missing(_)) => {
+    let journal = match backstop::store::open_read_only(&config.state_path) {
+        Err(backstop::store::StoreError::Missing(_)) => {
             say!("no runs in {}", config.state_path.display());
             return Ok(ExitCode::SUCCESS);
         }
         j => j?,
     };
-    use backstop::journal::Journal;
-    let runs = journal.runs()?;
+    let runs = journal.runs().await?;
     if runs.is_empty() {
         say!("no runs in {}", config.state_path.display());
         return Ok(ExitCode::SUCCESS);
@@ -368,10 +367,9 @@ async fn runs(config: &Path) -> anyhow::Result<ExitCode> {
 
 async fn show_run(config: &Path, run: &str, json: bool) -> anyhow::Result<ExitCode> {
     let config = backstop::Config::from_file(config)?;
-    let journal = backstop::journal::SqliteJournal::open_read_only(&config.state_path)?;
-    use backstop::journal::Journal;
-    let record = journal.run(run)?;
-    let entries = journal.entries(run)?;
+    let journal = backstop::store::open_read_only(&config.state_path)?;
+    let record = journal.run(run).await?;
+    let entries = journal.entries(run).await?;
     if json {
         println!(
             "{}",
@@ -434,18 +432,20 @@ async fn show_run(config: &Path, run: &str, json: bool) -> anyhow::Result<ExitCo
     Ok(ExitCode::SUCCESS)
 }
 
-fn queue(config: &Path) -> anyhow::Result<(backstop::Config, backstop::journal::SqliteJournal)> {
+fn queue(
+    config: &Path,
+) -> anyhow::Result<(backstop::Config, std::sync::Arc<dyn backstop::store::Store>)> {
     let config = backstop::Config::from_file(config)?;
-    let journal = backstop::journal::SqliteJournal::open(&config.state_path)?;
+    let journal = backstop::store::open(&config.state_path)?;
     Ok((config, journal))
 }
 
 /// The queue for commands that only read it (see `open_read_only`).
 fn queue_read(
     config: &Path,
-) -> anyhow::Result<(backstop::Config, backstop::journal::SqliteJournal)> {
+) -> anyhow::Result<(backstop::Config, std::sync::Arc<dyn backstop::store::Store>)> {
     let config = backstop::Config::from_file(config)?;
-    let journal = backstop::journal::SqliteJournal::open_read_only(&config.state_path)?;
+    let journal = backstop::store::open_read_only(&config.state_path)?;
     Ok((config, journal))
 }
 
@@ -466,7 +466,7 @@ fn backstop_now() -> i64 {
         .unwrap_or(0)
 }
 
-fn list_escalations(
+async fn list_escalations(
     config: &Path,
     reason: Option<String>,
     run: Option<String>,
@@ -479,8 +479,8 @@ fn list_escalations(
         Ok((_, q)) => q,
         Err(e)
             if matches!(
-                e.downcast_ref::<backstop::journal::StoreError>(),
-                Some(backstop::journal::StoreError::Missing(_))
+                e.downcast_ref::<backstop::store::StoreError>(),
+                Some(backstop::store::StoreError::Missing(_))
             ) && !stats =>
         {
             if json {
@@ -493,7 +493,7 @@ fn list_escalations(
         Err(e) => return Err(e),
     };
     if stats {
-        let s = q.escalation_stats()?;
+        let s = q.escalation_stats().await?;
         if json {
             println!("{}", serde_json::to_string(&s)?);
         } else {
@@ -518,12 +518,14 @@ fn list_escalations(
     let older_than_ms = older_than
         .map(|d| parse_age(&d).map_err(|e| anyhow::anyhow!("--older-than {e}")))
         .transpose()?;
-    let list = q.escalations(&backstop::escalation::Filter {
-        reason,
-        run,
-        older_than_ms,
-        all,
-    })?;
+    let list = q
+        .escalations(&backstop::escalation::Filter {
+            reason,
+            run,
+            older_than_ms,
+            all,
+        })
+        .await?;
     if json {
         println!("{}", serde_json::to_string(&list)?);
         return Ok(ExitCode::SUCCESS);
@@ -563,9 +565,9 @@ fn list_escalations(
     Ok(ExitCode::SUCCESS)
 }
 
-fn show_escalation(config: &Path, id: &str, json: bool) -> anyhow::Result<ExitCode> {
+async fn show_escalation(config: &Path, id: &str, json: bool) -> anyhow::Result<ExitCode> {
     let (config, q) = queue_read(config)?;
-    let e = q.escalation(id)?;
+    let e = q.escalation(id).await?;
     if json {
         println!("{}", serde_json::to_string_pretty(&e)?);
         return Ok(ExitCode::SUCCESS);
@@ -625,7 +627,7 @@ async fn resolve(
     resume: bool,
 ) -> anyhow::Result<ExitCode> {
     let (_, q) = queue(config)?;
-    let r = q.resolve(id, resolution, by)?;
+    let r = q.resolve(id, resolution, by).await?;
     let e = &r.escalation;
     let res = e
         .resolution
@@ -655,9 +657,9 @@ async fn resolve(
     Ok(finish(&report))
 }
 
-fn status(config: &Path, json: bool, runs: u32) -> anyhow::Result<ExitCode> {
+async fn status(config: &Path, json: bool, runs: u32) -> anyhow::Result<ExitCode> {
     let config = backstop::Config::from_file(config)?;
-    let s = backstop::status::Status::read(&config, runs)?;
+    let s = backstop::status::Status::read(&config, runs).await?;
     if json {
         println!("{}", serde_json::to_string_pretty(&s)?);
         return Ok(ExitCode::SUCCESS);

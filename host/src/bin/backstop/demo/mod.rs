@@ -6,7 +6,7 @@
 
 use anyhow::Context;
 use backstop::agent::{Progress, ResumeOptions};
-use backstop::journal::{EntryKind, Journal};
+use backstop::journal::EntryKind;
 use backstop::testkit::{model, Arrival, Reply, ScriptedServer};
 use backstop::{Backstop, Config, Outcome};
 use serde_json::json;
@@ -389,7 +389,7 @@ async fn agent(
     config_path: &Path,
     llm: &ScriptedServer,
 ) -> anyhow::Result<()> {
-    let journal = b.journal()?;
+    let journal = b.store()?;
     let cfg = config_path.display();
     writeln!(
         out,
@@ -412,10 +412,12 @@ async fn agent(
     )
     .await?;
     let id = id.context("the run printed no id")?;
-    let open = journal.escalations(&backstop::escalation::Filter {
-        run: Some(id.clone()),
-        ..Default::default()
-    })?;
+    let open = journal
+        .escalations(&backstop::escalation::Filter {
+            run: Some(id.clone()),
+            ..Default::default()
+        })
+        .await?;
     let esc = open.first().context("the run should wait for approval")?;
     writeln!(out, "   $ backstop escalations")?;
     writeln!(
@@ -423,11 +425,13 @@ async fn agent(
         "     | {} run {} step {}: {} for `{}`, input {}",
         esc.id, esc.run, esc.step, esc.reason, esc.chain, esc.input
     )?;
-    let r = journal.resolve(
-        &esc.id,
-        backstop::escalation::Resolution::Approve,
-        "demo-operator",
-    )?;
+    let r = journal
+        .resolve(
+            &esc.id,
+            backstop::escalation::Resolution::Approve,
+            "demo-operator",
+        )
+        .await?;
     writeln!(
         out,
         "   $ backstop escalations resolve {} --approve --by demo-operator",
@@ -448,8 +452,10 @@ async fn agent(
         "   $ backstop resume {id}      (killed with SIGKILL once `publish` has started)"
     )?;
     let asked = llm.arrivals().len();
+    // Read between polls of the child, on the store's blocking interface.
+    let watch = backstop::store::SqliteStore::open(&b.config().state_path)?;
     let (_, killed) = child(out, exe, config_path, &["resume", &id], |_| {
-        Ok(journal
+        Ok(watch
             .entries(&id)?
             .iter()
             .any(|e| e.kind == EntryKind::ToolIntent && e.payload["chain"] == "publish"))

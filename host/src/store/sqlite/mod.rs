@@ -1,9 +1,14 @@
-//! The default journal: one SQLite file in WAL mode with full sync, so a
+//! The default store: one SQLite file in WAL mode with full sync, so a
 //! committed entry survives the process being killed.
 
-use super::{
-    now_ms, Entry, EntryKind, Journal, Loaded, RunRecord, RunStatus, Snapshot, StoreError,
-};
+mod breakers;
+mod queue;
+
+pub use breakers::SqliteBreakers;
+
+use super::{now_ms, offload, BreakerStore, Journal, Store, StoreError};
+use crate::journal::{Entry, EntryKind, Loaded, RunRecord, RunStatus, Snapshot};
+use async_trait::async_trait;
 use rusqlite::{params, Connection, OptionalExtension};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
@@ -119,9 +124,11 @@ pub(crate) fn connect_read_only(path: &Path) -> rusqlite::Result<Connection> {
     }
 }
 
-pub struct SqliteJournal {
+pub struct SqliteStore {
     path: PathBuf,
     conn: Mutex<Connection>,
+    /// Opened by [`SqliteStore::open_read_only`].
+    read_only: bool,
     /// Declared after `conn`, so it is dropped after the connection closes.
     _open: Registered,
 }
@@ -252,7 +259,7 @@ fn companions(path: &Path) -> Vec<PathBuf> {
         .collect()
 }
 
-impl SqliteJournal {
+impl SqliteStore {
     /// Opens the store at `path` for reading and writing, creating it when
     /// nothing is there. A file that is not a sound store, or a store that
     /// vanished, is reported and never modified or replaced.
@@ -260,7 +267,7 @@ impl SqliteJournal {
     /// The check is what a crash or a cut can damage, in O(1): the header,
     /// and the file's length against it. A full `quick_check` read every page
     /// on every open: 30 ms at 20 MB, growing with history.
-    pub fn open(path: impl AsRef<Path>) -> Result<SqliteJournal, StoreError> {
+    pub fn open(path: impl AsRef<Path>) -> Result<SqliteStore, StoreError> {
         let path = path.as_ref().to_owned();
         let open_err = |message: String| StoreError::Open {
             path: path.display().to_string(),
@@ -293,9 +300,10 @@ impl SqliteJournal {
             Ok(())
         };
         setup().map_err(|e| open_err(format!("{e}; the file was left as it is")))?;
-        let j = SqliteJournal {
+        let j = SqliteStore {
             path: path.clone(),
             conn: Mutex::new(conn),
+            read_only: false,
             _open: registered,
         };
         j.migrate()
@@ -317,9 +325,10 @@ impl SqliteJournal {
         let made = (|| -> rusqlite::Result<()> {
             let conn = Connection::open(&tmp)?;
             conn.pragma_update(None, "journal_mode", "WAL")?;
-            let j = SqliteJournal {
+            let j = SqliteStore {
                 path: tmp.clone(),
                 conn: Mutex::new(conn),
+                read_only: false,
                 _open: Registered(None),
             };
             j.migrate()?;
@@ -352,7 +361,7 @@ impl SqliteJournal {
     /// read (`runs`, `status`, `escalations`): they work on a read-only
     /// file or directory, on a full disk, and while another process holds
     /// the write lock, and never create, migrate or change anything.
-    pub fn open_read_only(path: impl AsRef<Path>) -> Result<SqliteJournal, StoreError> {
+    pub fn open_read_only(path: impl AsRef<Path>) -> Result<SqliteStore, StoreError> {
         let path = path.as_ref().to_owned();
         let open_err = |message: String| StoreError::Open {
             path: path.display().to_string(),
@@ -374,9 +383,10 @@ impl SqliteJournal {
                 MIGRATIONS.len()
             )));
         }
-        Ok(SqliteJournal {
+        Ok(SqliteStore {
             path,
             conn: Mutex::new(conn),
+            read_only: true,
             _open: registered,
         })
     }
@@ -520,8 +530,10 @@ impl SqliteJournal {
 const RUN_COLUMNS: &str =
     "id, agent, task, status, step, started_at, updated_at, output, owner_pid";
 
-impl Journal for SqliteJournal {
-    fn create_run(&self, id: &str, agent: &str, task: &str) -> Result<(), StoreError> {
+/// The blocking calls behind [`Journal`], for tools that own the thread
+/// (tests, benchmarks, fuzzers).
+impl SqliteStore {
+    pub fn create_run(&self, id: &str, agent: &str, task: &str) -> Result<(), StoreError> {
         let now = now_ms();
         self.lock().execute(
             "INSERT INTO runs (id, agent, task, status, step, started_at, updated_at) VALUES (?1, \
@@ -531,7 +543,7 @@ impl Journal for SqliteJournal {
         Ok(())
     }
 
-    fn append(
+    pub fn append(
         &self,
         run: &str,
         kind: EntryKind,
@@ -562,7 +574,7 @@ impl Journal for SqliteJournal {
         Ok(seq as u64)
     }
 
-    fn write_snapshot(&self, run: &str, snapshot: &Snapshot) -> Result<(), StoreError> {
+    pub fn write_snapshot(&self, run: &str, snapshot: &Snapshot) -> Result<(), StoreError> {
         let conn = self.lock();
         let rid = Self::rid(&conn, run)?;
         let text = snapshot.state.to_string();
@@ -576,7 +588,7 @@ impl Journal for SqliteJournal {
         Ok(())
     }
 
-    fn load(&self, run: &str) -> Result<Loaded, StoreError> {
+    pub fn load(&self, run: &str) -> Result<Loaded, StoreError> {
         let conn = self.lock();
         let rid = Self::rid(&conn, run)?;
         let rec = conn.query_row(
@@ -617,13 +629,13 @@ impl Journal for SqliteJournal {
         })
     }
 
-    fn entries(&self, run: &str) -> Result<Vec<Entry>, StoreError> {
+    pub fn entries(&self, run: &str) -> Result<Vec<Entry>, StoreError> {
         let conn = self.lock();
         let rid = Self::rid(&conn, run)?;
         Self::query_entries(&conn, run, rid, 0)
     }
 
-    fn find(&self, run: &str, step: u64, kind: EntryKind) -> Result<Option<Entry>, StoreError> {
+    pub fn find(&self, run: &str, step: u64, kind: EntryKind) -> Result<Option<Entry>, StoreError> {
         let conn = self.lock();
         let rid = Self::rid(&conn, run)?;
         // INDEXED BY: left to itself, SQLite satisfies `ORDER BY seq` with
@@ -651,7 +663,7 @@ impl Journal for SqliteJournal {
             .transpose()
     }
 
-    fn set_status(
+    pub fn set_status(
         &self,
         run: &str,
         status: RunStatus,
@@ -675,7 +687,7 @@ impl Journal for SqliteJournal {
         Ok(())
     }
 
-    fn set_owner(&self, run: &str, pid: Option<u32>) -> Result<(), StoreError> {
+    pub fn set_owner(&self, run: &str, pid: Option<u32>) -> Result<(), StoreError> {
         self.lock().execute(
             "UPDATE runs SET owner_pid = ?2 WHERE id = ?1",
             params![run, pid.map(i64::from)],
@@ -683,7 +695,7 @@ impl Journal for SqliteJournal {
         Ok(())
     }
 
-    fn run(&self, run: &str) -> Result<RunRecord, StoreError> {
+    pub fn run(&self, run: &str) -> Result<RunRecord, StoreError> {
         let conn = self.lock();
         let rec = conn
             .query_row(
@@ -696,12 +708,12 @@ impl Journal for SqliteJournal {
         Self::finish_record(rec)
     }
 
-    fn runs(&self) -> Result<Vec<RunRecord>, StoreError> {
+    pub fn runs(&self) -> Result<Vec<RunRecord>, StoreError> {
         self.recent_runs(u32::MAX)
     }
 }
 
-impl SqliteJournal {
+impl SqliteStore {
     /// The `limit` most recently started runs, newest first.
     pub fn recent_runs(&self, limit: u32) -> Result<Vec<RunRecord>, StoreError> {
         let conn = self.lock();
@@ -718,14 +730,82 @@ impl SqliteJournal {
     }
 }
 
+#[async_trait]
+impl Journal for SqliteStore {
+    async fn create_run(&self, id: &str, agent: &str, task: &str) -> Result<(), StoreError> {
+        offload(|| SqliteStore::create_run(self, id, agent, task))
+    }
+    async fn append(
+        &self,
+        run: &str,
+        kind: EntryKind,
+        step: u64,
+        payload: &Value,
+    ) -> Result<u64, StoreError> {
+        offload(|| SqliteStore::append(self, run, kind, step, payload))
+    }
+    async fn write_snapshot(&self, run: &str, snapshot: &Snapshot) -> Result<(), StoreError> {
+        offload(|| SqliteStore::write_snapshot(self, run, snapshot))
+    }
+    async fn load(&self, run: &str) -> Result<Loaded, StoreError> {
+        offload(|| SqliteStore::load(self, run))
+    }
+    async fn entries(&self, run: &str) -> Result<Vec<Entry>, StoreError> {
+        offload(|| SqliteStore::entries(self, run))
+    }
+    async fn find(
+        &self,
+        run: &str,
+        step: u64,
+        kind: EntryKind,
+    ) -> Result<Option<Entry>, StoreError> {
+        offload(|| SqliteStore::find(self, run, step, kind))
+    }
+    async fn set_status(
+        &self,
+        run: &str,
+        status: RunStatus,
+        step: u64,
+        output: Option<&Value>,
+    ) -> Result<(), StoreError> {
+        offload(|| SqliteStore::set_status(self, run, status, step, output))
+    }
+    async fn set_owner(&self, run: &str, pid: Option<u32>) -> Result<(), StoreError> {
+        offload(|| SqliteStore::set_owner(self, run, pid))
+    }
+    async fn run(&self, run: &str) -> Result<RunRecord, StoreError> {
+        offload(|| SqliteStore::run(self, run))
+    }
+    async fn runs(&self) -> Result<Vec<RunRecord>, StoreError> {
+        offload(|| SqliteStore::runs(self))
+    }
+    async fn recent_runs(&self, limit: u32) -> Result<Vec<RunRecord>, StoreError> {
+        offload(|| SqliteStore::recent_runs(self, limit))
+    }
+}
+
+impl Store for SqliteStore {
+    fn location(&self) -> String {
+        self.path.display().to_string()
+    }
+
+    fn breakers(&self) -> Result<Box<dyn BreakerStore>, StoreError> {
+        Ok(Box::new(if self.read_only {
+            SqliteBreakers::read_only(self)?
+        } else {
+            SqliteBreakers::beside(self)?
+        }))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use serde_json::json;
 
-    fn store() -> (tempfile::TempDir, SqliteJournal) {
+    fn store() -> (tempfile::TempDir, SqliteStore) {
         let dir = tempfile::tempdir().unwrap();
-        let j = SqliteJournal::open(dir.path().join("state.db")).unwrap();
+        let j = SqliteStore::open(dir.path().join("state.db")).unwrap();
         (dir, j)
     }
 
@@ -766,11 +846,11 @@ mod tests {
     fn migrating_twice_is_a_no_op() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("state.db");
-        SqliteJournal::open(&path)
+        SqliteStore::open(&path)
             .unwrap()
             .create_run("r", "a", "t")
             .unwrap();
-        let j = SqliteJournal::open(&path).unwrap();
+        let j = SqliteStore::open(&path).unwrap();
         assert_eq!(j.run("r").unwrap().agent, "a");
     }
 
@@ -791,7 +871,7 @@ mod tests {
         )
         .unwrap();
         drop(conn);
-        let j = SqliteJournal::open(d.path().join("state.db")).unwrap();
+        let j = SqliteStore::open(d.path().join("state.db")).unwrap();
         let e = j.load("r1").unwrap_err().to_string();
         assert!(
             e.contains("run r1: journal entry 1 is damaged: checksum mismatch"),
@@ -820,7 +900,7 @@ mod tests {
         conn.execute("UPDATE snapshots SET state = '{\"next\":99}'", [])
             .unwrap();
         drop(conn);
-        let j = SqliteJournal::open(d.path().join("state.db")).unwrap();
+        let j = SqliteStore::open(d.path().join("state.db")).unwrap();
         let e = j.load("r1").unwrap_err().to_string();
         assert!(
             e.contains("run r1: journal entry 1 is damaged: snapshot: checksum mismatch"),
@@ -835,7 +915,7 @@ mod tests {
         let d = tempfile::tempdir().unwrap();
         let path = d.path().join("state.db");
         std::fs::write(&path, vec![7u8; 4096]).unwrap();
-        let e = SqliteJournal::open(&path).err().unwrap().to_string();
+        let e = SqliteStore::open(&path).err().unwrap().to_string();
         assert!(e.contains("state.db") && e.contains("left as it is"), "{e}");
         assert_eq!(std::fs::read(&path).unwrap(), vec![7u8; 4096]);
     }

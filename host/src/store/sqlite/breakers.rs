@@ -5,30 +5,12 @@
 //! time); failure counts stay per process. Its own connection, with a short
 //! busy timeout: a call never waits behind a run's journal write for long.
 
-use super::{now_ms, SqliteJournal, StoreError};
+use super::SqliteStore;
+use crate::store::{now_ms, BreakerRow, BreakerStore, RowState, StoreError};
 use rusqlite::{params, Connection, OptionalExtension};
-use serde::Serialize;
 use std::path::Path;
 use std::sync::Mutex;
 use std::time::Duration;
-
-/// A breaker's state as a row holds it: an open row whose `open_until`
-/// has passed is half-open.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum RowState {
-    Open,
-    Closed,
-}
-
-impl RowState {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            RowState::Open => "open",
-            RowState::Closed => "closed",
-        }
-    }
-}
 
 impl rusqlite::types::ToSql for RowState {
     fn to_sql(&self) -> rusqlite::Result<rusqlite::types::ToSqlOutput<'_>> {
@@ -47,22 +29,8 @@ impl rusqlite::types::FromSql for RowState {
     }
 }
 
-/// One target's shared breaker state.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
-pub struct BreakerRow {
-    pub target: String,
-    pub state: RowState,
-    /// Milliseconds since the Unix epoch.
-    pub open_until: i64,
-    /// Times opened, by every process.
-    pub opened: u64,
-    /// Bumped on every write, so a reader sees what changed.
-    pub version: i64,
-    pub writer: i64,
-    pub updated_at: i64,
-}
-
-pub struct BreakerStore {
+/// [`BreakerStore`] on its own connection to the store's file.
+pub struct SqliteBreakers {
     conn: Mutex<Connection>,
 }
 
@@ -80,9 +48,9 @@ fn row(r: &rusqlite::Row<'_>) -> rusqlite::Result<BreakerRow> {
     })
 }
 
-impl BreakerStore {
+impl SqliteBreakers {
     /// A second connection to `journal`'s file (already migrated).
-    pub fn beside(journal: &SqliteJournal) -> Result<BreakerStore, StoreError> {
+    pub fn beside(journal: &SqliteStore) -> Result<SqliteBreakers, StoreError> {
         let path = journal.path();
         let conn = Connection::open(path).map_err(|e| StoreError::Open {
             path: path.display().to_string(),
@@ -91,42 +59,44 @@ impl BreakerStore {
         conn.busy_timeout(Duration::from_millis(100))?;
         // A breaker state lost to a power cut only costs a few calls.
         conn.pragma_update(None, "synchronous", "NORMAL")?;
-        Ok(BreakerStore {
+        Ok(SqliteBreakers {
             conn: Mutex::new(conn),
         })
     }
 
     /// A read-only connection to `journal`'s file, for commands that only
-    /// read (see [`SqliteJournal::open_read_only`]).
-    pub fn read_only(journal: &SqliteJournal) -> Result<BreakerStore, StoreError> {
+    /// read (see [`SqliteStore::open_read_only`]).
+    pub fn read_only(journal: &SqliteStore) -> Result<SqliteBreakers, StoreError> {
         let path = journal.path();
-        let conn = super::sqlite::connect_read_only(path).map_err(|e| StoreError::Open {
+        let conn = super::connect_read_only(path).map_err(|e| StoreError::Open {
             path: path.display().to_string(),
             message: e.to_string(),
         })?;
-        Ok(BreakerStore {
+        Ok(SqliteBreakers {
             conn: Mutex::new(conn),
         })
     }
 
     /// Opens the store at `path`, creating and migrating it as the journal
     /// does.
-    pub fn open(path: impl AsRef<Path>) -> Result<BreakerStore, StoreError> {
-        Self::beside(&SqliteJournal::open(path)?)
+    pub fn open(path: impl AsRef<Path>) -> Result<SqliteBreakers, StoreError> {
+        Self::beside(&SqliteStore::open(path)?)
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Connection> {
         self.conn.lock().unwrap_or_else(|p| p.into_inner())
     }
+}
 
-    pub fn read(&self, target: &str) -> Result<Option<BreakerRow>, StoreError> {
+impl BreakerStore for SqliteBreakers {
+    fn read(&self, target: &str) -> Result<Option<BreakerRow>, StoreError> {
         let conn = self.lock();
         let mut stmt =
             conn.prepare_cached(&format!("SELECT {COLUMNS} FROM breakers WHERE target = ?1"))?;
         Ok(stmt.query_row([target], row).optional()?)
     }
 
-    pub fn all(&self) -> Result<Vec<BreakerRow>, StoreError> {
+    fn all(&self) -> Result<Vec<BreakerRow>, StoreError> {
         let conn = self.lock();
         let mut stmt = conn.prepare(&format!("SELECT {COLUMNS} FROM breakers ORDER BY target"))?;
         let rows = stmt.query_map([], row)?;
@@ -137,7 +107,7 @@ impl BreakerStore {
     /// for every process sharing the store. True when this process may
     /// probe: a claim was free, or the store holds no open state for the
     /// target to respect.
-    pub fn claim_probe(&self, target: &str, max: u32, for_ms: i64) -> Result<bool, StoreError> {
+    fn claim_probe(&self, target: &str, max: u32, for_ms: i64) -> Result<bool, StoreError> {
         // A second of slack on `open_until`: this process's monotonic clock
         // said the open time is over; the wall clock may lag by a little.
         let conn = self.lock();
@@ -165,12 +135,7 @@ impl BreakerStore {
 
     /// Records that `target`'s breaker opened (until `open_until`, Unix
     /// ms) or closed; returns the row's new version.
-    pub fn write(
-        &self,
-        target: &str,
-        open_until: Option<i64>,
-        writer: i64,
-    ) -> Result<i64, StoreError> {
+    fn write(&self, target: &str, open_until: Option<i64>, writer: i64) -> Result<i64, StoreError> {
         let conn = self.lock();
         let mut stmt = conn.prepare_cached(
             "INSERT INTO breakers (target, state, open_until, opened, version, writer, updated_at)
@@ -200,7 +165,7 @@ mod tests {
     #[test]
     fn writes_are_versioned_and_counted() {
         let dir = tempfile::tempdir().unwrap();
-        let s = BreakerStore::open(dir.path().join("state.db")).unwrap();
+        let s = SqliteBreakers::open(dir.path().join("state.db")).unwrap();
         assert_eq!(s.read("t").unwrap(), None);
         assert_eq!(s.write("t", Some(5_000), 7).unwrap(), 1);
         assert_eq!(s.write("t", None, 8).unwrap(), 2);
@@ -211,7 +176,7 @@ mod tests {
             ("open", 9_000, 2, 7)
         );
         // A second connection (another process) sees the same row.
-        let other = BreakerStore::open(dir.path().join("state.db")).unwrap();
+        let other = SqliteBreakers::open(dir.path().join("state.db")).unwrap();
         assert_eq!(other.all().unwrap(), vec![r]);
     }
 }

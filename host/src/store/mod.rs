@@ -1,0 +1,225 @@
+//! The state store: every run's journal, the escalation queue and the
+//! breakers' shared states, behind one interface ([`Store`]), so a backend
+//! is one more implementation of it. [`SqliteStore`] is the default
+//! (`state = "sqlite:PATH"`): one file per config, shared by every process
+//! on the machine.
+//!
+//! [`Journal`] and [`Queue`] are async: a backend across the network
+//! awaits its round trips, and SQLite's blocking writes are [`offload`]ed
+//! so they never hold up the runtime's other tasks. [`BreakerStore`] is
+//! called from inside a call's guard, at most every
+//! [`crate::guard::shared::SYNC_EVERY`] per target: it answers at once (a
+//! local file, a short busy timeout) or fails, and a failure only leaves the
+//! breaker as this process sees it.
+
+pub mod sqlite;
+
+use crate::escalation::{Escalation, Filter, Resolution, Resolved, Stats};
+use crate::journal::{Entry, EntryKind, Loaded, RunRecord, RunStatus, Snapshot};
+use crate::outcome::EscalationReason;
+use async_trait::async_trait;
+use serde::Serialize;
+use serde_json::Value;
+use std::path::Path;
+use std::sync::Arc;
+
+pub use sqlite::SqliteStore;
+
+/// Why the store failed; names the run and entry when damage is found.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("state store {path}: {message}")]
+    Open { path: String, message: String },
+    #[error("no run `{0}` in the state store")]
+    NoSuchRun(String),
+    #[error(
+        "run {run}: journal entry {seq} is damaged: {message}; nothing was changed (inspect \
+        with `backstop runs show {run}`)"
+    )]
+    Damaged {
+        run: String,
+        seq: u64,
+        message: String,
+    },
+    #[error("no state store at {0} yet (nothing has been run with this config)")]
+    Missing(String),
+    #[error("state store: {}", sql_message(.0))]
+    Sql(#[from] rusqlite::Error),
+}
+
+/// SQLite's words, with what "database is locked" means here.
+fn sql_message(e: &rusqlite::Error) -> String {
+    if e.sqlite_error_code() == Some(rusqlite::ErrorCode::DatabaseBusy) {
+        return format!(
+            "{e}: another process held the store's write lock for the whole {} this write waits",
+            humantime::format_duration(std::time::Duration::from_secs(10))
+        );
+    }
+    e.to_string()
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum QueueError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("no escalation `{0}`")]
+    NoSuch(String),
+    #[error("escalation {id} ({reason}) does not allow `{kind}`; allowed: {allowed}")]
+    NotAllowed {
+        id: String,
+        reason: EscalationReason,
+        kind: &'static str,
+        allowed: String,
+    },
+}
+
+impl From<rusqlite::Error> for QueueError {
+    fn from(e: rusqlite::Error) -> Self {
+        QueueError::Store(StoreError::Sql(e))
+    }
+}
+
+/// Runs' journals. Every write is durable when it returns.
+#[async_trait]
+pub trait Journal: Send + Sync {
+    async fn create_run(&self, id: &str, agent: &str, task: &str) -> Result<(), StoreError>;
+    /// Appends an entry and returns its `seq`.
+    async fn append(
+        &self,
+        run: &str,
+        kind: EntryKind,
+        step: u64,
+        payload: &Value,
+    ) -> Result<u64, StoreError>;
+    async fn write_snapshot(&self, run: &str, snapshot: &Snapshot) -> Result<(), StoreError>;
+    /// The run, its last snapshot and the entries after it.
+    async fn load(&self, run: &str) -> Result<Loaded, StoreError>;
+    /// Every entry of a run, checked.
+    async fn entries(&self, run: &str) -> Result<Vec<Entry>, StoreError>;
+    /// The last entry of `kind` for `step`, if any.
+    async fn find(
+        &self,
+        run: &str,
+        step: u64,
+        kind: EntryKind,
+    ) -> Result<Option<Entry>, StoreError>;
+    async fn set_status(
+        &self,
+        run: &str,
+        status: RunStatus,
+        step: u64,
+        output: Option<&Value>,
+    ) -> Result<(), StoreError>;
+    async fn set_owner(&self, run: &str, pid: Option<u32>) -> Result<(), StoreError>;
+    async fn run(&self, run: &str) -> Result<RunRecord, StoreError>;
+    async fn runs(&self) -> Result<Vec<RunRecord>, StoreError>;
+    /// The `limit` most recently updated runs, newest first.
+    async fn recent_runs(&self, limit: u32) -> Result<Vec<RunRecord>, StoreError>;
+}
+
+/// The escalation queue. Resolving is first-wins, across processes.
+#[async_trait]
+pub trait Queue: Send + Sync {
+    /// Opens an escalation, or returns the open one already waiting for the
+    /// same run, step and reason; `true` when this call opened it.
+    async fn escalate(&self, e: Escalation) -> Result<(Escalation, bool), QueueError>;
+    async fn escalation(&self, id: &str) -> Result<Escalation, QueueError>;
+    /// Records a resolution unless one is already recorded.
+    async fn resolve(
+        &self,
+        id: &str,
+        resolution: Resolution,
+        by: &str,
+    ) -> Result<Resolved, QueueError>;
+    async fn escalations(&self, filter: &Filter) -> Result<Vec<Escalation>, QueueError>;
+    /// Depth and age, counted without decoding every record (a metrics
+    /// scrape calls this).
+    async fn escalation_stats(&self) -> Result<Stats, QueueError>;
+}
+
+/// A breaker's state as a row holds it: an open row whose `open_until`
+/// has passed is half-open.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RowState {
+    Open,
+    Closed,
+}
+
+impl RowState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RowState::Open => "open",
+            RowState::Closed => "closed",
+        }
+    }
+}
+
+/// One target's shared breaker state.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct BreakerRow {
+    pub target: String,
+    pub state: RowState,
+    /// Milliseconds since the Unix epoch.
+    pub open_until: i64,
+    /// Times opened, by every process.
+    pub opened: u64,
+    /// Bumped on every write, so a reader sees what changed.
+    pub version: i64,
+    pub writer: i64,
+    pub updated_at: i64,
+}
+
+/// Breaker states shared by every process on one store.
+pub trait BreakerStore: Send + Sync {
+    fn read(&self, target: &str) -> Result<Option<BreakerRow>, StoreError>;
+    fn all(&self) -> Result<Vec<BreakerRow>, StoreError>;
+    /// Whether this process may send one of `max` half-open probes to
+    /// `target` now, holding the claim for `for_ms`: a claim was free, or
+    /// the store holds no open state for the target.
+    fn claim_probe(&self, target: &str, max: u32, for_ms: i64) -> Result<bool, StoreError>;
+    /// Records that `target`'s breaker opened (until `open_until`, Unix
+    /// ms) or closed; returns the row's new version.
+    fn write(&self, target: &str, open_until: Option<i64>, writer: i64) -> Result<i64, StoreError>;
+}
+
+/// Everything a host keeps in its state store.
+pub trait Store: Journal + Queue {
+    /// Where the store is, for messages.
+    fn location(&self) -> String;
+    /// The breaker states, on a connection of their own (a breaker's read
+    /// must not wait behind a journal's fsync).
+    fn breakers(&self) -> Result<Box<dyn BreakerStore>, StoreError>;
+}
+
+/// Opens (creating and migrating when needed) the store at `path`.
+pub fn open(path: &Path) -> Result<Arc<dyn Store>, StoreError> {
+    Ok(Arc::new(SqliteStore::open(path)?))
+}
+
+/// Opens the store at `path` for reading only: commands that only read
+/// work on a read-only file, a full disk and beside another process's
+/// write, and never create, migrate or change anything.
+pub fn open_read_only(path: &Path) -> Result<Arc<dyn Store>, StoreError> {
+    Ok(Arc::new(SqliteStore::open_read_only(path)?))
+}
+
+pub(crate) fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+/// Runs `f`, which blocks on the store (an fsync, a busy wait), without
+/// holding up the other tasks of a multi-threaded runtime: the worker hands
+/// them to another thread first. On any other runtime, or none, it just
+/// runs `f`.
+pub fn offload<R>(f: impl FnOnce() -> R) -> R {
+    match tokio::runtime::Handle::try_current() {
+        Ok(h) if h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => {
+            tokio::task::block_in_place(f)
+        }
+        _ => f(),
+    }
+}
