@@ -96,7 +96,7 @@ async fn a_spin_flood_does_not_starve_the_server_or_delay_deadlines() {
         &format!(
             "{PRELUDE}\n[tools.spinner]\ncomponent = \"{{plugins}}/fault.wasm\"\ntimeout = \
                 \"1s\"\nretry = {{ attempts = 1 }}\nbreaker = {{ consecutive_failures = 0, \
-                    failure_rate = 0.0 }}\n"
+                failure_rate = 0.0 }}\n"
         ),
     );
     let server = serve(&config, None);
@@ -162,9 +162,9 @@ async fn a_full_bulkhead_fails_fast_and_falls_back_and_spares_other_tools() {
             &format!(
                 "{PRELUDE}\n[tools.slow]\ncomponent = \"{{plugins}}/fault.wasm\"\nmax_concurrent = \
                     4\nmax_queue = 2\nretry = {{ attempts = 1 }}\n\
-                 [tools.backup]\ncomponent = \"{{plugins}}/fault.wasm\"\n\
-                 [tools.other]\ncomponent = \"{{plugins}}/fault.wasm\"\n\
-                 [chains.work]\ntargets = [\"slow\", \"backup\"]\n"
+                    [tools.backup]\ncomponent = \"{{plugins}}/fault.wasm\"\n\
+                    [tools.other]\ncomponent = \"{{plugins}}/fault.wasm\"\n\
+                    [chains.work]\ntargets = [\"slow\", \"backup\"]\n"
             ),
         )
         .await,
@@ -235,8 +235,8 @@ async fn instance_pool_exhaustion_is_not_the_guests_trap() {
             &format!(
                 "{PRELUDE}\n[engine]\nmax_concurrent = 5000\n\
                  [tools.slow]\ncomponent = \"{{plugins}}/fault.wasm\"\nmax_concurrent = \
-                     5000\nmemory = \"2MiB\"\nretry = {{ attempts = 1 }}\nbreaker = {{ \
-                         consecutive_failures = 0, failure_rate = 0.0 }}\n\
+                 5000\nmemory = \"2MiB\"\nretry = {{ attempts = 1 }}\nbreaker = {{ \
+                 consecutive_failures = 0, failure_rate = 0.0 }}\n\
                  [tools.backup]\ncomponent = \"{{plugins}}/fault.wasm\"\n\
                  [chains.work]\ntargets = [\"slow\", \"backup\"]\n"
             ),
@@ -293,7 +293,7 @@ fn a_named_pipe_in_a_granted_directory_cannot_block_the_host() {
         &format!(
             "{PRELUDE}\n[tools.reader]\ncomponent = \"{{plugins}}/fault.wasm\"\ntimeout = \
                 \"1s\"\nretry = {{ attempts = 1 }}\ndirs = [{{ host = \"{}\", guest = \"/data\" \
-                    }}]\n",
+                }}]\n",
             data.display()
         ),
     );
@@ -362,7 +362,7 @@ async fn the_ledger_never_reports_a_classified_error_after_its_write() {
         &format!(
             "{PRELUDE}\n[tools.ledger]\ncomponent = \"{{plugins}}/ledger.wasm\"\nenv = \
                 [\"LEDGER_SYNC_FAILS=1\"]\ndirs = [{{ host = \"{{dir}}/ledger\", guest = \
-                    \"/ledger\", mode = \"rw\" }}]\n"
+                \"/ledger\", mode = \"rw\" }}]\n"
         ),
     )
     .await;
@@ -395,7 +395,7 @@ async fn guest_controlled_sizes_are_capped_where_they_enter() {
     let text = format!(
         "{PRELUDE}\n[tools.loud]\ncomponent = \"{{plugins}}/fault.wasm\"\nmemory = \
             \"200MiB\"\nretry = {{ attempts = 1 }}\nenv = [\"FAULT_DESCRIPTION=d\", \
-                \"FAULT_DESCRIPTION_REPEAT=50000000\"]\n"
+            \"FAULT_DESCRIPTION_REPEAT=50000000\"]\n"
     );
     let b = load(dir.path(), &text).await;
     let d = &b.tool("loud").unwrap().description().description;
@@ -532,11 +532,11 @@ mod models {
         let text = format!(
             "{PRELUDE}\n[models.plain]\nprovider = \"openai\"\nmodel = \"m\"\nbase_url = \
                 \"{origin}\"\ntimeout = \"1s\"\nmax_response = \"4KiB\"\nretry = {{ attempts = 1 \
-                    }}\nbreaker = {{ consecutive_failures = 0, failure_rate = 0.0 }}\n\
-             [models.streamed]\nprovider = \"openai\"\nmodel = \"m\"\nbase_url = \
-                 \"{origin}\"\ntimeout = \"400ms\"\nstream = true\nretry = {{ attempts = 3 \
-                     }}\nbreaker = {{ consecutive_failures = 0, failure_rate = 0.0 }}\n\
-             [chains.plain_chain]\ntargets = [\"plain\"]\ndeadline = \"1500ms\"\n{extra}"
+                }}\nbreaker = {{ consecutive_failures = 0, failure_rate = 0.0 }}\n\
+                [models.streamed]\nprovider = \"openai\"\nmodel = \"m\"\nbase_url = \
+                \"{origin}\"\ntimeout = \"400ms\"\nstream = true\nretry = {{ attempts = 3 \
+                }}\nbreaker = {{ consecutive_failures = 0, failure_rate = 0.0 }}\n\
+                [chains.plain_chain]\ntargets = [\"plain\"]\ndeadline = \"1500ms\"\n{extra}"
         );
         let b = load(dir.path(), &text).await;
         (server, dir, b)
@@ -858,13 +858,14 @@ mod store {
             &format!(
                 "state = \"sqlite:{{dir}}/state.db\"\n{PRELUDE}\n[tools.echo]\ncomponent = \
                     \"{{plugins}}/fault.wasm\"\n\
-                 [tools.ledger]\ncomponent = \"{{plugins}}/ledger.wasm\"\ndirs = [{{ host = \
-                     \"{{dir}}/ledger\", guest = \"/ledger\", mode = \"rw\" }}]\n\
-                 [agents.one]\nsteps = [{{ name = \"e\", tool = \"echo\", input = {{ mode = \
-                     \"echo\", value = 1 }} }}]\n\
-                 [agents.pay]\nsteps = [\n  {{ name = \"p\", tool = \"ledger\", input = {{ entry = \
-                     \"paid\" }} }},\n  {{ name = \"wait\", tool = \"echo\", input = {{ mode = \
-                         \"sleep\", ms = 20000 }} }},\n]\n"
+                    [tools.ledger]\ncomponent = \"{{plugins}}/ledger.wasm\"\ndirs = [{{ host = \
+                    \"{{dir}}/ledger\", guest = \"/ledger\", mode = \"rw\" }}]\n\
+                    [agents.one]\nsteps = [{{ name = \"e\", tool = \"echo\", input = {{ mode = \
+                    \"echo\", value = 1 }} }}]\n\
+                    [agents.pay]\nsteps = [\n  {{ name = \"p\", tool = \"ledger\", input = {{ \
+                    entry = \
+                    \"paid\" }} }},\n  {{ name = \"wait\", tool = \"echo\", input = {{ mode = \
+                    \"sleep\", ms = 20000 }} }},\n]\n"
             ),
         )
     }
@@ -1341,8 +1342,8 @@ fn half_open_probes_are_admitted_once_across_processes() {
         &format!(
             "state = \"sqlite:{{dir}}/state.db\"\n{PRELUDE}\n[models.m]\nprovider = \
                 \"anthropic\"\nmodel = \"m\"\nbase_url = \"{}\"\nretry = {{ attempts = 1 \
-                    }}\nbreaker = {{ consecutive_failures = 1, failure_rate = 0.0, open_for = \
-                        \"500ms\", probe_timeout = \"10s\" }}\n",
+                }}\nbreaker = {{ consecutive_failures = 1, failure_rate = 0.0, open_for = \
+                \"500ms\", probe_timeout = \"10s\" }}\n",
             server.origin()
         ),
     );
@@ -1395,7 +1396,7 @@ fn a_busy_run_names_its_live_owner() {
         &format!(
             "state = \"sqlite:{{dir}}/state.db\"\n{PRELUDE}\n[tools.slow]\ncomponent = \
                 \"{{plugins}}/fault.wasm\"\ntimeout = \"60s\"\n[agents.slow]\nsteps = [{{ name = \
-                    \"s\", tool = \"slow\", input = {{ mode = \"sleep\", ms = 20000 }} }}]\n"
+                \"s\", tool = \"slow\", input = {{ mode = \"sleep\", ms = 20000 }} }}]\n"
         ),
     );
     let (mut child, id) = crate::runs::start(&config, "slow", "t");

@@ -10,7 +10,7 @@ async fn setup() -> (tempfile::TempDir, Backstop) {
     let text = format!(
         "{PRELUDE}\n[tools.hostile]\ncomponent = \"{{plugins}}/fault.wasm\"\nmemory = \
             \"160MiB\"\ntimeout = \"5s\"\nretry = {{ attempts = 1 }}\nbreaker = {{ \
-                consecutive_failures = 0, failure_rate = 0.0 }}\n"
+            consecutive_failures = 0, failure_rate = 0.0 }}\n"
     );
     let b = load(dir.path(), &text).await;
     (dir, b)

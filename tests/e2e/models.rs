@@ -17,7 +17,7 @@ fn table_config(origin: &str) -> String {
         format!(
             "[models.{name}]\nprovider = \"{provider}\"\nmodel = \"m\"\nbase_url = \
                 \"{origin}\"\ntimeout = \"400ms\"\nidle_timeout = \"200ms\"\nstream = \
-                    {stream}\nretry = {{ attempts = 2 }}\n{NO_BREAKER}\n"
+                {stream}\nretry = {{ attempts = 2 }}\n{NO_BREAKER}\n"
         )
     };
     format!(

@@ -457,7 +457,7 @@ async fn a_tool_loop_runs_tools_for_the_model_and_survives_a_kill() {
         + &format!(
             "\n[models.scripted]\nprovider = \"anthropic\"\nmodel = \"m\"\nbase_url = \
                 \"{}\"\n\n[agents.loop]\nmodel = \"scripted\"\ntools = [\"ledger\"]\nmax_steps = \
-                    5\n",
+                5\n",
             server.origin()
         );
     std::fs::write(&e.config, text).unwrap();

@@ -156,10 +156,10 @@ fn spin_flood(root: &Path, page: &mut String) {
         page,
         "`backstop serve`'s server in this process; 100 concurrent `POST /v1/calls` of the \
         `fault` tool in `spin` mode (an endless loop), each with a 1 s timeout; `/healthz` probed \
-            every 10 ms by a client on its own thread, idle first (the baseline) and then during \
-                the flood. Before guests ran on their own pool and yielded at each epoch tick, \
-                    `/healthz` took 53.8 s during such a flood and the calls a median of 31 s (up \
-                        to 60 s).\n"
+        every 10 ms by a client on its own thread, idle first (the baseline) and then during \
+        the flood. Before guests ran on their own pool and yielded at each epoch tick, \
+        `/healthz` took 53.8 s during such a flood and the calls a median of 31 s (up \
+        to 60 s).\n"
     );
     p!(page, "| | `/healthz` latency | \n| --- | --- |");
     p!(page, "| idle (baseline) | {} |", idle.show());
@@ -231,8 +231,8 @@ fn runs_under_load(root: &Path, quick: bool, page: &mut String) {
         page,
         "16 clients each starting 4-step pipeline runs (`POST /v1/runs`, waiting for each to \
         finish; every step journals an intent and a result with fsync) back to back for {seconds} \
-            s: {runs} runs. `/healthz` probed every 10 ms, idle first. Before journal writes were \
-                taken off the async workers: p50 54 ms, max 731 ms.\n"
+        s: {runs} runs. `/healthz` probed every 10 ms, idle first. Before journal writes were \
+        taken off the async workers: p50 54 ms, max 731 ms.\n"
     );
     p!(page, "| | `/healthz` latency |\n| --- | --- |");
     p!(page, "| idle (baseline) | {} |", idle.show());
@@ -289,9 +289,9 @@ fn store_sizes(root: &Path, quick: bool, page: &mut String) {
         page,
         "The release `backstop` binary running a one-step pipeline (`fault` echo) against a \
         store already holding N finished runs (4 journal entries each, 200-byte payloads), {reps} \
-            runs each, median (min-max). Before the open check was made O(1) (a full `quick_check` \
-                on every open): 16.5 ms on an empty store, 36.9 ms at 6,900 runs. Lock files left \
-                    in `state.db.locks/` afterwards are counted.\n"
+        runs each, median (min-max). Before the open check was made O(1) (a full `quick_check` \
+        on every open): 16.5 ms on an empty store, 36.9 ms at 6,900 runs. Lock files left \
+        in `state.db.locks/` afterwards are counted.\n"
     );
     p!(
         page,
@@ -309,7 +309,7 @@ fn store_sizes(root: &Path, quick: bool, page: &mut String) {
             format!(
                 "version = 1\ncache_dir = \"{}\"\nstate = \"sqlite:{}\"\n[tools.fault]\ncomponent \
                     = \"{}\"\n[agents.one]\nsteps = [{{ name = \"e\", tool = \"fault\", input = {{ \
-                        mode = \"echo\", value = 1 }} }}]\n",
+                    mode = \"echo\", value = 1 }} }}]\n",
                 root.join("target/bench-cache").display(),
                 state.display(),
                 root.join("plugins/dist/fault.wasm").display()

@@ -194,3 +194,192 @@ pub fn measure(samples: usize, n: u64) -> Figures {
         breaker_open,
     }
 }
+
+/// The same no-op call through the crates a Rust engineer would reach for
+/// instead: tower's `timeout` around tower-resilience's circuit breaker and
+/// retry (5 attempts, exponential backoff), as the guard's deadline,
+/// breaker and retry are. The request is `()`: nothing to clone, which
+/// favours the peer.
+pub mod peer {
+    use backstop::target::TargetOutput;
+    use std::future::Future;
+    use std::pin::Pin;
+    use std::time::Duration;
+    use tower::{Service, ServiceBuilder, ServiceExt};
+    use tower_resilience::circuitbreaker::CircuitBreakerLayer;
+    use tower_resilience::retry::RetryLayer;
+
+    #[derive(Debug, Clone)]
+    pub struct NoopError;
+
+    impl std::fmt::Display for NoopError {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("noop failed")
+        }
+    }
+
+    impl std::error::Error for NoopError {}
+
+    type Answer = Pin<Box<dyn Future<Output = Result<TargetOutput, NoopError>> + Send>>;
+
+    /// What the guard bench's `Noop` target does: one boxed, ready answer.
+    pub fn noop(_: ()) -> Answer {
+        Box::pin(std::future::ready(Ok(TargetOutput {
+            value: serde_json::Value::Null,
+            confidence: None,
+        })))
+    }
+
+    pub fn bare() -> impl Service<(), Response = TargetOutput, Error = NoopError> {
+        tower::service_fn(noop)
+    }
+
+    pub fn stack() -> impl Service<(), Response = TargetOutput, Error = tower::BoxError> {
+        let retry = RetryLayer::<(), TargetOutput, NoopError>::builder()
+            .max_attempts(5)
+            .exponential_backoff(Duration::from_secs(1))
+            .build();
+        let breaker = CircuitBreakerLayer::builder()
+            .failure_rate_threshold(0.5)
+            .sliding_window_size(20)
+            .build()
+            .expect("a valid breaker");
+        ServiceBuilder::new()
+            .timeout(Duration::from_secs(10))
+            .layer(breaker)
+            .layer(retry)
+            .service(tower::service_fn(noop))
+    }
+
+    /// `n` calls of `svc`, each waiting for readiness as tower asks.
+    pub async fn calls<S: Service<()>>(svc: &mut S, n: u64)
+    where
+        S::Error: std::fmt::Debug,
+    {
+        for _ in 0..n {
+            let ready = svc.ready().await.expect("ready");
+            std::hint::black_box(ready.call(()).await.expect("served"));
+        }
+    }
+}
+
+/// Peer figures, measured in the same run as [`measure`].
+pub struct PeerFigures {
+    pub bare: Spread,
+    pub stack: Spread,
+    pub stack_allocs: f64,
+}
+
+pub fn measure_peer(samples: usize, n: u64) -> PeerFigures {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let mut bare_svc = peer::bare();
+    let bare = per_op(samples, n, || rt.block_on(peer::calls(&mut bare_svc, n)));
+    let mut stack_svc = rt.block_on(async { peer::stack() });
+    let a0 = allocations();
+    let stack = per_op(samples, n, || rt.block_on(peer::calls(&mut stack_svc, n)));
+    let stack_allocs = (allocations() - a0) as f64 / ((samples as u64 + 1) * n) as f64;
+    PeerFigures {
+        bare,
+        stack,
+        stack_allocs,
+    }
+}
+
+/// The paths counted in instructions (`BENCH_CALLGRIND=PATH:N`).
+pub const PATHS: [&str; 4] = ["bare", "guarded", "peer-bare", "peer"];
+
+/// Runs `n` calls of one path and nothing else, for callgrind to count.
+pub fn spin(path: &str, n: u64) {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    match path {
+        "peer-bare" => rt.block_on(peer::calls(&mut peer::bare(), n)),
+        "peer" => rt.block_on(async { peer::calls(&mut peer::stack(), n).await }),
+        "bare" | "guarded" => {
+            let target: Arc<dyn CallTarget> = Arc::new(Noop);
+            let ctx = CallCtx {
+                call_left: Duration::from_secs(3600),
+                key: "key".into(),
+                attempt: 1,
+                timeout: Duration::from_secs(1),
+            };
+            let breakers = Breakers::new([("noop".to_string(), policy(5))]);
+            let retry = RetryPolicy {
+                attempts: 5,
+                backoff: Backoff::new(
+                    Duration::from_secs(1),
+                    Duration::from_secs(60),
+                    Jitter::Full,
+                )
+                .unwrap(),
+                max_retry_after: Duration::from_secs(60),
+            };
+            let targets = [
+                ChainTarget::new(target.clone(), retry, &breakers).with_bulkheads(
+                    Some(Arc::new(backstop::guard::Bulkhead::new(
+                        "noop",
+                        backstop::guard::BulkheadPolicy::DEFAULT_TARGET,
+                    ))),
+                    Some(Arc::new(backstop::guard::Bulkhead::new(
+                        "host",
+                        backstop::config::DEFAULT_HOST_BULKHEAD,
+                    ))),
+                ),
+            ];
+            let rng = Mutex::new(StdRng::seed_from_u64(1));
+            let chain: Arc<str> = "noop".into();
+            let runner = ChainRunner {
+                max_message: backstop::outcome::DEFAULT_MAX_MESSAGE,
+                chain: &chain,
+                targets: &targets,
+                deadline: Duration::from_secs(10),
+                rng: &rng,
+            };
+            let input = serde_json::Value::Null;
+            let key: Arc<str> = "key".into();
+            rt.block_on(async {
+                for _ in 0..n {
+                    if path == "bare" {
+                        std::hint::black_box(target.call(&input, &ctx).await.unwrap());
+                    } else {
+                        std::hint::black_box(runner.run(&input, key.clone()).await);
+                    }
+                }
+            })
+        }
+        other => panic!("BENCH_CALLGRIND: no path `{other}` (one of {PATHS:?})"),
+    }
+}
+
+/// Instructions per call of `path`, counted by callgrind: two runs of this
+/// same binary, `short` and `long` calls, so setup cancels out. `None`
+/// when valgrind is not installed.
+pub fn instructions(path: &str, short: u64, long: u64) -> Option<f64> {
+    let exe = std::env::current_exe().ok()?;
+    let count = |n: u64| -> Option<f64> {
+        let out_file = std::env::temp_dir().join(format!("backstop-callgrind-{path}-{n}.out"));
+        let out = std::process::Command::new("valgrind")
+            .arg("--tool=callgrind")
+            .arg(format!("--callgrind-out-file={}", out_file.display()))
+            .arg(&exe)
+            .env("BENCH_CALLGRIND", format!("{path}:{n}"))
+            .output()
+            .ok()?;
+        let _ = std::fs::remove_file(&out_file);
+        let text = String::from_utf8_lossy(&out.stderr);
+        let total = text
+            .lines()
+            .find_map(|l| l.split("Collected :").nth(1))?
+            .trim()
+            .parse::<f64>()
+            .ok()?;
+        Some(total)
+    };
+    let (a, b) = (count(short)?, count(long)?);
+    Some((b - a) / (long - short) as f64)
+}

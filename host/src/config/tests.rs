@@ -26,7 +26,7 @@ fn target_overrides_chain_overrides_defaults() {
     let c = load(&format!(
         "[defaults.retry]\nattempts = 4\nbase = \"10ms\"\n{TOOL}retry = {{ attempts = 2 \
             }}\n[tools.b]\ncomponent = \"t.wasm\"\n[chains.c]\ntargets = [\"a\", \"b\"]\nretry = \
-                {{ attempts = 3, base = \"20ms\" }}\n"
+            {{ attempts = 3, base = \"20ms\" }}\n"
     ))
     .unwrap();
     assert_eq!(c.retry_policy("c", "a").attempts, 2);

@@ -118,6 +118,9 @@ pub struct Breaker {
     state: State,
     consecutive: u32,
     buckets: [Bucket; BUCKETS],
+    /// The bucket counted into last: almost always the one to count into
+    /// next, so a call does not scan them all.
+    current: usize,
     next_probe_id: u64,
     transitions: Transitions,
     change: Option<Change>,
@@ -137,6 +140,7 @@ impl Breaker {
             state: State::Closed,
             consecutive: 0,
             buckets: [Bucket::default(); BUCKETS],
+            current: 0,
             next_probe_id: 0,
             transitions: Transitions::default(),
             change: None,
@@ -353,14 +357,18 @@ impl Breaker {
         }
         self.count(failed, now);
         self.consecutive = if failed { self.consecutive + 1 } else { 0 };
+        // Only a failure can open it: a success needs no window sums.
+        if !failed {
+            return;
+        }
         let p = self.policy;
         let by_streak = p.consecutive_failures > 0 && self.consecutive >= p.consecutive_failures;
-        let (ok, bad) = self.window_counts(now);
-        let total = ok + bad;
-        let by_rate = p.failure_rate > 0.0
-            && total >= p.min_calls.max(1)
-            && f64::from(bad) / f64::from(total) >= p.failure_rate;
-        if failed && (by_streak || by_rate) {
+        let by_rate = p.failure_rate > 0.0 && {
+            let (ok, bad) = self.window_counts(now);
+            let total = ok + bad;
+            total >= p.min_calls.max(1) && f64::from(bad) / f64::from(total) >= p.failure_rate
+        };
+        if by_streak || by_rate {
             self.open(now);
         }
     }
@@ -372,7 +380,12 @@ impl Breaker {
     fn count(&mut self, failed: bool, now: Instant) {
         let len = self.bucket_len();
         let fresh = |b: &Bucket| b.start.is_some_and(|s| now.duration_since(s) < len);
-        let idx = match self.buckets.iter().position(fresh) {
+        let idx = if fresh(&self.buckets[self.current]) {
+            Some(self.current)
+        } else {
+            self.buckets.iter().position(fresh)
+        };
+        let idx = match idx {
             Some(i) => i,
             None => {
                 // Reuse the oldest bucket for the new slice of time.
@@ -387,6 +400,7 @@ impl Breaker {
                 i
             }
         };
+        self.current = idx;
         let b = &mut self.buckets[idx];
         if failed {
             b.failed += 1;

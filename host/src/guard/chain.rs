@@ -300,10 +300,12 @@ impl ChainRunner<'_> {
                 // Then a slot: free ones are taken without waiting (no
                 // await, no clock read); a full bulkhead queues, boxed so
                 // the wait does not grow every call's future.
+                let mut waited_for_slot = false;
                 let slot =
                     match bulkhead::try_enter(t.bulkhead.as_deref(), t.host_bulkhead.as_deref()) {
                         Some(slot) => Ok(slot),
                         None => {
+                            waited_for_slot = true;
                             let waited = Box::pin(bulkhead::enter(
                                 t.bulkhead.as_deref(),
                                 t.host_bulkhead.as_deref(),
@@ -330,7 +332,12 @@ impl ChainRunner<'_> {
                         break;
                     }
                 };
-                let remaining = deadline.saturating_duration_since(now);
+                // The clock moved only if the slot was waited for.
+                let remaining = if waited_for_slot {
+                    deadline.saturating_duration_since(now)
+                } else {
+                    remaining
+                };
                 if remaining.is_zero() {
                     if let (Some(b), Some(p)) = (&t.breaker, permit) {
                         lock(b).cancel(p);
@@ -362,6 +369,7 @@ impl ChainRunner<'_> {
                 // Free the slot now: a retry's backoff must not hold it.
                 drop(slot);
                 let ended = Instant::now();
+                let now_was_start = now == started;
                 let elapsed = ended - now;
                 now = ended;
                 let failed = result
@@ -382,6 +390,7 @@ impl ChainRunner<'_> {
                             delay_ms: 0,
                             then: Next::Done,
                         };
+                        let record_elapsed = record.elapsed_ms;
                         trace_attempt(&span, &record);
                         attempts.push(record);
                         let degraded = !passed_over.is_empty();
@@ -397,7 +406,12 @@ impl ChainRunner<'_> {
                                 .then(|| format!("fallback: {}", summary(&passed_over))),
                             attempts,
                             error: None,
-                            elapsed_ms: millis(ended - started),
+                            // On a first attempt the call took what it did.
+                            elapsed_ms: if now_was_start {
+                                record_elapsed
+                            } else {
+                                millis(ended - started)
+                            },
                         };
                     }
                     Err(mut f) => {

@@ -279,7 +279,7 @@ impl SqliteStore {
                 return Err(open_err(format!(
                     "the store is gone but {} of it remain{}: its runs, escalations and breaker \
                         states were lost; refusing to start an empty store in its place (remove {} \
-                            to start afresh)",
+                        to start afresh)",
                     left.iter()
                         .map(|p| p.display().to_string())
                         .collect::<Vec<_>>()
