@@ -95,7 +95,13 @@ fn main() {
             Some("journal") => eprintln!("{}", journal::run(if quick { 1_000 } else { 10_000 })),
             Some("invoke") => {
                 // For a profiler: `WasmTool::invoke` in a loop.
-                wasm::profile_invoke(root, 200_000);
+                wasm::profile_invoke(
+                    root,
+                    std::env::var("BENCH_N")
+                        .ok()
+                        .and_then(|n| n.parse().ok())
+                        .unwrap_or(200_000),
+                );
             }
             Some("wasm") => {
                 let w = wasm::measure(root, samples, 2_000, 2);
