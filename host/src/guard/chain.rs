@@ -362,9 +362,13 @@ impl ChainRunner<'_> {
                     timeout,
                     call_left: remaining,
                 };
-                let result = {
+                let call = t.target.call(input, &ctx);
+                // A disabled span is not worth its clone and wrapper.
+                let result = if span.is_disabled() {
+                    call.await
+                } else {
                     use tracing::Instrument;
-                    t.target.call(input, &ctx).instrument(span.clone()).await
+                    call.instrument(span.clone()).await
                 };
                 // Free the slot now: a retry's backoff must not hold it.
                 drop(slot);
