@@ -103,6 +103,13 @@ fn main() {
                         .unwrap_or(200_000),
                 );
             }
+            Some("bare-wasm") => wasm::profile_bare(
+                root,
+                std::env::var("BENCH_N")
+                    .ok()
+                    .and_then(|n| n.parse().ok())
+                    .unwrap_or(200_000),
+            ),
             Some("wasm") => {
                 let w = wasm::measure(root, samples, 2_000, 2);
                 eprintln!(

@@ -197,3 +197,42 @@ pub fn profile_invoke(root: &Path, n: u64) {
         }
     });
 }
+
+/// For a profiler: the bare call of [`measure`] in a loop, to set beside
+/// `profile_invoke` (`BENCH_ONLY=bare-wasm`).
+pub fn profile_bare(root: &Path, n: u64) {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let component_path = root.join("plugins/dist/echo_rs.wasm");
+    let text = format!(
+        "version = 1\ncache_dir = \"{}\"\n[tools.echo]\ncomponent = \"{}\"\n",
+        root.join("target/bench-cache").display(),
+        component_path.display()
+    );
+    let config = Config::from_str(&text, "bench.toml", root).unwrap();
+    let b = rt.block_on(Backstop::from_config(config)).unwrap();
+    let engine = b.runtime().engine().clone();
+    let (component, _, _) = b.runtime().compile(&component_path).unwrap();
+    let mut linker: Linker<Bare> = Linker::new(&engine);
+    wasmtime_wasi::p2::add_to_linker_async(&mut linker).unwrap();
+    typed::Tool::add_to_linker::<_, HasSelf<Bare>>(&mut linker, |s| s).unwrap();
+    let pre = typed::ToolPre::new(linker.instantiate_pre(&component).unwrap()).unwrap();
+    let input_text = serde_json::json!({"say": "hi"}).to_string();
+    rt.block_on(async {
+        for _ in 0..n {
+            let mut store = Store::new(
+                &engine,
+                Bare {
+                    wasi: WasiCtx::builder().build(),
+                    table: ResourceTable::new(),
+                },
+            );
+            store.set_epoch_deadline(100);
+            let tool = pre.instantiate_async(&mut store).await.unwrap();
+            let out = tool.call_invoke(&mut store, &input_text).await.unwrap();
+            assert!(out.is_ok());
+        }
+    });
+}
