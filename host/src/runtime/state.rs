@@ -21,8 +21,9 @@ pub const STDERR_CAPACITY: usize = 16 * 1024;
 /// The call being served.
 #[derive(Clone, Debug)]
 pub struct CallInfo {
-    pub tool: String,
-    pub key: String,
+    /// Shared, not copied: a call's sandbox is built afresh every time.
+    pub tool: Arc<str>,
+    pub key: Arc<str>,
     pub attempt: u32,
     pub deadline: Instant,
 }
@@ -60,7 +61,7 @@ impl ResourceLimiter for MemoryLimiter {
 
 /// Lets a request out only to the origins granted to the tool.
 pub struct HttpGate {
-    tool: String,
+    tool: Arc<str>,
     origins: Arc<Vec<Origin>>,
 }
 
@@ -151,7 +152,7 @@ impl HostState {
             http: WasiHttpCtx::new(),
             table: ResourceTable::new(),
             gate: HttpGate {
-                tool: tool.name.clone(),
+                tool: call.tool.clone(),
                 origins,
             },
             limiter: MemoryLimiter {
@@ -220,7 +221,7 @@ impl bindings::backstop::tool::host::Host for HostState {
             .map(|(k, v)| format!("{}={}", clip(k), clip(v)))
             .collect();
         let fields = fields.join(" ");
-        let (tool, attempt) = (&self.call.tool, self.call.attempt);
+        let (tool, attempt) = (&*self.call.tool, self.call.attempt);
         match level {
             Level::Trace => {
                 tracing::trace!(target: "backstop::tool", tool, attempt, fields, "{message}")
@@ -243,10 +244,10 @@ impl bindings::backstop::tool::host::Host for HostState {
     async fn context(&mut self) -> CallContext {
         let left = self.call.deadline.saturating_duration_since(Instant::now());
         CallContext {
-            idempotency_key: self.call.key.clone(),
+            idempotency_key: self.call.key.to_string(),
             attempt: self.call.attempt,
             deadline_ms: u64::try_from(left.as_millis()).unwrap_or(u64::MAX),
-            tool_name: self.call.tool.clone(),
+            tool_name: self.call.tool.to_string(),
         }
     }
 }

@@ -49,6 +49,8 @@ pub struct WasmTool {
 /// runs it.
 struct ToolCore {
     config: ToolConfig,
+    /// The tool's name, for every call's sandbox.
+    name: Arc<str>,
     pre: ToolPre<HostState>,
     /// Set when the component also exports `reconcile`.
     reconcile_pre: Option<bindings::reconcilable::ReconcilableToolPre<HostState>>,
@@ -121,6 +123,7 @@ impl WasmTool {
             ))
         })?;
         let core = Arc::new(ToolCore {
+            name: config.name.as_str().into(),
             config: config.clone(),
             pre,
             reconcile_pre,
@@ -344,8 +347,8 @@ impl ToolCore {
             return Ok(Reconciled::Unknown);
         };
         let call = CallInfo {
-            tool: self.config.name.clone(),
-            key: key.to_owned(),
+            tool: self.name.clone(),
+            key: key.into(),
             attempt: 0,
             deadline: Instant::now() + timeout,
         };
@@ -366,8 +369,8 @@ impl ToolCore {
 
     async fn describe(&self, timeout: Duration) -> Result<bindings::ToolInfo, Failure> {
         let call = CallInfo {
-            tool: self.config.name.clone(),
-            key: String::new(),
+            tool: self.name.clone(),
+            key: "".into(),
             attempt: 0,
             deadline: far_deadline(),
         };
@@ -383,8 +386,8 @@ impl ToolCore {
 
     async fn invoke(&self, input: &str, ctx: &CallCtx) -> Result<TargetOutput, Failure> {
         let call = CallInfo {
-            tool: self.config.name.clone(),
-            key: ctx.key.to_string(),
+            tool: self.name.clone(),
+            key: ctx.key.clone(),
             attempt: ctx.attempt,
             deadline: Instant::now() + ctx.timeout,
         };
