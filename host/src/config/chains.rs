@@ -1,6 +1,9 @@
 //! The `[chains.NAME]` section: ordered targets, nested chains flattened.
 
-use super::*;
+use super::parse::{closest, Loader};
+use super::resolve::DEFAULT_DEADLINE;
+use super::{schema, ChainConfig, ConfigError, ModelConfig, ToolConfig};
+use std::collections::{BTreeMap, BTreeSet};
 
 impl Loader<'_> {
     /// Resolves chain targets to tools or models, following nested chains, and

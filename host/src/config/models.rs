@@ -1,6 +1,10 @@
 //! The `[models.NAME]` section: provider, endpoint, key and limits.
 
-use super::*;
+use super::parse::{check_name, Loader};
+use super::resolve::{bulkhead, merge_retry, resolve_breaker, resolve_retry};
+use super::{schema, ByteSize, ConfigError, ModelConfig};
+use serde_spanned::Spanned;
+use std::time::Duration;
 
 impl Loader<'_> {
     pub(super) fn model(
@@ -9,7 +13,7 @@ impl Loader<'_> {
         spec: &schema::ModelSpec,
         defaults: &schema::Defaults,
     ) -> Result<ModelConfig, ConfigError> {
-        use Provider;
+        use super::Provider;
         let key = format!("models.{}", name.get_ref());
         check_name(self, name, &key)?;
         let provider = *spec.provider.get_ref();

@@ -1,7 +1,9 @@
 //! Reading the TOML text: syntax and schema errors located at
 //! `FILE:LINE:COL` with the key, and suggestions for misspelt keys.
 
-use super::*;
+use super::{schema, units, ConfigError, Location};
+use serde_spanned::Spanned;
+use std::path::{Path, PathBuf};
 
 pub(super) struct Loader<'a> {
     pub(super) text: &'a str,

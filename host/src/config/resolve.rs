@@ -1,7 +1,16 @@
 //! Turning the parsed file into a [`Config`]: defaults filled in, each
 //! section validated by its own file, chains flattened.
 
-use super::*;
+use super::parse::{check_name, Loader};
+use super::schema::{BreakerSpec, RetrySpec};
+use super::{
+    schema, units, CircuitOpenPolicy, Config, ConfigError, EngineConfig, EscalationConfig,
+    DEFAULT_HOST_BULKHEAD,
+};
+use crate::guard::{Backoff, BreakerPolicy, BulkheadPolicy, Jitter, RetryPolicy};
+use serde_spanned::Spanned;
+use std::collections::BTreeMap;
+use std::time::Duration;
 
 pub(super) const DEFAULT_DEADLINE: Duration = Duration::from_secs(120);
 

@@ -1,6 +1,11 @@
 //! The `[tools.NAME]` section: components, grants, limits and policies.
 
-use super::*;
+use super::parse::{check_name, Loader};
+use super::resolve::{bulkhead, merge_retry, resolve_breaker, resolve_retry};
+use super::schema::DirMode;
+use super::{schema, ByteSize, ConfigError, DirGrant, EnvGrant, Origin, ToolConfig};
+use serde_spanned::Spanned;
+use std::time::Duration;
 
 impl Loader<'_> {
     pub(super) fn tool(
