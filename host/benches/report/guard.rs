@@ -66,12 +66,9 @@ pub struct Figures {
     pub breaker_open: Spread,
 }
 
-pub fn measure(samples: usize, n: u64) -> Figures {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    let retry = RetryPolicy {
+/// The brief's default retry policy: 5 attempts, full jitter 1 s to 60 s.
+fn retry() -> RetryPolicy {
+    RetryPolicy {
         attempts: 5,
         backoff: Backoff::new(
             Duration::from_secs(1),
@@ -80,7 +77,43 @@ pub fn measure(samples: usize, n: u64) -> Figures {
         )
         .unwrap(),
         max_retry_after: Duration::from_secs(60),
-    };
+    }
+}
+
+/// `target` as a chain target with `breakers`' breaker and the target's
+/// and the host's bulkheads, as every chain target of a loaded config has
+/// them.
+fn chain_target(target: &Arc<dyn CallTarget>, breakers: &Breakers) -> ChainTarget {
+    ChainTarget::new(target.clone(), retry(), breakers).with_bulkheads(
+        Some(Arc::new(backstop::guard::Bulkhead::new(
+            "noop",
+            backstop::guard::BulkheadPolicy::DEFAULT_TARGET,
+        ))),
+        Some(Arc::new(backstop::guard::Bulkhead::new(
+            "host",
+            backstop::config::DEFAULT_HOST_BULKHEAD,
+        ))),
+    )
+}
+
+fn ctx() -> CallCtx {
+    CallCtx {
+        call_left: Duration::from_secs(3600),
+        key: "key".into(),
+        attempt: 1,
+        timeout: Duration::from_secs(1),
+    }
+}
+
+fn current_thread() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+pub fn measure(samples: usize, n: u64) -> Figures {
+    let rt = current_thread();
     let rng = Mutex::new(StdRng::seed_from_u64(1));
     let chain: Arc<str> = "noop".into();
     let key: Arc<str> = "key".into();
@@ -94,30 +127,9 @@ pub fn measure(samples: usize, n: u64) -> Figures {
         let p = open.acquire("noop", now).unwrap();
         open.record("noop", p, true, now);
     }
-    // With the target's and the host's bulkheads, as every chain target
-    // of a loaded config has them.
-    let bulkheads = || {
-        (
-            Some(std::sync::Arc::new(backstop::guard::Bulkhead::new(
-                "noop",
-                backstop::guard::BulkheadPolicy::DEFAULT_TARGET,
-            ))),
-            Some(std::sync::Arc::new(backstop::guard::Bulkhead::new(
-                "host",
-                backstop::config::DEFAULT_HOST_BULKHEAD,
-            ))),
-        )
-    };
-    let (bt, bh) = bulkheads();
-    let closed_targets = [ChainTarget::new(target.clone(), retry, &closed).with_bulkheads(bt, bh)];
-    let (bt, bh) = bulkheads();
-    let open_targets = [ChainTarget::new(target.clone(), retry, &open).with_bulkheads(bt, bh)];
-    let ctx = CallCtx {
-        call_left: std::time::Duration::from_secs(3600),
-        key: key.clone(),
-        attempt: 1,
-        timeout: Duration::from_secs(1),
-    };
+    let closed_targets = [chain_target(&target, &closed)];
+    let open_targets = [chain_target(&target, &open)];
+    let ctx = ctx();
 
     let a0 = allocations();
     let bare = per_op(samples, n, || {
@@ -271,10 +283,7 @@ pub struct PeerFigures {
 }
 
 pub fn measure_peer(samples: usize, n: u64) -> PeerFigures {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
+    let rt = current_thread();
     let mut bare_svc = peer::bare();
     let bare = per_op(samples, n, || rt.block_on(peer::calls(&mut bare_svc, n)));
     let mut stack_svc = rt.block_on(async { peer::stack() });
@@ -293,44 +302,15 @@ pub const PATHS: [&str; 4] = ["bare", "guarded", "peer-bare", "peer"];
 
 /// Runs `n` calls of one path and nothing else, for callgrind to count.
 pub fn spin(path: &str, n: u64) {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
+    let rt = current_thread();
     match path {
         "peer-bare" => rt.block_on(peer::calls(&mut peer::bare(), n)),
         "peer" => rt.block_on(async { peer::calls(&mut peer::stack(), n).await }),
         "bare" | "guarded" => {
             let target: Arc<dyn CallTarget> = Arc::new(Noop);
-            let ctx = CallCtx {
-                call_left: Duration::from_secs(3600),
-                key: "key".into(),
-                attempt: 1,
-                timeout: Duration::from_secs(1),
-            };
+            let ctx = ctx();
             let breakers = Breakers::new([("noop".to_string(), policy(5))]);
-            let retry = RetryPolicy {
-                attempts: 5,
-                backoff: Backoff::new(
-                    Duration::from_secs(1),
-                    Duration::from_secs(60),
-                    Jitter::Full,
-                )
-                .unwrap(),
-                max_retry_after: Duration::from_secs(60),
-            };
-            let targets = [
-                ChainTarget::new(target.clone(), retry, &breakers).with_bulkheads(
-                    Some(Arc::new(backstop::guard::Bulkhead::new(
-                        "noop",
-                        backstop::guard::BulkheadPolicy::DEFAULT_TARGET,
-                    ))),
-                    Some(Arc::new(backstop::guard::Bulkhead::new(
-                        "host",
-                        backstop::config::DEFAULT_HOST_BULKHEAD,
-                    ))),
-                ),
-            ];
+            let targets = [chain_target(&target, &breakers)];
             let rng = Mutex::new(StdRng::seed_from_u64(1));
             let chain: Arc<str> = "noop".into();
             let runner = ChainRunner {

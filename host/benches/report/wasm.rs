@@ -53,6 +53,52 @@ impl Host for Bare {
     }
 }
 
+/// The baseline call: the runtime's engine (same pooling allocator and
+/// epoch settings) and compiled component, typed bindings, a plain WASI
+/// context, host imports that answer constants.
+struct BareCall {
+    engine: wasmtime::Engine,
+    pre: typed::ToolPre<Bare>,
+    input: String,
+}
+
+impl BareCall {
+    fn new(b: &Backstop, component: &Path, input: String) -> BareCall {
+        let engine = b.runtime().engine().clone();
+        let (component, _, _) = b.runtime().compile(component).unwrap();
+        let mut linker: Linker<Bare> = Linker::new(&engine);
+        wasmtime_wasi::p2::add_to_linker_async(&mut linker).unwrap();
+        typed::Tool::add_to_linker::<_, HasSelf<Bare>>(&mut linker, |s| s).unwrap();
+        let pre = typed::ToolPre::new(linker.instantiate_pre(&component).unwrap()).unwrap();
+        BareCall { engine, pre, input }
+    }
+
+    async fn call(&self) {
+        let mut store = Store::new(
+            &self.engine,
+            Bare {
+                wasi: WasiCtx::builder().build(),
+                table: ResourceTable::new(),
+            },
+        );
+        store.set_epoch_deadline(100);
+        let tool = self.pre.instantiate_async(&mut store).await.unwrap();
+        let out = tool.call_invoke(&mut store, &self.input).await.unwrap();
+        assert!(out.is_ok());
+    }
+}
+
+/// The bench's config: the `echo_rs` component, a cache under `target/`.
+fn echo_backstop(rt: &tokio::runtime::Runtime, root: &Path) -> Backstop {
+    let text = format!(
+        "version = 1\ncache_dir = \"{}\"\n[tools.echo]\ncomponent = \"{}\"\n",
+        root.join("target/bench-cache").display(),
+        root.join("plugins/dist/echo_rs.wasm").display()
+    );
+    let config = Config::from_str(&text, "bench.toml", root).unwrap();
+    rt.block_on(Backstop::from_config(config)).unwrap()
+}
+
 pub struct Figures {
     pub bare: Spread,
     pub guarded: Spread,
@@ -68,42 +114,14 @@ pub fn measure(root: &Path, samples: usize, n: u64, seconds: u64) -> Figures {
         .build()
         .unwrap();
     let component_path = root.join("plugins/dist/echo_rs.wasm");
-    let text = format!(
-        "version = 1\ncache_dir = \"{}\"\n[tools.echo]\ncomponent = \"{}\"\n",
-        root.join("target/bench-cache").display(),
-        component_path.display()
-    );
-    let config = Config::from_str(&text, "bench.toml", root).unwrap();
-    let b = Arc::new(rt.block_on(Backstop::from_config(config)).unwrap());
+    let b = Arc::new(echo_backstop(&rt, root));
     let input = serde_json::json!({"say": "hi"});
     let input_text = input.to_string();
-
-    // The bare call: the runtime's engine (same pooling allocator and
-    // epoch settings) and compiled component, typed bindings, a plain WASI
-    // context, host imports that answer constants.
-    let engine = b.runtime().engine().clone();
-    let (component, _, _) = b.runtime().compile(&component_path).unwrap();
-    let mut linker: Linker<Bare> = Linker::new(&engine);
-    wasmtime_wasi::p2::add_to_linker_async(&mut linker).unwrap();
-    typed::Tool::add_to_linker::<_, HasSelf<Bare>>(&mut linker, |s| s).unwrap();
-    let pre = typed::ToolPre::new(linker.instantiate_pre(&component).unwrap()).unwrap();
-    let bare_call = || async {
-        let mut store = Store::new(
-            &engine,
-            Bare {
-                wasi: WasiCtx::builder().build(),
-                table: ResourceTable::new(),
-            },
-        );
-        store.set_epoch_deadline(100);
-        let tool = pre.instantiate_async(&mut store).await.unwrap();
-        let out = tool.call_invoke(&mut store, &input_text).await.unwrap();
-        assert!(out.is_ok());
-    };
+    let bare_call = BareCall::new(&b, &component_path, input_text.clone());
     let bare = per_op(samples, n, || {
         rt.block_on(async {
             for _ in 0..n {
-                bare_call().await;
+                bare_call.call().await;
             }
         })
     });
@@ -175,13 +193,7 @@ pub fn profile_invoke(root: &Path, n: u64) {
         .enable_all()
         .build()
         .unwrap();
-    let text = format!(
-        "version = 1\ncache_dir = \"{}\"\n[tools.echo]\ncomponent = \"{}\"\n",
-        root.join("target/bench-cache").display(),
-        root.join("plugins/dist/echo_rs.wasm").display()
-    );
-    let config = Config::from_str(&text, "bench.toml", root).unwrap();
-    let b = rt.block_on(Backstop::from_config(config)).unwrap();
+    let b = echo_backstop(&rt, root);
     let tool = b.tool("echo").unwrap();
     let ctx = backstop::target::CallCtx {
         call_left: std::time::Duration::from_secs(3600),
@@ -205,34 +217,12 @@ pub fn profile_bare(root: &Path, n: u64) {
         .enable_all()
         .build()
         .unwrap();
-    let component_path = root.join("plugins/dist/echo_rs.wasm");
-    let text = format!(
-        "version = 1\ncache_dir = \"{}\"\n[tools.echo]\ncomponent = \"{}\"\n",
-        root.join("target/bench-cache").display(),
-        component_path.display()
-    );
-    let config = Config::from_str(&text, "bench.toml", root).unwrap();
-    let b = rt.block_on(Backstop::from_config(config)).unwrap();
-    let engine = b.runtime().engine().clone();
-    let (component, _, _) = b.runtime().compile(&component_path).unwrap();
-    let mut linker: Linker<Bare> = Linker::new(&engine);
-    wasmtime_wasi::p2::add_to_linker_async(&mut linker).unwrap();
-    typed::Tool::add_to_linker::<_, HasSelf<Bare>>(&mut linker, |s| s).unwrap();
-    let pre = typed::ToolPre::new(linker.instantiate_pre(&component).unwrap()).unwrap();
-    let input_text = serde_json::json!({"say": "hi"}).to_string();
+    let b = echo_backstop(&rt, root);
+    let input = serde_json::json!({"say": "hi"}).to_string();
+    let bare_call = BareCall::new(&b, &root.join("plugins/dist/echo_rs.wasm"), input);
     rt.block_on(async {
         for _ in 0..n {
-            let mut store = Store::new(
-                &engine,
-                Bare {
-                    wasi: WasiCtx::builder().build(),
-                    table: ResourceTable::new(),
-                },
-            );
-            store.set_epoch_deadline(100);
-            let tool = pre.instantiate_async(&mut store).await.unwrap();
-            let out = tool.call_invoke(&mut store, &input_text).await.unwrap();
-            assert!(out.is_ok());
+            bare_call.call().await;
         }
     });
 }
