@@ -279,7 +279,11 @@ impl Backstop {
 
     /// Calls `chain` (or a single tool by name) with a new idempotency key.
     pub async fn call(&self, chain: &str, input: serde_json::Value) -> Result<Outcome, Error> {
-        let key = format!("{:032x}", rand::random::<u128>());
+        // 32 hex digits straight into the shared key: one allocation.
+        let mut hex = [0u8; 32];
+        hex::encode_to_slice(rand::random::<u128>().to_be_bytes(), &mut hex)
+            .expect("16 bytes are 32 hex digits");
+        let key: Arc<str> = std::str::from_utf8(&hex).expect("hex is ASCII").into();
         self.call_with_key(chain, input, key).await
     }
 
@@ -289,8 +293,9 @@ impl Backstop {
         &self,
         chain: &str,
         input: serde_json::Value,
-        key: String,
+        key: impl Into<Arc<str>>,
     ) -> Result<Outcome, Error> {
+        let key: Arc<str> = key.into();
         let plan = self.plans.get(chain).ok_or_else(|| Error::UnknownChain {
             name: chain.to_owned(),
             hint: match self.config.callable() {
@@ -308,7 +313,7 @@ impl Backstop {
         let span = tracing::info_span!(
             "call",
             chain = &*plan.name,
-            key = key.as_str(),
+            key = &*key,
             result = tracing::field::Empty,
             served_by = tracing::field::Empty,
             attempts = tracing::field::Empty,
@@ -317,10 +322,7 @@ impl Backstop {
         let started = std::time::Instant::now();
         let outcome = {
             use tracing::Instrument;
-            runner
-                .run(&input, key.into())
-                .instrument(span.clone())
-                .await
+            runner.run(&input, key).instrument(span.clone()).await
         };
         let took = started.elapsed();
         self.metrics

@@ -335,31 +335,3 @@ pub fn spin(path: &str, n: u64) {
         other => panic!("BENCH_CALLGRIND: no path `{other}` (one of {PATHS:?})"),
     }
 }
-
-/// Instructions per call of `path`, counted by callgrind: two runs of this
-/// same binary, `short` and `long` calls, so setup cancels out. `None`
-/// when valgrind is not installed.
-pub fn instructions(path: &str, short: u64, long: u64) -> Option<f64> {
-    let exe = std::env::current_exe().ok()?;
-    let count = |n: u64| -> Option<f64> {
-        let out_file = std::env::temp_dir().join(format!("backstop-callgrind-{path}-{n}.out"));
-        let out = std::process::Command::new("valgrind")
-            .arg("--tool=callgrind")
-            .arg(format!("--callgrind-out-file={}", out_file.display()))
-            .arg(&exe)
-            .env("BENCH_CALLGRIND", format!("{path}:{n}"))
-            .output()
-            .ok()?;
-        let _ = std::fs::remove_file(&out_file);
-        let text = String::from_utf8_lossy(&out.stderr);
-        let total = text
-            .lines()
-            .find_map(|l| l.split("Collected :").nth(1))?
-            .trim()
-            .parse::<f64>()
-            .ok()?;
-        Some(total)
-    };
-    let (a, b) = (count(short)?, count(long)?);
-    Some((b - a) / (long - short) as f64)
-}

@@ -72,15 +72,20 @@ fn main() {
         // SAFETY: no other thread exists yet.
         unsafe { std::env::set_var("RUST_LIB_BACKTRACE", "0") };
     }
-    // Under callgrind (see `guard::instructions`): one path, then out.
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();
+    // Under callgrind (see `stats::instructions`): one path, then out.
     if let Some(spec) = std::env::var_os("BENCH_CALLGRIND") {
         let spec = spec.to_string_lossy().into_owned();
         let (path, n) = spec.split_once(':').expect("BENCH_CALLGRIND=PATH:N");
-        guard::spin(path, n.parse().expect("a count"));
+        let n = n.parse().expect("a count");
+        if wasm::PATHS.contains(&path) {
+            wasm::spin(root, path, n);
+        } else {
+            guard::spin(path, n);
+        }
         return;
     }
     let quick = std::env::var_os("BENCH_QUICK").is_some();
-    let root = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();
     assert!(
         root.join("plugins/dist/echo_py.wasm").is_file(),
         "run plugins/build.sh first"
@@ -93,18 +98,9 @@ fn main() {
         match only.to_str() {
             Some("load") => eprintln!("{}", load::run(if quick { 10 } else { 60 }, 200)),
             Some("journal") => eprintln!("{}", journal::run(if quick { 1_000 } else { 10_000 })),
-            Some("invoke") => {
-                // For a profiler: `WasmTool::invoke` in a loop.
-                wasm::profile_invoke(
-                    root,
-                    std::env::var("BENCH_N")
-                        .ok()
-                        .and_then(|n| n.parse().ok())
-                        .unwrap_or(200_000),
-                );
-            }
-            Some("bare-wasm") => wasm::profile_bare(
+            Some(path) if wasm::PATHS.contains(&path) => wasm::spin(
                 root,
+                path,
                 std::env::var("BENCH_N")
                     .ok()
                     .and_then(|n| n.parse().ok())
@@ -134,7 +130,7 @@ fn main() {
                     p.stack_allocs
                 );
                 for path in guard::PATHS {
-                    let i = guard::instructions(path, 20_000, 40_000);
+                    let i = stats::instructions(path, 20_000, 40_000);
                     eprintln!("{path}: {i:?} instructions per call");
                 }
             }
@@ -166,7 +162,11 @@ fn main() {
     // machine does (two runs each, so setup cancels out).
     let counted: Vec<Option<f64>> = guard::PATHS
         .iter()
-        .map(|p| guard::instructions(p, 20_000, 40_000))
+        .map(|p| stats::instructions(p, 20_000, 40_000))
+        .collect();
+    let wasm_counted: Vec<Option<f64>> = wasm::PATHS
+        .iter()
+        .map(|p| stats::instructions(p, 300, 900))
         .collect();
     eprintln!("report: wasm calls and throughput");
     let w = wasm::measure(
@@ -304,6 +304,17 @@ fn main() {
         "| 2 | guarded tool call / bare wasmtime call, same component | <= 1.05 | {ratio:.2} \
         | {} |",
         met(ratio <= 1.05)
+    );
+    let wasm_ins = |i: usize| wasm_counted[i];
+    let wasm_ins_ratio = match (wasm_ins(0), wasm_ins(3)) {
+        (Some(b), Some(g)) => Some(g / b),
+        _ => None,
+    };
+    p!(
+        page,
+        "| 2 | the same in instructions (callgrind) | <= 1.05 | {} | {} |",
+        wasm_ins_ratio.map_or("valgrind not found".into(), |r| format!("{r:.2}")),
+        met(wasm_ins_ratio.is_some_and(|r| r <= 1.05))
     );
     p!(
         page,
@@ -468,27 +479,40 @@ fn main() {
         constants, on the same engine (pooling allocator) and compiled component. \
         Single-threaded runtime.\n"
     );
+    let ins_cell = |i: usize| match (wasm_ins(i), wasm_ins(0)) {
+        (Some(n), Some(b)) => format!("{n:.0} | {:.2}", n / b),
+        _ => "valgrind not found | -".to_owned(),
+    };
     p!(
         page,
-        "| call | time per call | ratio |\n| --- | --- | --- |"
+        "| call | time per call | ratio | instructions per call | ratio |\n\
+        | --- | --- | --- | --- | --- |"
     );
     p!(
         page,
-        "| bare wasmtime call (baseline) | {} | 1.00 |",
-        w.bare.show()
+        "| bare wasmtime call (baseline) | {} | 1.00 | {} |",
+        w.bare.show(),
+        ins_cell(0)
+    );
+    p!(
+        page,
+        "| bare call, then its output parsed as JSON (what the host must do) | - | - | {} |",
+        ins_cell(1)
     );
     p!(
         page,
         "| `WasmTool::invoke`: grants, limits, deadline, host imports, output checks | {} | \
-        {:.2} |",
+        {:.2} | {} |",
         w.invoke.show(),
-        w.invoke.median.as_secs_f64() / w.bare.median.as_secs_f64()
+        w.invoke.median.as_secs_f64() / w.bare.median.as_secs_f64(),
+        ins_cell(2)
     );
     p!(
         page,
         "| `Backstop::call`: the same through chain, breaker, retry, outcome | {} | \
-        **{ratio:.2}** |\n",
-        w.guarded.show()
+        **{ratio:.2}** | {} |\n",
+        w.guarded.show(),
+        ins_cell(3)
     );
     p!(
         page,

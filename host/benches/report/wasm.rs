@@ -73,7 +73,8 @@ impl BareCall {
         BareCall { engine, pre, input }
     }
 
-    async fn call(&self) {
+    /// One call; its output's JSON text.
+    async fn call(&self) -> String {
         let mut store = Store::new(
             &self.engine,
             Bare {
@@ -84,7 +85,7 @@ impl BareCall {
         store.set_epoch_deadline(100);
         let tool = self.pre.instantiate_async(&mut store).await.unwrap();
         let out = tool.call_invoke(&mut store, &self.input).await.unwrap();
-        assert!(out.is_ok());
+        out.expect("echo answers").value
     }
 }
 
@@ -187,13 +188,22 @@ pub fn measure(root: &Path, samples: usize, n: u64, seconds: u64) -> Figures {
     }
 }
 
-/// `WasmTool::invoke` of `echo_rs` `n` times, for a profiler.
-pub fn profile_invoke(root: &Path, n: u64) {
+/// The wasm paths counted in instructions (`BENCH_CALLGRIND=PATH:N`), or
+/// run for a profiler (`BENCH_ONLY=PATH BENCH_N=N`): the bare call, the
+/// bare call then parsing its output as the host does, `WasmTool::invoke`,
+/// and `Backstop::call`.
+pub const PATHS: [&str; 4] = ["bare-wasm", "bare-wasm-parse", "invoke", "call-wasm"];
+
+/// Runs `n` calls of one of [`PATHS`] and nothing else.
+pub fn spin(root: &Path, path: &str, n: u64) {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .unwrap();
     let b = echo_backstop(&rt, root);
+    let input = serde_json::json!({"say": "hi"});
+    let text = input.to_string();
+    let bare_call = BareCall::new(&b, &root.join("plugins/dist/echo_rs.wasm"), text.clone());
     let tool = b.tool("echo").unwrap();
     let ctx = backstop::target::CallCtx {
         call_left: std::time::Duration::from_secs(3600),
@@ -203,26 +213,22 @@ pub fn profile_invoke(root: &Path, n: u64) {
     };
     rt.block_on(async {
         for _ in 0..n {
-            tool.invoke("{\"say\":\"hi\"}".to_owned(), &ctx)
-                .await
-                .unwrap();
-        }
-    });
-}
-
-/// For a profiler: the bare call of [`measure`] in a loop, to set beside
-/// `profile_invoke` (`BENCH_ONLY=bare-wasm`).
-pub fn profile_bare(root: &Path, n: u64) {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    let b = echo_backstop(&rt, root);
-    let input = serde_json::json!({"say": "hi"}).to_string();
-    let bare_call = BareCall::new(&b, &root.join("plugins/dist/echo_rs.wasm"), input);
-    rt.block_on(async {
-        for _ in 0..n {
-            bare_call.call().await;
+            match path {
+                "bare-wasm" => {
+                    bare_call.call().await;
+                }
+                "bare-wasm-parse" => {
+                    let out = bare_call.call().await;
+                    std::hint::black_box(serde_json::from_str::<serde_json::Value>(&out).unwrap());
+                }
+                "invoke" => {
+                    std::hint::black_box(tool.invoke(text.clone(), &ctx).await.unwrap());
+                }
+                "call-wasm" => {
+                    assert!(b.call("echo", input.clone()).await.unwrap().ok);
+                }
+                other => panic!("no wasm path `{other}` (one of {PATHS:?})"),
+            }
         }
     });
 }

@@ -68,9 +68,11 @@ pub struct Rejected {
 
 const BUCKETS: usize = 10;
 
+/// One slice of the window. It holds when the slice ends rather than when
+/// it began: counting into it is then a comparison, not a subtraction.
 #[derive(Debug, Clone, Copy, Default)]
 struct Bucket {
-    start: Option<Instant>,
+    until: Option<Instant>,
     ok: u32,
     failed: u32,
 }
@@ -378,8 +380,7 @@ impl Breaker {
     }
 
     fn count(&mut self, failed: bool, now: Instant) {
-        let len = self.bucket_len();
-        let fresh = |b: &Bucket| b.start.is_some_and(|s| now.duration_since(s) < len);
+        let fresh = |b: &Bucket| b.until.is_some_and(|u| now < u);
         let idx = if fresh(&self.buckets[self.current]) {
             Some(self.current)
         } else {
@@ -390,10 +391,10 @@ impl Breaker {
             None => {
                 // Reuse the oldest bucket for the new slice of time.
                 let i = (0..BUCKETS)
-                    .min_by_key(|&i| self.buckets[i].start)
+                    .min_by_key(|&i| self.buckets[i].until)
                     .unwrap_or(0);
                 self.buckets[i] = Bucket {
-                    start: Some(now),
+                    until: Some(now + self.bucket_len()),
                     ok: 0,
                     failed: 0,
                 };
@@ -410,12 +411,12 @@ impl Breaker {
     }
 
     fn window_counts(&self, now: Instant) -> (u32, u32) {
+        // A bucket began `bucket_len` before its end; it is in the window
+        // while less than `window` has passed since it began.
+        let rest = self.policy.window.saturating_sub(self.bucket_len());
         self.buckets
             .iter()
-            .filter(|b| {
-                b.start
-                    .is_some_and(|s| now.duration_since(s) < self.policy.window)
-            })
+            .filter(|b| b.until.is_some_and(|u| now < u + rest))
             .fold((0, 0), |(ok, bad), b| (ok + b.ok, bad + b.failed))
     }
 }

@@ -55,9 +55,11 @@ impl Drop for Held<'_> {
     }
 }
 
-/// A slot held for one attempt; dropping it frees the slot.
+/// A slot held for one attempt; dropping it frees the slot. Two fields,
+/// not a list: the path every call takes should not loop.
 pub struct Slot<'a> {
-    _held: smallvec::SmallVec<[Held<'a>; 2]>,
+    _target: Option<Held<'a>>,
+    _host: Option<Held<'a>>,
 }
 
 impl Bulkhead {
@@ -145,11 +147,18 @@ impl Drop for Leave<'_> {
 /// waiting; `None` when either is full (then [`enter`] queues). The path
 /// every call takes when nothing is saturated.
 pub fn try_enter<'a>(target: Option<&'a Bulkhead>, host: Option<&'a Bulkhead>) -> Option<Slot<'a>> {
-    let mut held = smallvec::SmallVec::new();
-    for b in [target, host].into_iter().flatten() {
-        held.push(b.try_take()?);
-    }
-    Some(Slot { _held: held })
+    let target = match target {
+        Some(b) => Some(b.try_take()?),
+        None => None,
+    };
+    let host = match host {
+        Some(b) => Some(b.try_take()?),
+        None => None,
+    };
+    Some(Slot {
+        _target: target,
+        _host: host,
+    })
 }
 
 /// Takes a slot of the target's bulkhead, then of the host's, each wait
@@ -161,14 +170,18 @@ pub async fn enter<'a>(
     within: Duration,
 ) -> Result<Slot<'a>, Failure> {
     let started = tokio::time::Instant::now();
-    let mut held = smallvec::SmallVec::new();
-    if let Some(b) = target {
-        held.push(b.take(within).await?);
-    }
-    if let Some(h) = host {
-        held.push(h.take(within.saturating_sub(started.elapsed())).await?);
-    }
-    Ok(Slot { _held: held })
+    let target = match target {
+        Some(b) => Some(b.take(within).await?),
+        None => None,
+    };
+    let host = match host {
+        Some(h) => Some(h.take(within.saturating_sub(started.elapsed())).await?),
+        None => None,
+    };
+    Ok(Slot {
+        _target: target,
+        _host: host,
+    })
 }
 
 #[cfg(test)]

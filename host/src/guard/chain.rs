@@ -233,7 +233,7 @@ impl ChainRunner<'_> {
     ///
     /// The happy path (first target, first attempt) allocates nothing of
     /// its own: names and the key are shared, the attempt record is inline.
-    pub async fn run(&self, input: &serde_json::Value, key: Arc<str>) -> Outcome {
+    pub async fn run(&self, input: &serde_json::Value, mut key: Arc<str>) -> Outcome {
         let started = Instant::now();
         let deadline = started + self.deadline;
         let mut attempts = Attempts::new();
@@ -260,7 +260,12 @@ impl ChainRunner<'_> {
                     delay_ms = tracing::field::Empty,
                     breaker = tracing::field::Empty,
                 );
-                let remaining = deadline.saturating_duration_since(now);
+                // The clock has not moved before the first attempt.
+                let remaining = if now == started {
+                    self.deadline
+                } else {
+                    deadline.saturating_duration_since(now)
+                };
                 if remaining.is_zero() {
                     let f = Failure::new(
                         FailureClass::DeadlineExceeded,
@@ -356,8 +361,10 @@ impl ChainRunner<'_> {
                         timeout = timeout.min(lock(b).policy().probe_timeout);
                     }
                 }
+                // The key is lent to the attempt and taken back after it,
+                // not cloned: a shared count is an atomic add and subtract.
                 let ctx = CallCtx {
-                    key: key.clone(),
+                    key,
                     attempt,
                     timeout,
                     call_left: remaining,
@@ -370,6 +377,7 @@ impl ChainRunner<'_> {
                     use tracing::Instrument;
                     call.instrument(span.clone()).await
                 };
+                key = ctx.key;
                 // Free the slot now: a retry's backoff must not hold it.
                 drop(slot);
                 let ended = Instant::now();

@@ -23,6 +23,7 @@ use std::pin::Pin;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::task::Poll;
+use std::time::Duration;
 
 pub struct GuestPool {
     runtime: Option<tokio::runtime::Runtime>,
@@ -90,18 +91,23 @@ impl GuestPool {
         })
     }
 
-    /// Runs `call` as described in the module docs. `Err` when the call
-    /// panicked in host code (a guest's own trap is a value of `T`).
+    /// Runs `call` as described in the module docs, for at most `limit`
+    /// from now. The timer is armed only if the call outlives its first
+    /// slice: most calls end there, and a timer costs a clock read and a
+    /// registration with the runtime's driver.
     pub async fn run<T: Send + 'static>(
         &self,
-        call: impl Future<Output = T> + Send + 'static,
-    ) -> Result<T, String> {
-        let mut call: Pin<Box<dyn Future<Output = T> + Send>> = Box::pin(call);
+        mut call: Pin<Box<dyn Future<Output = T> + Send>>,
+        limit: Duration,
+    ) -> Result<T, Ended> {
         // While guests already run on the pool (a flood of slow ones), or
         // enough first slices run on callers' threads, go straight there.
         let slot = (self.on_pool.load(Ordering::Relaxed) == 0)
             .then(|| Inline::take(&self.inline, self.max_inline))
             .flatten();
+        // A first slice is bounded by the next epoch tick (guest code
+        // yields there) or by the first host call that has to wait.
+        let started = std::time::Instant::now();
         if let Some(slot) = slot {
             let first = std::future::poll_fn(|cx| Poll::Ready(call.as_mut().poll(cx))).await;
             drop(slot);
@@ -115,12 +121,23 @@ impl GuestPool {
             let _counted = counted;
             call.await
         }));
-        match task.await {
-            Ok(v) => Ok(v),
-            Err(e) if e.is_panic() => Err(panic_text(e.into_panic())),
-            Err(_) => Err("the guest pool was shut down".to_owned()),
+        let left = limit.saturating_sub(started.elapsed());
+        match tokio::time::timeout(left, task).await {
+            Err(_) => Err(Ended::TimedOut),
+            Ok(Ok(v)) => Ok(v),
+            Ok(Err(e)) if e.is_panic() => Err(Ended::Panicked(panic_text(e.into_panic()))),
+            Ok(Err(_)) => Err(Ended::Panicked("the guest pool was shut down".to_owned())),
         }
     }
+}
+
+/// Why [`GuestPool::run`] has no value.
+#[derive(Debug)]
+pub enum Ended {
+    /// The limit passed first; the call was cancelled.
+    TimedOut,
+    /// Host code under the call panicked (a guest's own trap is a value).
+    Panicked(String),
 }
 
 fn panic_text(p: Box<dyn std::any::Any + Send>) -> String {

@@ -3,7 +3,7 @@
 //! [`Failure`].
 
 use super::bindings::{self, ToolPre, WitEffect};
-use super::guests::GuestPool;
+use super::guests::{Ended, GuestPool};
 use super::state::{far_deadline, CallInfo, HostState, STDERR_CAPACITY};
 use super::{CompileSource, LoadError, Runtime};
 use crate::config::{Origin, ToolConfig};
@@ -261,19 +261,17 @@ impl WasmTool {
         let core = self.core.clone();
         let key = key.to_owned();
         let timeout = self.core.config.timeout;
-        self.guarded(timeout, || "reconcile did not answer in time", async move {
-            core.reconcile(&key, timeout).await
-        })
-        .await
+        let call = Box::pin(async move { core.reconcile(&key, timeout).await });
+        self.guarded(timeout, || "reconcile did not answer in time", call)
+            .await
     }
 
     async fn describe(&self) -> Result<bindings::ToolInfo, Failure> {
         let core = self.core.clone();
         let timeout = self.core.config.timeout;
-        self.guarded(timeout, || "describe did not return in time", async move {
-            core.describe(timeout).await
-        })
-        .await
+        let call = Box::pin(async move { core.describe(timeout).await });
+        self.guarded(timeout, || "describe did not return in time", call)
+            .await
     }
 
     /// Runs one attempt in a fresh Store, which is dropped afterwards
@@ -288,29 +286,28 @@ impl WasmTool {
                 humantime::format_duration(timeout)
             )
         };
-        self.guarded(timeout, blocked, async move {
-            core.invoke(&input, &attempt).await
-        })
-        .await
+        let call = Box::pin(async move { core.invoke(&input, &attempt).await });
+        self.guarded(timeout, blocked, call).await
     }
 
     /// Runs `call` on the guest pool under a host timeout: the epoch
     /// deadline stops guest code, this stops a guest blocked in a host
-    /// call, which epochs cannot interrupt.
+    /// call, which epochs cannot interrupt. The call comes boxed, so the
+    /// futures around it stay small (a caller boxes this one again).
     async fn guarded<T: Send + 'static, M: Into<std::borrow::Cow<'static, str>>>(
         &self,
         timeout: Duration,
         late: impl FnOnce() -> M,
-        call: impl std::future::Future<Output = Result<T, Failure>> + Send + 'static,
+        call: std::pin::Pin<Box<dyn std::future::Future<Output = Result<T, Failure>> + Send>>,
     ) -> Result<T, Failure> {
         let limit = timeout + self.core.tick * 2;
-        match tokio::time::timeout(limit, self.guests.run(call)).await {
-            Err(_) => Err(Failure::new(FailureClass::Timeout, late())),
-            Ok(Err(panic)) => Err(Failure::new(
+        match self.guests.run(call, limit).await {
+            Err(Ended::TimedOut) => Err(Failure::new(FailureClass::Timeout, late())),
+            Err(Ended::Panicked(panic)) => Err(Failure::new(
                 FailureClass::Trap,
                 format!("the host failed while running the tool: {panic}"),
             )),
-            Ok(Ok(r)) => r,
+            Ok(r) => r,
         }
     }
 }
