@@ -246,7 +246,15 @@ impl Breaker {
 
     /// Moves time-driven transitions forward: open -> half-open when the
     /// open time is over; a half-open probe past its timeout fails.
+    #[inline]
     fn expire(&mut self, now: Instant) {
+        if !matches!(self.state, State::Closed) {
+            self.expire_open(now);
+        }
+    }
+
+    #[inline(never)]
+    fn expire_open(&mut self, now: Instant) {
         if let State::Open { until } = self.state {
             if now >= until {
                 self.state = State::HalfOpen {
@@ -295,6 +303,7 @@ impl Breaker {
     }
 
     /// Asks to call the target now.
+    #[inline]
     pub fn acquire(&mut self, now: Instant) -> Result<Permit, Rejected> {
         self.expire(now);
         let probes_allowed = self.policy.half_open_probes as usize;
@@ -332,7 +341,20 @@ impl Breaker {
     /// Reports how the permitted call went. `failed` is true only for
     /// failures that count for the breaker (see
     /// [`crate::FailureClass::counts_for_breaker`]).
+    #[inline]
     pub fn record(&mut self, permit: Permit, failed: bool, now: Instant) {
+        // The path nearly every call takes, inline: a success while closed
+        // counts and ends the streak; the rest is out of line.
+        if permit.probe.is_none() && !failed && matches!(self.state, State::Closed) {
+            self.count(false, now);
+            self.consecutive = 0;
+            return;
+        }
+        self.record_rest(permit, failed, now);
+    }
+
+    #[inline(never)]
+    fn record_rest(&mut self, permit: Permit, failed: bool, now: Instant) {
         self.expire(now);
         if let Some(id) = permit.probe {
             let close_after = self.policy.close_after;
@@ -379,17 +401,30 @@ impl Breaker {
         (self.policy.window / BUCKETS as u32).max(Duration::from_millis(1))
     }
 
+    #[inline]
     fn count(&mut self, failed: bool, now: Instant) {
         let fresh = |b: &Bucket| b.until.is_some_and(|u| now < u);
         let idx = if fresh(&self.buckets[self.current]) {
-            Some(self.current)
+            self.current
         } else {
-            self.buckets.iter().position(fresh)
+            self.bucket_for(now)
         };
-        let idx = match idx {
+        let b = &mut self.buckets[idx];
+        if failed {
+            b.failed += 1;
+        } else {
+            b.ok += 1;
+        }
+    }
+
+    /// The bucket to count into when the last one used has ended: one
+    /// still current, or the oldest, reused for the new slice of time.
+    #[inline(never)]
+    fn bucket_for(&mut self, now: Instant) -> usize {
+        let fresh = |b: &Bucket| b.until.is_some_and(|u| now < u);
+        let i = match self.buckets.iter().position(fresh) {
             Some(i) => i,
             None => {
-                // Reuse the oldest bucket for the new slice of time.
                 let i = (0..BUCKETS)
                     .min_by_key(|&i| self.buckets[i].until)
                     .unwrap_or(0);
@@ -401,13 +436,8 @@ impl Breaker {
                 i
             }
         };
-        self.current = idx;
-        let b = &mut self.buckets[idx];
-        if failed {
-            b.failed += 1;
-        } else {
-            b.ok += 1;
-        }
+        self.current = i;
+        i
     }
 
     fn window_counts(&self, now: Instant) -> (u32, u32) {

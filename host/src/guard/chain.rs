@@ -19,6 +19,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::time::Instant;
 
+#[inline]
 fn lock(b: &SharedBreaker) -> std::sync::MutexGuard<'_, Breaker> {
     b.lock().unwrap_or_else(|p| p.into_inner())
 }
@@ -154,6 +155,7 @@ impl ChainTarget {
 
     /// Asks the breaker for a permit, first taking on what other processes
     /// wrote when a read is due.
+    #[inline]
     fn admit(&self, b: &SharedBreaker, now: Instant) -> Result<Permit, Rejected> {
         let mut guard = lock(b);
         if let Some(sync) = &self.sync {
@@ -187,6 +189,7 @@ impl ChainTarget {
     }
 
     /// Writes an open or close for other processes, with the lock released.
+    #[inline]
     fn share(&self, b: &SharedBreaker, mut guard: std::sync::MutexGuard<'_, Breaker>) {
         let change = guard.take_change();
         drop(guard);
@@ -197,6 +200,7 @@ impl ChainTarget {
 
     /// Reports an attempt's result to the breaker; its state after goes
     /// in the attempt's span (read only when the span is on).
+    #[inline]
     fn record(
         &self,
         b: &SharedBreaker,
@@ -222,6 +226,17 @@ pub struct ChainRunner<'a> {
     pub rng: &'a Mutex<StdRng>,
     /// Longest failure message kept (longer ones are cut, marked).
     pub max_message: usize,
+}
+
+/// `now - started`, without the subtraction when the clock was never read
+/// again (a rejected or out-of-time first attempt).
+#[inline]
+fn since(started: Instant, now: Instant) -> Duration {
+    if now == started {
+        Duration::ZERO
+    } else {
+        now - started
+    }
 }
 
 fn millis(d: Duration) -> u64 {
@@ -275,7 +290,7 @@ impl ChainRunner<'_> {
                         ),
                     );
                     let record = Attempt::failed(name, attempt, &f, 0, Next::Stop);
-                    return self.out_of_time(now - started, key, attempts, record, f, &span);
+                    return self.out_of_time(since(started, now), key, attempts, record, f, &span);
                 }
                 let admitted = t.breaker.as_ref().map(|b| t.admit(b, now));
                 let permit = match admitted {
@@ -352,7 +367,7 @@ impl ChainRunner<'_> {
                         "call deadline passed while waiting for a bulkhead slot",
                     );
                     let record = Attempt::failed(name, attempt, &f, 0, Next::Stop);
-                    return self.out_of_time(now - started, key, attempts, record, f, &span);
+                    return self.out_of_time(since(started, now), key, attempts, record, f, &span);
                 }
                 all_open = false;
                 let mut timeout = t.target.timeout().min(remaining);
@@ -476,7 +491,13 @@ impl ChainRunner<'_> {
                     Decision::Stop(reason) => {
                         trace_attempt(&span, &record);
                         attempts.push(record);
-                        return self.failed(now - started, key, attempts, failure, Some(reason));
+                        return self.failed(
+                            since(started, now),
+                            key,
+                            attempts,
+                            failure,
+                            Some(reason),
+                        );
                     }
                 }
             }
@@ -502,7 +523,7 @@ impl ChainRunner<'_> {
                 ..last
             }
         };
-        self.failed(now - started, key, attempts, summary, Some(reason))
+        self.failed(since(started, now), key, attempts, summary, Some(reason))
     }
 
     /// `elapsed` comes from the last clock read of the call: reading the
@@ -557,10 +578,15 @@ impl ChainRunner<'_> {
 }
 
 /// Fills in an attempt's span and logs a failed attempt inside it.
+#[inline]
 fn trace_attempt(span: &tracing::Span, a: &Attempt) {
-    if span.is_disabled() {
-        return;
+    if !span.is_disabled() {
+        trace_enabled(span, a);
     }
+}
+
+#[inline(never)]
+fn trace_enabled(span: &tracing::Span, a: &Attempt) {
     span.record("class", a.class.as_str());
     span.record("then", a.then.as_str());
     span.record("delay_ms", a.delay_ms);
