@@ -16,7 +16,8 @@ void exports_tool_describe(tool_tool_info_t *ret) {
           "{\"type\":\"object\",\"properties\":{\"say\":{\"type\":\"string\"},"
           "\"fail\":{\"type\":\"string\"},\"message\":{\"type\":\"string\"},"
           "\"retry_after_ms\":{\"type\":\"integer\",\"minimum\":0},"
-          "\"until_attempt\":{\"type\":\"integer\",\"minimum\":1}}}");
+          "\"until_attempt\":{\"type\":\"integer\",\"minimum\":1},"
+          "\"raise\":{\"type\":\"string\"}}}");
   ret->output_schema.is_some = false;
   ret->effect = BACKSTOP_TOOL_TYPES_EFFECT_READ_ONLY;
 }
@@ -63,6 +64,14 @@ bool exports_tool_invoke(tool_string_t *input, tool_output_t *ret, tool_tool_err
 
   backstop_tool_host_call_context_t ctx;
   backstop_tool_host_context(&ctx);
+
+  /* `raise` writes to stderr and aborts: how a C tool's bug looks to the
+   * host. */
+  char *raise = NULL;
+  if (json_get_string(json, len, "raise", &raise, &n) == JSON_FOUND) {
+    fprintf(stderr, "echo_c: %s\n", raise);
+    abort();
+  }
 
   int r = json_get_string(json, len, "fail", &fail, &n);
   if (r == JSON_MALFORMED) { ok = invalid(err, "input is not a JSON object"); goto done; }

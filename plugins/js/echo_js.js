@@ -18,6 +18,7 @@ export function describe() {
         message: { type: "string" },
         retry_after_ms: { type: "integer", minimum: 0 },
         until_attempt: { type: "integer", minimum: 1 },
+        raise: { type: "string" },
       },
     }),
     outputSchema: undefined,
@@ -30,6 +31,10 @@ function fail(tag, val) {
   throw { tag, val };
 }
 
+function explode(message) {
+  throw new Error(message);
+}
+
 export function invoke(input) {
   let args;
   try {
@@ -40,6 +45,8 @@ export function invoke(input) {
   if (args === null || typeof args !== "object" || Array.isArray(args)) {
     fail("invalid-input", "input is not a JSON object");
   }
+  // `raise` throws an Error: how a JavaScript tool's bug looks to the host.
+  if (args.raise !== undefined) explode(String(args.raise));
   const ctx = context();
   // With `until_attempt`, fail only on earlier attempts: the success then
   // shows which attempt the host says this is.

@@ -384,6 +384,37 @@ async fn trap_of_a_read_only_tool_is_retried_then_falls_back() {
     assert_eq!(o.served_by.as_deref(), Some("backup"));
 }
 
+/// A tool that writes far more to stderr than the host keeps is not failed
+/// for it (a refusing stream made Rust's `eprintln!` panic at 16 KiB), and
+/// when it then panics, the end of its stderr, where the panic is, is kept.
+#[tokio::test]
+async fn stderr_chatter_is_kept_by_its_end_and_fails_nothing() {
+    let (_d, b) = setup().await;
+    let o = b
+        .call("flaky", json!({"mode": "stderr-flood", "bytes": 200_000}))
+        .await
+        .unwrap();
+    assert!(o.ok, "{o}");
+    let o = b
+        .call(
+            "main",
+            json!({"flaky": {"mode": "stderr-flood", "bytes": 200_000, "then": "panic"}}),
+        )
+        .await
+        .unwrap();
+    let first = &o.attempts[0];
+    assert_eq!(first.class.as_str(), "trap", "{o}");
+    assert!(
+        first.message.contains("panicked at fault/src/lib.rs:")
+            && first
+                .message
+                .contains("fault tool panicked after its chatter"),
+        "{:?}",
+        first.message
+    );
+    assert!(first.message.len() < 4096, "{}", first.message.len());
+}
+
 #[tokio::test]
 async fn half_open_admits_one_probe_then_closes() {
     let (_d, b) = setup().await;

@@ -32,6 +32,10 @@ breaker = {{ consecutive_failures = 0, failure_rate = 0.0 }}
 [chains.retrying]
 targets = ["echo"]
 retry = {{ attempts = 3 }}
+
+[chains.once]
+targets = ["echo"]
+retry = {{ attempts = 1 }}
 {extra}"#
     );
     let b = load(dir.path(), &config).await;
@@ -128,6 +132,42 @@ async fn conformance(b: &Backstop, language: &str) {
         "{language}: {:?}",
         o.attempts[0]
     );
+
+    // A bug in the tool (a panic, an uncaught exception, an abort) is a
+    // trap whose message is the tool's own explanation, not its runtime's
+    // boilerplate.
+    let o = b
+        .call("once", json!({ "raise": "bad unit: parsec" }))
+        .await
+        .unwrap();
+    let err = o.error.as_ref().unwrap();
+    assert_eq!(err.class, FailureClass::Trap, "{language}: {o}");
+    let want: &[&str] = match language {
+        "rust" => &["panicked at echo_rs/src/lib.rs:", ": bad unit: parsec"],
+        "python" => &["ValueError: bad unit: parsec", "line ", "in explode"],
+        "javascript" => &["uncaught Error: bad unit: parsec"],
+        "c" => &["echo_c: bad unit: parsec"],
+        other => panic!("no expectation for {other}"),
+    };
+    for w in want {
+        assert!(
+            err.message.contains(w),
+            "{language}: wants {w:?} in {:?}",
+            err.message
+        );
+    }
+    for boilerplate in [
+        "RUST_BACKTRACE",
+        "Python function threw an unexpected exception",
+        "mozalloc_abort",
+        "invalid variant tag",
+    ] {
+        assert!(
+            !err.message.contains(boilerplate),
+            "{language}: {:?}",
+            err.message
+        );
+    }
 
     // Input the tool rejects.
     for input in [json!([1, 2]), json!({ "fail": "no-such-case" })] {

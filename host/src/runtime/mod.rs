@@ -6,6 +6,7 @@ mod bindings;
 mod fs_guard;
 mod guests;
 mod state;
+mod stderr;
 mod tool;
 
 use crate::config::{Config, EngineConfig, Location};

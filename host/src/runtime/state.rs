@@ -2,20 +2,21 @@
 //! its outbound-HTTP gate, its memory limiter and the call's context.
 
 use super::bindings::{self, CallContext, Level};
+use super::stderr::TailPipe;
 use crate::config::{Origin, ToolConfig};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::time::Instant;
 use wasmtime::component::ResourceTable;
 use wasmtime::ResourceLimiter;
-use wasmtime_wasi::p2::pipe::MemoryOutputPipe;
 use wasmtime_wasi::{FsPerms, WasiCtx, WasiCtxView, WasiView};
 use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpHooks, WasiHttpView};
 
 /// Most log records one call may write; more are dropped (counted once).
 const MAX_LOGS: u32 = 1000;
 const MAX_LOG_TEXT: usize = 4096;
-/// Bytes of a tool's stderr kept to explain a trap (a panic message).
+/// Bytes of a tool's stderr kept to explain a trap: the end of it, where
+/// a panic message or a traceback is.
 pub const STDERR_CAPACITY: usize = 16 * 1024;
 
 /// The call being served.
@@ -121,7 +122,7 @@ impl HostState {
         tool: &ToolConfig,
         origins: Arc<Vec<Origin>>,
         call: CallInfo,
-        stderr: MemoryOutputPipe,
+        stderr: TailPipe,
     ) -> anyhow::Result<Self> {
         let mut b = WasiCtx::builder();
         b.stderr(stderr);

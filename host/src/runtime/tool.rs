@@ -5,6 +5,7 @@
 use super::bindings::{self, ToolPre, WitEffect};
 use super::guests::{Ended, GuestPool};
 use super::state::{far_deadline, CallInfo, HostState, STDERR_CAPACITY};
+use super::stderr::{self, TailPipe};
 use super::{CompileSource, LoadError, Runtime};
 use crate::config::{Origin, ToolConfig};
 use crate::outcome::{Effect, Failure, FailureClass};
@@ -15,7 +16,6 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::time::Instant;
 use wasmtime::{Store, Trap};
-use wasmtime_wasi::p2::pipe::MemoryOutputPipe;
 
 /// What a tool says about itself (`describe`), with schemas parsed.
 #[derive(Clone, Debug, Serialize)]
@@ -313,8 +313,8 @@ impl WasmTool {
 }
 
 impl ToolCore {
-    fn store(&self, call: CallInfo) -> Result<(Store<HostState>, MemoryOutputPipe), Failure> {
-        let stderr = MemoryOutputPipe::new(STDERR_CAPACITY);
+    fn store(&self, call: CallInfo) -> Result<(Store<HostState>, TailPipe), Failure> {
+        let stderr = TailPipe::new(STDERR_CAPACITY);
         let state = HostState::new(&self.config, self.origins.clone(), call, stderr.clone())
             .map_err(|e| Failure::new(FailureClass::Unavailable, format!("{e:#}")))?;
         let mut store = Store::new(&self.engine, state);
@@ -466,27 +466,13 @@ fn classify_tool_error(e: bindings::ToolError) -> Failure {
 fn classify_trap(
     e: wasmtime::Error,
     store: &Store<HostState>,
-    stderr: &MemoryOutputPipe,
+    stderr: &TailPipe,
     timeout: Duration,
 ) -> Failure {
-    let said = String::from_utf8_lossy(&stderr.contents())
-        .trim()
-        .to_string();
-    let tail: String = said
-        .lines()
-        .rev()
-        .take(3)
-        .collect::<Vec<_>>()
-        .into_iter()
-        .rev()
-        .collect::<Vec<_>>()
-        .join(" | ");
-    let with_tail = |m: String| {
-        if tail.is_empty() {
-            m
-        } else {
-            format!("{m}; stderr: {tail}")
-        }
+    let said = stderr::explain(&stderr.contents().0);
+    let with_tail = |m: String| match &said {
+        None => m,
+        Some(said) => format!("{m}; the tool said: {said}"),
     };
     // The host's instance pool being full says nothing about the guest.
     if e.chain()

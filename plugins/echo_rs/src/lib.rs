@@ -31,6 +31,7 @@ impl Guest for Echo {
                     "message": {"type": "string"},
                     "retry_after_ms": {"type": "integer", "minimum": 0},
                     "until_attempt": {"type": "integer", "minimum": 1},
+                    "raise": {"type": "string"},
                 }
             })
             .to_string(),
@@ -45,6 +46,10 @@ impl Guest for Echo {
         let args = args
             .as_object()
             .ok_or_else(|| invalid("input is not a JSON object"))?;
+        // `raise` panics: how a Rust tool's bug looks to the host.
+        if let Some(m) = args.get("raise").and_then(Value::as_str) {
+            panic!("{m}");
+        }
         let ctx = context();
         // With `until_attempt`, fail only on earlier attempts: the success
         // then shows which attempt the host says this is.

@@ -19,7 +19,8 @@ const SCHEMA: &str = r#"{
   "properties": {
     "mode": {"enum": ["echo", "fail", "sleep", "spin", "alloc", "trap", "panic",
                       "read", "env", "context", "bad-json", "record",
-                      "recurse", "connect", "big-output", "bad-utf8", "log-flood"]},
+                      "recurse", "connect", "big-output", "bad-utf8", "log-flood",
+                      "stderr-flood"]},
     "class": {"enum": ["invalid-input", "transient", "rate-limited", "unavailable",
                        "permanent", "needs-human"]},
     "times": {"type": "integer", "minimum": 0,
@@ -31,7 +32,9 @@ const SCHEMA: &str = r#"{
     "repeat": {"type": "integer", "minimum": 0, "description": "mode fail: copies of message"},
     "key": {"type": "string"},
     "value": {},
-    "confidence": {"type": "number"}
+    "confidence": {"type": "number"},
+    "bytes": {"type": "integer", "minimum": 0, "description": "mode stderr-flood: how much"},
+    "then": {"enum": ["echo", "panic"], "description": "mode stderr-flood: what after"}
   },
   "required": ["mode"]
 }"#;
@@ -245,6 +248,17 @@ impl Guest for Fault {
                 }
                 log(Level::Error, "many fields", &fields);
                 ok(json!("flooded"), confidence)
+            }
+            "stderr-flood" => {
+                // `bytes` of chatter on stderr, then `then`: "panic" or an echo.
+                let line = "z".repeat(99);
+                for _ in 0..input["bytes"].as_u64().unwrap_or(100_000) / 100 {
+                    eprintln!("{line}");
+                }
+                if input["then"] == "panic" {
+                    panic!("fault tool panicked after its chatter");
+                }
+                ok(echo(), confidence)
             }
             other => Err(invalid(format!("unknown mode `{other}`"))),
         }

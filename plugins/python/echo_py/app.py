@@ -17,6 +17,7 @@ INPUT_SCHEMA = {
         "message": {"type": "string"},
         "retry_after_ms": {"type": "integer", "minimum": 0},
         "until_attempt": {"type": "integer", "minimum": 1},
+        "raise": {"type": "string"},
     },
 }
 
@@ -28,6 +29,10 @@ ERRORS = {
     "permanent": types.ToolError_Permanent,
     "needs-human": types.ToolError_NeedsHuman,
 }
+
+
+def explode(message: str) -> None:
+    raise ValueError(message)
 
 
 class WitWorld(wit_world.WitWorld):
@@ -48,6 +53,10 @@ class WitWorld(wit_world.WitWorld):
         if not isinstance(args, dict):
             raise Err(types.ToolError_InvalidInput("input is not a JSON object"))
 
+        # `raise` raises an unexpected exception: how a Python tool's bug
+        # looks to the host.
+        if "raise" in args:
+            explode(args["raise"])
         ctx = host.context()
         kind = args.get("fail")
         # With `until_attempt`, fail only on earlier attempts: the success
