@@ -9,6 +9,7 @@ mod demo;
 mod escalations;
 mod guards;
 mod hostile;
+mod input;
 mod languages;
 mod layers;
 mod loading;

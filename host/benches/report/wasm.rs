@@ -101,6 +101,8 @@ fn echo_backstop(rt: &tokio::runtime::Runtime, root: &Path) -> Backstop {
 }
 
 pub struct Figures {
+    /// Checking a call's input against the tool's declared schema.
+    pub input_check: Spread,
     pub bare: Spread,
     pub guarded: Spread,
     pub invoke: Spread,
@@ -133,6 +135,11 @@ pub fn measure(root: &Path, samples: usize, n: u64, seconds: u64) -> Figures {
         attempt: 1,
         timeout: Duration::from_secs(5),
     };
+    let input_check = per_op(samples, n * 50, || {
+        for _ in 0..n * 50 {
+            std::hint::black_box(tool.check_input(std::hint::black_box(&input))).unwrap();
+        }
+    });
     let invoke = per_op(samples, n, || {
         rt.block_on(async {
             for _ in 0..n {
@@ -179,6 +186,7 @@ pub fn measure(root: &Path, samples: usize, n: u64, seconds: u64) -> Figures {
     let throughput_noop_wasm = throughput("echo", serde_json::json!({}));
     let throughput = throughput("echo", input.clone());
     Figures {
+        input_check,
         bare,
         guarded,
         invoke,
@@ -191,8 +199,14 @@ pub fn measure(root: &Path, samples: usize, n: u64, seconds: u64) -> Figures {
 /// The wasm paths counted in instructions (`BENCH_CALLGRIND=PATH:N`), or
 /// run for a profiler (`BENCH_ONLY=PATH BENCH_N=N`): the bare call, the
 /// bare call then parsing its output as the host does, `WasmTool::invoke`,
-/// and `Backstop::call`.
-pub const PATHS: [&str; 4] = ["bare-wasm", "bare-wasm-parse", "invoke", "call-wasm"];
+/// `Backstop::call`, and the input check alone.
+pub const PATHS: [&str; 5] = [
+    "bare-wasm",
+    "bare-wasm-parse",
+    "invoke",
+    "call-wasm",
+    "check-input",
+];
 
 /// Runs `n` calls of one of [`PATHS`] and nothing else.
 pub fn spin(root: &Path, path: &str, n: u64) {
@@ -223,6 +237,9 @@ pub fn spin(root: &Path, path: &str, n: u64) {
                 }
                 "invoke" => {
                     std::hint::black_box(tool.invoke(text.clone(), &ctx).await.unwrap());
+                }
+                "check-input" => {
+                    std::hint::black_box(tool.check_input(std::hint::black_box(&input))).unwrap();
                 }
                 "call-wasm" => {
                     assert!(b.call("echo", input.clone()).await.unwrap().ok);

@@ -90,6 +90,8 @@ pub struct ToolConfig {
     pub bulkhead: BulkheadPolicy,
     /// `Some` when the TOML says; otherwise irreversible tools need it.
     pub approval: Option<bool>,
+    /// Whether a call's input is checked against the declared schema.
+    pub validate_input: bool,
     retry: RetrySpec,
 }
 

@@ -242,6 +242,9 @@ pub struct ToolSpec {
     pub breaker: Option<BreakerSpec>,
     /// Calls need a person's approval first (default: irreversible tools).
     pub approval: Option<bool>,
+    /// Check each call's input against the schema the tool declares,
+    /// before the tool runs (default true).
+    pub validate_input: Option<bool>,
     /// Calls of this tool running at once (its bulkhead).
     #[serde(default, deserialize_with = "concurrency")]
     pub max_concurrent: Option<u32>,

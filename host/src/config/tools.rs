@@ -109,6 +109,7 @@ impl Loader<'_> {
             breaker: resolve_breaker(&defaults.breaker, spec.breaker.as_ref()),
             bulkhead: bulkhead(spec.max_concurrent, spec.max_queue, defaults),
             approval: spec.approval,
+            validate_input: spec.validate_input.unwrap_or(true),
             retry: spec.retry.clone().unwrap_or_default(),
         })
     }

@@ -38,6 +38,9 @@ pub enum Reconciled {
 
 pub struct WasmTool {
     description: ToolDescription,
+    /// The declared input schema, compiled at load; `None` when the
+    /// config turned the check off.
+    input_schema: Option<jsonschema::Validator>,
     effect: Effect,
     digest: String,
     source: CompileSource,
@@ -134,6 +137,7 @@ impl WasmTool {
             output_schema: std::sync::OnceLock::new(),
         });
         let mut tool = WasmTool {
+            input_schema: None,
             description: ToolDescription {
                 name: String::new(),
                 description: String::new(),
@@ -177,7 +181,10 @@ impl WasmTool {
             Ok::<_, LoadError>((value, compiled))
         };
         let declared = Effect::from(info.effect);
-        let (input_schema, _) = schema("input schema", &info.input_schema)?;
+        let (input_schema, input_check) = schema("input schema", &info.input_schema)?;
+        if config.validate_input {
+            tool.input_schema = Some(input_check);
+        }
         let output = info
             .output_schema
             .as_deref()
@@ -272,6 +279,42 @@ impl WasmTool {
         let call = Box::pin(async move { core.describe(timeout).await });
         self.guarded(timeout, || "describe did not return in time", call)
             .await
+    }
+
+    /// Checks `input` against the declared input schema (unless the config
+    /// turned that off): a violation is `invalid-input` naming where, and
+    /// the tool is not started.
+    pub fn check_input(&self, input: &serde_json::Value) -> Result<(), Failure> {
+        let Some(v) = &self.input_schema else {
+            return Ok(());
+        };
+        // The validator recurses in the value's depth: input deeper than
+        // any JSON text the host parses (serde_json stops at 128) is
+        // refused before it reaches it.
+        if depth_over(input, MAX_INPUT_DEPTH) {
+            return Err(Failure::new(
+                FailureClass::InvalidInput,
+                format!("input is nested deeper than {MAX_INPUT_DEPTH} levels"),
+            ));
+        }
+        match v.validate(input) {
+            Ok(()) => Ok(()),
+            Err(e) => {
+                let at = e.instance_path().to_string();
+                let at = if at.is_empty() {
+                    "the input".to_owned()
+                } else {
+                    format!("input at {at}")
+                };
+                Err(Failure::new(
+                    FailureClass::InvalidInput,
+                    format!(
+                        "{at} does not match the tool's input schema: {}",
+                        crate::outcome::clip(e.to_string().into(), 512)
+                    ),
+                ))
+            }
+        }
     }
 
     /// Runs one attempt in a fresh Store, which is dropped afterwards
@@ -439,6 +482,20 @@ impl ToolCore {
     }
 }
 
+/// Deepest input checked against a schema (serde_json's own parse limit).
+const MAX_INPUT_DEPTH: usize = 128;
+
+/// Whether `v` nests more than `left` arrays and objects deep. The
+/// recursion stops at `left`, so it is bounded whatever `v` is.
+fn depth_over(v: &serde_json::Value, left: usize) -> bool {
+    use serde_json::Value;
+    match v {
+        Value::Array(a) => left == 0 || a.iter().any(|c| depth_over(c, left - 1)),
+        Value::Object(o) => left == 0 || o.values().any(|c| depth_over(c, left - 1)),
+        _ => false,
+    }
+}
+
 fn preview(s: &str) -> String {
     let p: String = s.chars().take(80).collect();
     if p.len() < s.len() {
@@ -519,6 +576,9 @@ impl CallTarget for WasmTool {
     }
 
     fn call<'a>(&'a self, input: &'a serde_json::Value, ctx: &'a CallCtx) -> CallFuture<'a> {
+        if let Err(f) = self.check_input(input) {
+            return Box::pin(std::future::ready(Err(f)));
+        }
         Box::pin(async move { self.invoke(input.to_string(), ctx).await })
     }
 }

@@ -34,9 +34,10 @@ const SCHEMA: &str = r#"{
     "value": {},
     "confidence": {"type": "number"},
     "bytes": {"type": "integer", "minimum": 0, "description": "mode stderr-flood: how much"},
-    "then": {"enum": ["echo", "panic"], "description": "mode stderr-flood: what after"}
-  },
-  "required": ["mode"]
+    "then": {"enum": ["echo", "panic"], "description": "mode stderr-flood: what after"},
+    "mb": {"type": "integer", "minimum": 0, "description": "modes alloc, big-output: how many MiB"},
+    "addr": {"type": "string", "description": "mode connect: where to"}
+  }
 }"#;
 
 fn invalid(msg: impl Into<String>) -> ToolError {
