@@ -13,6 +13,8 @@ pub enum Error {
     Load(#[from] LoadError),
     #[error("unknown chain or tool `{name}`{hint}")]
     UnknownChain { name: String, hint: String },
+    #[error("no breaker `{name}`{hint}")]
+    UnknownBreaker { name: String, hint: String },
     #[error(transparent)]
     Run(#[from] crate::agent::RunError),
     #[error(transparent)]

@@ -411,9 +411,50 @@ impl Backstop {
             ) {
                 b.state = state;
                 b.retry_in_ms = retry_in.as_millis() as u64;
+                b.forced = self.breakers.forced(&b.target);
             }
         }
         out
+    }
+
+    /// An operator's `action` on `target`'s breaker (a tool or a model):
+    /// applied in this process at once and, through the state store, in
+    /// every process sharing it within [`crate::guard::shared::SYNC_EVERY`].
+    /// `by` (who did it) is kept with the state, cleaned of control
+    /// characters and cut to 128 characters. Returns the breaker after.
+    pub fn set_breaker(
+        &self,
+        target: &str,
+        action: crate::guard::Action,
+        by: &str,
+    ) -> Result<BreakerStatus, Error> {
+        let by = clean_actor(by);
+        if !self.breakers.set(target, action, &by)? {
+            let mut names: Vec<&str> = self.breakers.targets().collect();
+            names.sort_unstable();
+            return Err(Error::UnknownBreaker {
+                name: target.to_owned(),
+                hint: format!(" (breakers: {})", names.join(", ")),
+            });
+        }
+        let mut b = self
+            .breakers()
+            .into_iter()
+            .find(|b| b.target == target)
+            .expect("a breaker of the config");
+        b.set_by = Some(by);
+        Ok(b)
+    }
+}
+
+/// Who set a breaker, as it is kept: printable, at most 128 characters,
+/// never empty (an empty one would read as the breaker's own change).
+pub fn clean_actor(by: &str) -> String {
+    let s: String = by.chars().filter(|c| !c.is_control()).take(128).collect();
+    if s.trim().is_empty() {
+        "unknown".to_owned()
+    } else {
+        s
     }
 }
 

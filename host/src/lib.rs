@@ -41,7 +41,7 @@ pub mod webhook;
 
 pub use config::{Config, ConfigError};
 pub use error::Error;
-pub use host::Backstop;
+pub use host::{clean_actor, Backstop};
 pub use outcome::{
     Attempt, AttemptClass, CallError, Effect, EscalationReason, Failure, FailureClass, Next,
     Outcome,

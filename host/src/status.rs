@@ -5,7 +5,7 @@
 use crate::config::Config;
 use crate::escalation::Stats;
 use crate::guard::shared::remote;
-use crate::guard::{BreakerState, Remote};
+use crate::guard::{BreakerState, Forced, Remote};
 use crate::journal::RunRecord;
 use crate::store::{now_ms, BreakerRow, QueueError, Store, StoreError};
 use serde::Serialize;
@@ -30,19 +30,25 @@ pub fn stored_breakers(config: &Config, rows: Vec<BreakerRow>) -> Vec<BreakerSta
         .chain(config.models.keys())
         .map(|t| {
             let row = rows.get(t);
-            let (state, retry_in_ms) = match row.map(|r| remote(r, now)) {
+            let (state, retry_in_ms, forced) = match row.map(|r| remote(r, now)) {
                 Some(Remote::Open { remaining }) if !remaining.is_zero() => {
-                    (BreakerState::Open, remaining.as_millis() as u64)
+                    (BreakerState::Open, remaining.as_millis() as u64, None)
                 }
-                Some(Remote::Open { .. }) => (BreakerState::HalfOpen, 0),
-                _ => (BreakerState::Closed, 0),
+                Some(Remote::Open { .. }) => (BreakerState::HalfOpen, 0, None),
+                Some(Remote::Forced(Forced::Open)) => (BreakerState::Open, 0, Some(Forced::Open)),
+                Some(Remote::Forced(Forced::Closed)) => {
+                    (BreakerState::Closed, 0, Some(Forced::Closed))
+                }
+                _ => (BreakerState::Closed, 0, None),
             };
             BreakerStatus {
                 target: t.clone(),
                 state,
+                forced,
                 retry_in_ms,
                 opened: row.map_or(0, |r| r.opened),
                 changed_at: row.map(|r| r.updated_at),
+                set_by: row.map(|r| r.set_by.clone()).filter(|b| !b.is_empty()),
             }
         })
         .collect();
@@ -95,10 +101,27 @@ impl Status {
 pub struct BreakerStatus {
     pub target: String,
     pub state: BreakerState,
+    /// Held there by an operator until a reset.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub forced: Option<Forced>,
     /// Until it admits a call (0 when it would now).
     pub retry_in_ms: u64,
     /// Times opened, by every process sharing the store.
     pub opened: u64,
     /// When it last opened or closed (Unix ms), if ever.
     pub changed_at: Option<i64>,
+    /// Who last set it by hand, when that was the last change.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub set_by: Option<String>,
+}
+
+impl BreakerStatus {
+    /// `open`, `half-open`, `closed`, or `forced-open` / `forced-closed`.
+    pub fn state_text(&self) -> &'static str {
+        match self.forced {
+            Some(Forced::Open) => "forced-open",
+            Some(Forced::Closed) => "forced-closed",
+            None => self.state.as_str(),
+        }
+    }
 }

@@ -1,6 +1,7 @@
 //! End-to-end tests: real components built from `plugins/`, a real engine,
 //! real HTTP on 127.0.0.1, the real `backstop` binary.
 
+mod breakers;
 mod cli;
 mod common;
 mod containment;

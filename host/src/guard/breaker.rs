@@ -112,7 +112,26 @@ pub enum Remote {
         remaining: Duration,
     },
     Closed,
+    /// An operator reset it: closed, failure counts cleared, not forced.
+    Reset,
+    /// An operator forced it, until the next reset.
+    Forced(Forced),
 }
+
+/// A state an operator holds a breaker in (`backstop breakers`, the API)
+/// until they reset it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Forced {
+    /// Every call refused, no probes.
+    Open,
+    /// Every call admitted; failures do not open it.
+    Closed,
+}
+
+/// Far enough away to be never, near enough that `Instant` arithmetic
+/// cannot overflow.
+const NEVER: Duration = Duration::from_secs(100 * 365 * 24 * 3600);
 
 #[derive(Debug)]
 pub struct Breaker {
@@ -133,6 +152,7 @@ pub struct Breaker {
     /// Another process holds the half-open probe until then: this one
     /// admits none meanwhile.
     probing_elsewhere: Option<Instant>,
+    forced: Option<Forced>,
 }
 
 impl Breaker {
@@ -149,6 +169,7 @@ impl Breaker {
             next_sync: None,
             seen_version: 0,
             probing_elsewhere: None,
+            forced: None,
         }
     }
 
@@ -216,7 +237,48 @@ impl Breaker {
                     self.close();
                 }
             }
+            Remote::Reset => self.reset(),
+            Remote::Forced(f) => self.force(f, now),
         }
+    }
+
+    /// An operator's reset: closed, counts cleared, no longer forced. The
+    /// operator's path writes it to the store (not [`Breaker::take_change`]).
+    pub fn reset(&mut self) {
+        self.forced = None;
+        if matches!(self.state, State::Closed) {
+            self.consecutive = 0;
+            self.buckets = [Bucket::default(); BUCKETS];
+        } else {
+            self.close();
+        }
+    }
+
+    /// Holds the breaker open or closed, as an operator asked, until
+    /// [`Breaker::reset`].
+    pub fn force(&mut self, f: Forced, now: Instant) {
+        match f {
+            Forced::Open => {
+                if !matches!(self.state, State::Open { .. }) {
+                    self.transitions.open += 1;
+                }
+                self.probing_elsewhere = None;
+                self.state = State::Open { until: now + NEVER };
+                self.consecutive = 0;
+                self.buckets = [Bucket::default(); BUCKETS];
+            }
+            Forced::Closed => {
+                if !matches!(self.state, State::Closed) {
+                    self.close();
+                }
+            }
+        }
+        self.forced = Some(f);
+    }
+
+    /// The state an operator holds it in, if any.
+    pub fn forced(&self) -> Option<Forced> {
+        self.forced
     }
 
     fn close(&mut self) {
@@ -289,6 +351,7 @@ impl Breaker {
         self.expire(now);
         match &self.state {
             State::Closed => Duration::ZERO,
+            State::Open { .. } if self.forced.is_some() => self.policy.open_for,
             State::Open { until } => until.duration_since(now),
             State::HalfOpen { probes, .. }
                 if (probes.len() as u32) < self.policy.half_open_probes =>
@@ -310,7 +373,13 @@ impl Breaker {
         match &mut self.state {
             State::Closed => Ok(Permit { probe: None }),
             State::Open { until } => Err(Rejected {
-                retry_in: until.duration_since(now),
+                // Forced open has no end to count down to: say when to look
+                // again, as an open breaker would.
+                retry_in: if self.forced.is_some() {
+                    self.policy.open_for
+                } else {
+                    until.duration_since(now)
+                },
                 state: BreakerState::Open,
             }),
             State::HalfOpen { .. } if self.probing_elsewhere.is_some_and(|u| now < u) => {
@@ -355,6 +424,9 @@ impl Breaker {
 
     #[inline(never)]
     fn record_rest(&mut self, permit: Permit, failed: bool, now: Instant) {
+        if self.forced.is_some() {
+            return; // held by an operator: results change nothing
+        }
         self.expire(now);
         if let Some(id) = permit.probe {
             let close_after = self.policy.close_after;
@@ -640,5 +712,47 @@ mod tests {
         assert_eq!(b.take_change(), None);
         assert_eq!(b.transitions().open, 1);
         assert_eq!(b.transitions().closed, 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn forced_states_hold_until_a_reset() {
+        let mut b = Breaker::new(policy());
+        let t = Instant::now();
+        // Forced open: refused with the open time as the hint, past any
+        // open time, and no probe ever.
+        b.force(Forced::Open, t);
+        let later = t + Duration::from_secs(3600);
+        let r = b.acquire(later).unwrap_err();
+        assert_eq!(
+            (r.state, r.retry_in),
+            (BreakerState::Open, policy().open_for)
+        );
+        assert_eq!(b.state(later), BreakerState::Open);
+        assert_eq!(b.retry_in(later), policy().open_for);
+        assert_eq!(
+            b.take_change(),
+            None,
+            "an operator's change is shared by its own path"
+        );
+        // Forced closed: failures past every trigger change nothing.
+        b.force(Forced::Closed, later);
+        for _ in 0..10 {
+            call(&mut b, true, later);
+        }
+        assert_eq!(b.state(later), BreakerState::Closed);
+        assert_eq!(b.forced(), Some(Forced::Closed));
+        // A reset: normal again, counts from zero (two failures of three).
+        b.reset();
+        assert_eq!(b.forced(), None);
+        call(&mut b, true, later);
+        call(&mut b, true, later);
+        assert_eq!(b.state(later), BreakerState::Closed);
+        call(&mut b, true, later);
+        assert_eq!(b.state(later), BreakerState::Open);
+        // Learnt from another process the same way.
+        b.adopt(Remote::Forced(Forced::Open), later);
+        assert_eq!(b.forced(), Some(Forced::Open));
+        b.adopt(Remote::Reset, later);
+        assert_eq!((b.forced(), b.state(later)), (None, BreakerState::Closed));
     }
 }

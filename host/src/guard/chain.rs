@@ -2,11 +2,11 @@
 //! with a breaker and a retry policy per target, and reports every attempt.
 
 use super::breaker::{
-    Breaker, BreakerPolicy, BreakerState, Permit, Rejected, SharedBreaker, Transitions,
+    Breaker, BreakerPolicy, BreakerState, Forced, Permit, Rejected, SharedBreaker, Transitions,
 };
 use super::bulkhead::{self, Bulkhead};
 use super::retry::{Decision, RetryPolicy};
-use super::shared::BreakerSync;
+use super::shared::{Action, BreakerSync};
 use crate::outcome::{
     Attempt, AttemptClass, Attempts, CallError, EscalationReason, Failure, FailureClass, Next,
     Outcome,
@@ -110,6 +110,45 @@ impl Breakers {
     /// How many times `target`'s breaker has opened.
     pub fn opened_times(&self, target: &str) -> u64 {
         self.with(target, |b| b.opened_times()).unwrap_or(0)
+    }
+
+    /// The state an operator holds `target`'s breaker in, if any.
+    pub fn forced(&self, target: &str) -> Option<Forced> {
+        let now = Instant::now();
+        self.refresh(target, now);
+        self.with(target, |b| b.forced()).flatten()
+    }
+
+    /// An operator's `action` on `target`'s breaker: applied here at once,
+    /// and written to the shared store (when there is one) for every other
+    /// process, saying `by` whom. `Ok(false)`: no such breaker.
+    pub fn set(
+        &self,
+        target: &str,
+        action: Action,
+        by: &str,
+    ) -> Result<bool, crate::store::StoreError> {
+        let Some(b) = self.map.get(target) else {
+            return Ok(false);
+        };
+        {
+            let mut guard = lock(b);
+            match action {
+                Action::Reset => guard.reset(),
+                Action::ForceOpen => guard.force(Forced::Open, Instant::now()),
+                Action::ForceClose => guard.force(Forced::Closed, Instant::now()),
+            }
+        }
+        tracing::warn!(
+            target_name = target,
+            by,
+            "breaker {} by hand",
+            action.as_str()
+        );
+        if let Some(sync) = &self.sync {
+            sync.set(target, b, action, by)?;
+        }
+        Ok(true)
     }
 }
 

@@ -24,9 +24,10 @@ pub mod shared;
 
 pub use backoff::{Backoff, Jitter};
 pub use breaker::{
-    Breaker, BreakerPolicy, BreakerState, Change, Permit, Rejected, Remote, SharedBreaker,
+    Breaker, BreakerPolicy, BreakerState, Change, Forced, Permit, Rejected, Remote, SharedBreaker,
     Transitions,
 };
 pub use bulkhead::{Bulkhead, BulkheadPolicy};
 pub use chain::{Breakers, ChainRunner, ChainTarget};
 pub use retry::{Decision, RetryPolicy};
+pub use shared::Action;

@@ -6,7 +6,7 @@
 //! on ([`Breaker::adopt`]). A breaker opened by a `backstop call` is thus
 //! open for the server running beside it, and after a restart.
 
-use super::breaker::{Breaker, Change, Remote, SharedBreaker};
+use super::breaker::{Breaker, Change, Forced, Remote, SharedBreaker};
 use crate::store::{BreakerRow, BreakerStore, RowState};
 use std::time::Duration;
 use tokio::time::Instant;
@@ -86,6 +86,23 @@ impl BreakerSync {
         })
     }
 
+    /// Writes an operator's `action` for the other processes (this one's
+    /// breaker already has it).
+    pub(crate) fn set(
+        &self,
+        target: &str,
+        breaker: &SharedBreaker,
+        action: Action,
+        by: &str,
+    ) -> Result<(), crate::store::StoreError> {
+        let version = self
+            .store
+            .set(target, action.row_state(), by, self.writer)?;
+        let mut b = lock(breaker);
+        b.seen_version = b.seen_version.max(version);
+        Ok(())
+    }
+
     /// Writes an open or a close for the other processes.
     pub(crate) fn push(&self, target: &str, breaker: &SharedBreaker, change: Change) {
         let open_until = match change {
@@ -109,11 +126,61 @@ impl BreakerSync {
 
 /// What a stored row means now.
 pub fn remote(row: &BreakerRow, now_ms: i64) -> Remote {
-    if row.state == RowState::Open {
-        Remote::Open {
+    match row.state {
+        RowState::Open => Remote::Open {
             remaining: Duration::from_millis(row.open_until.saturating_sub(now_ms).max(0) as u64),
-        }
-    } else {
-        Remote::Closed
+        },
+        RowState::ForcedOpen => Remote::Forced(Forced::Open),
+        RowState::ForcedClosed => Remote::Forced(Forced::Closed),
+        // A close by hand is a reset: counts cleared, whatever was forced
+        // let go.
+        RowState::Closed if !row.set_by.is_empty() => Remote::Reset,
+        RowState::Closed => Remote::Closed,
     }
+}
+
+/// What an operator does to a breaker.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Action {
+    /// Closed, counts cleared, no longer forced.
+    Reset,
+    ForceOpen,
+    ForceClose,
+}
+
+impl Action {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Action::Reset => "reset",
+            Action::ForceOpen => "force-open",
+            Action::ForceClose => "force-close",
+        }
+    }
+
+    fn row_state(self) -> RowState {
+        match self {
+            Action::Reset => RowState::Closed,
+            Action::ForceOpen => RowState::ForcedOpen,
+            Action::ForceClose => RowState::ForcedClosed,
+        }
+    }
+}
+
+/// Writes an operator's `action` on `target` to the store, for every
+/// process sharing it (each takes it on at its next read, within
+/// [`SYNC_EVERY`]); `by` says who. For a process without the breaker in
+/// memory, such as `backstop breakers`.
+pub fn set_in_store(
+    store: &dyn BreakerStore,
+    target: &str,
+    action: Action,
+    by: &str,
+) -> Result<i64, crate::store::StoreError> {
+    store.set(
+        target,
+        action.row_state(),
+        by,
+        rand::random::<i64>() & i64::MAX,
+    )
 }

@@ -132,7 +132,7 @@ impl IntoResponse for ApiError {
 impl From<Error> for ApiError {
     fn from(e: Error) -> Self {
         let status = match &e {
-            Error::UnknownChain { .. } => StatusCode::NOT_FOUND,
+            Error::UnknownChain { .. } | Error::UnknownBreaker { .. } => StatusCode::NOT_FOUND,
             Error::Run(r) => return ApiError::from_run(r, e.to_string()),
             Error::Store(s) => return ApiError::from(s),
             _ => StatusCode::INTERNAL_SERVER_ERROR,
@@ -352,6 +352,8 @@ pub fn router(backstop: Arc<Backstop>, token: Option<String>) -> Router {
         .route("/openapi.json", get(openapi))
         .route("/metrics", get(metrics))
         .route("/v1/status", get(status))
+        .route("/v1/breakers", get(breakers))
+        .route("/v1/breakers/{target}", post(set_breaker))
         .route("/v1/calls", post(call))
         .route("/v1/asks", post(ask))
         .route("/v1/runs", get(runs).post(start_run))
@@ -401,6 +403,32 @@ struct StatusQuery {
 async fn status(State(b): State<App>, q: Query<StatusQuery>) -> Api<Json<Value>> {
     let s = b.status(q.runs.unwrap_or(10)).await?;
     Ok(Json(serde_json::to_value(s).expect("status serializes")))
+}
+
+async fn breakers(State(b): State<App>) -> Json<Value> {
+    Json(json!({"breakers": crate::store::offload(|| b.breakers())}))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct BreakerBody {
+    action: crate::guard::Action,
+    #[serde(default = "api_actor")]
+    by: String,
+}
+
+fn api_actor() -> String {
+    "api".into()
+}
+
+async fn set_breaker(
+    State(b): State<App>,
+    Path(target): Path<String>,
+    JsonBody(req): JsonBody<BreakerBody>,
+) -> Api<Json<Value>> {
+    // The store write is a blocking SQLite statement.
+    let breaker = crate::store::offload(|| b.set_breaker(&target, req.action, &req.by))?;
+    Ok(Json(json!({ "breaker": breaker })))
 }
 
 async fn call(State(b): State<App>, JsonBody(req): JsonBody<CallBody>) -> Api<Json<Value>> {

@@ -138,12 +138,16 @@ pub trait Queue: Send + Sync {
 }
 
 /// A breaker's state as a row holds it: an open row whose `open_until`
-/// has passed is half-open.
+/// has passed is half-open. The forced states are an operator's, held
+/// until someone resets the breaker; the breakers' own writes never
+/// replace them.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "lowercase")]
+#[serde(rename_all = "kebab-case")]
 pub enum RowState {
     Open,
     Closed,
+    ForcedOpen,
+    ForcedClosed,
 }
 
 impl RowState {
@@ -151,6 +155,8 @@ impl RowState {
         match self {
             RowState::Open => "open",
             RowState::Closed => "closed",
+            RowState::ForcedOpen => "forced-open",
+            RowState::ForcedClosed => "forced-closed",
         }
     }
 }
@@ -168,6 +174,8 @@ pub struct BreakerRow {
     pub version: i64,
     pub writer: i64,
     pub updated_at: i64,
+    /// Who set it by hand last, when the last change was by hand.
+    pub set_by: String,
 }
 
 /// Breaker states shared by every process on one store.
@@ -179,8 +187,13 @@ pub trait BreakerStore: Send + Sync {
     /// the store holds no open state for the target.
     fn claim_probe(&self, target: &str, max: u32, for_ms: i64) -> Result<bool, StoreError>;
     /// Records that `target`'s breaker opened (until `open_until`, Unix
-    /// ms) or closed; returns the row's new version.
+    /// ms) or closed; returns the row's version after. A forced row is
+    /// left as it is.
     fn write(&self, target: &str, open_until: Option<i64>, writer: i64) -> Result<i64, StoreError>;
+    /// Sets `target`'s breaker by hand: `Closed` resets it, the forced
+    /// states hold until the next reset. `by` says who; returns the row's
+    /// new version.
+    fn set(&self, target: &str, state: RowState, by: &str, writer: i64) -> Result<i64, StoreError>;
 }
 
 /// Everything a host keeps in its state store.

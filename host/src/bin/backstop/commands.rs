@@ -18,6 +18,7 @@ pub async fn run(command: Command, config: &Path) -> anyhow::Result<ExitCode> {
     match command {
         Command::Check => check(config).await,
         Command::Status { json, runs } => status(config, json, runs).await,
+        Command::Breakers { action, json } => breakers(config, action, json).await,
         Command::Serve {
             listen,
             header_timeout,
@@ -657,6 +658,77 @@ async fn resolve(
     Ok(finish(&report))
 }
 
+/// Lists the breakers, or applies an operator's action to one, through the
+/// state store alone (no tool is loaded).
+async fn breakers(
+    config: &Path,
+    action: Option<crate::BreakerCommand>,
+    json: bool,
+) -> anyhow::Result<ExitCode> {
+    use crate::BreakerCommand as C;
+    use backstop::guard::Action;
+    let config = backstop::Config::from_file(config)?;
+    if let Some(action) = action {
+        let (target, action, by) = match action {
+            C::Reset { target, by } => (target, Action::Reset, by),
+            C::ForceOpen { target, by } => (target, Action::ForceOpen, by),
+            C::ForceClose { target, by } => (target, Action::ForceClose, by),
+        };
+        if !config.tools.contains_key(&target) && !config.models.contains_key(&target) {
+            let mut names: Vec<&str> = config
+                .tools
+                .keys()
+                .chain(config.models.keys())
+                .map(String::as_str)
+                .collect();
+            names.sort_unstable();
+            eprintln!(
+                "error: no breaker `{}` in {} (breakers: {})",
+                backstop::term::visible(&target),
+                config.path.display(),
+                names.join(", ")
+            );
+            return Ok(ExitCode::from(1));
+        }
+        let store = backstop::store::open(&config.state_path)?;
+        let by = backstop::clean_actor(&by);
+        backstop::guard::shared::set_in_store(store.breakers()?.as_ref(), &target, action, &by)?;
+        eprintln!(
+            "{}: {} by {}",
+            backstop::term::visible(&target),
+            action.as_str(),
+            backstop::term::visible(&by)
+        );
+    }
+    let s = backstop::status::Status::read(&config, 0).await?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&s.breakers)?);
+        return Ok(ExitCode::SUCCESS);
+    }
+    let mut out = std::io::stdout().lock();
+    writeln!(
+        out,
+        "{:<20} {:<14} {:>7}  {:<10} BY",
+        "TARGET", "STATE", "OPENED", "CHANGED"
+    )?;
+    for b in &s.breakers {
+        writeln!(
+            out,
+            "{:<20} {:<14} {:>7}  {:<10} {}",
+            backstop::term::visible(&b.target),
+            b.state_text(),
+            b.opened,
+            b.changed_at
+                .map(|t| format!("{} ago", age(t)))
+                .unwrap_or_else(|| "never".into()),
+            b.set_by
+                .as_deref()
+                .map_or_else(|| "-".into(), backstop::term::visible)
+        )?;
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
 async fn status(config: &Path, json: bool, runs: u32) -> anyhow::Result<ExitCode> {
     let config = backstop::Config::from_file(config)?;
     let s = backstop::status::Status::read(&config, runs).await?;
@@ -668,15 +740,15 @@ async fn status(config: &Path, json: bool, runs: u32) -> anyhow::Result<ExitCode
     writeln!(out, "BREAKERS")?;
     writeln!(
         out,
-        "  {:<20} {:<10} {:>10} {:>7}  CHANGED",
+        "  {:<20} {:<13} {:>10} {:>7}  CHANGED",
         "TARGET", "STATE", "RETRY IN", "OPENED"
     )?;
     for b in &s.breakers {
         writeln!(
             out,
-            "  {:<20} {:<10} {:>10} {:>7}  {}",
+            "  {:<20} {:<13} {:>10} {:>7}  {}",
             b.target,
-            b.state.as_str(),
+            b.state_text(),
             if b.retry_in_ms == 0 {
                 "-".to_string()
             } else {

@@ -148,6 +148,15 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Breakers: list them (with who last set one by hand), or reset one,
+    /// or hold one open or closed until a reset. Works beside a running
+    /// `backstop serve`, which takes the change on within 250 ms.
+    Breakers {
+        #[command(subcommand)]
+        action: Option<BreakerCommand>,
+        #[arg(long)]
+        json: bool,
+    },
     /// Run the offline demo on the embedded defaults.
     Demo {
         /// Where the built plugins are.
@@ -198,6 +207,37 @@ enum EscalationCommand {
         #[arg(long)]
         resume: bool,
     },
+}
+
+#[derive(Subcommand)]
+enum BreakerCommand {
+    /// Close it and clear its failure counts; a forced state is let go.
+    Reset {
+        target: String,
+        /// Who did it (kept with the state).
+        #[arg(long, default_value_t = default_actor())]
+        by: String,
+    },
+    /// Refuse every call of the target, with no probes, until a reset.
+    ForceOpen {
+        target: String,
+        #[arg(long, default_value_t = default_actor())]
+        by: String,
+    },
+    /// Admit every call of the target, failures or not, until a reset.
+    ForceClose {
+        target: String,
+        #[arg(long, default_value_t = default_actor())]
+        by: String,
+    },
+}
+
+/// `cli:` and the login name, when there is one.
+fn default_actor() -> String {
+    match std::env::var("USER").or_else(|_| std::env::var("LOGNAME")) {
+        Ok(u) if !u.is_empty() => format!("cli:{u}"),
+        _ => "cli".into(),
+    }
 }
 
 #[derive(Subcommand)]

@@ -19,11 +19,13 @@ impl rusqlite::types::ToSql for RowState {
 }
 
 impl rusqlite::types::FromSql for RowState {
-    /// Anything but `open` reads as closed: a damaged row must not hold a
+    /// Anything unknown reads as closed: a damaged row must not hold a
     /// breaker open.
     fn column_result(v: rusqlite::types::ValueRef<'_>) -> rusqlite::types::FromSqlResult<Self> {
         Ok(match v {
             rusqlite::types::ValueRef::Text(b"open") => RowState::Open,
+            rusqlite::types::ValueRef::Text(b"forced-open") => RowState::ForcedOpen,
+            rusqlite::types::ValueRef::Text(b"forced-closed") => RowState::ForcedClosed,
             _ => RowState::Closed,
         })
     }
@@ -34,7 +36,7 @@ pub struct SqliteBreakers {
     conn: Mutex<Connection>,
 }
 
-const COLUMNS: &str = "target, state, open_until, opened, version, writer, updated_at";
+const COLUMNS: &str = "target, state, open_until, opened, version, writer, updated_at, set_by";
 
 fn row(r: &rusqlite::Row<'_>) -> rusqlite::Result<BreakerRow> {
     Ok(BreakerRow {
@@ -45,6 +47,7 @@ fn row(r: &rusqlite::Row<'_>) -> rusqlite::Result<BreakerRow> {
         version: r.get(4)?,
         writer: r.get(5)?,
         updated_at: r.get(6)?,
+        set_by: r.get(7)?,
     })
 }
 
@@ -130,7 +133,12 @@ impl BreakerStore for SqliteBreakers {
                 |r| r.get(0),
             )
             .optional()?;
-        Ok(state != Some(RowState::Open))
+        // A forced-open row admits no probe; anything else not open
+        // leaves the probe to this process.
+        Ok(!matches!(
+            state,
+            Some(RowState::Open | RowState::ForcedOpen)
+        ))
     }
 
     /// Records that `target`'s breaker opened (until `open_until`, Unix
@@ -144,15 +152,47 @@ impl BreakerStore for SqliteBreakers {
                 state = excluded.state, open_until = excluded.open_until,
                 opened = opened + excluded.opened, version = version + 1,
                 writer = excluded.writer, updated_at = excluded.updated_at,
-                probes = 0, probe_until = 0
+                probes = 0, probe_until = 0, set_by = ''
+             WHERE breakers.state NOT IN ('forced-open', 'forced-closed')
              RETURNING version",
         )?;
         let (state, until, opened) = match open_until {
             Some(u) => (RowState::Open, u, 1),
             None => (RowState::Closed, 0, 0),
         };
-        Ok(stmt.query_row(
-            params![target, state, until, opened, writer, now_ms()],
+        let written = stmt
+            .query_row(
+                params![target, state, until, opened, writer, now_ms()],
+                |r| r.get(0),
+            )
+            .optional()?;
+        match written {
+            Some(version) => Ok(version),
+            // Forced by an operator: unchanged, at the version it has.
+            None => Ok(conn.query_row(
+                "SELECT version FROM breakers WHERE target = ?1",
+                [target],
+                |r| r.get(0),
+            )?),
+        }
+    }
+
+    fn set(&self, target: &str, state: RowState, by: &str, writer: i64) -> Result<i64, StoreError> {
+        let conn = self.lock();
+        let opened = i64::from(state == RowState::ForcedOpen);
+        Ok(conn.query_row(
+            "INSERT INTO breakers
+                (target, state, open_until, opened, version, writer, updated_at, set_by)
+             VALUES (?1, ?2, 0, ?3, 1, ?4, ?5, ?6)
+             ON CONFLICT (target) DO UPDATE SET
+                state = excluded.state, open_until = 0,
+                opened = opened + CASE WHEN breakers.state IN ('open', 'forced-open')
+                    THEN 0 ELSE excluded.opened END,
+                version = version + 1, writer = excluded.writer,
+                updated_at = excluded.updated_at, probes = 0, probe_until = 0,
+                set_by = excluded.set_by
+             RETURNING version",
+            params![target, state, opened, writer, now_ms(), by],
             |r| r.get(0),
         )?)
     }
@@ -178,5 +218,31 @@ mod tests {
         // A second connection (another process) sees the same row.
         let other = SqliteBreakers::open(dir.path().join("state.db")).unwrap();
         assert_eq!(other.all().unwrap(), vec![r]);
+    }
+
+    #[test]
+    fn a_forced_state_holds_against_the_breakers_own_writes_until_a_reset() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = SqliteBreakers::open(dir.path().join("state.db")).unwrap();
+        assert_eq!(s.set("t", RowState::ForcedOpen, "alice", 1).unwrap(), 1);
+        // Another process's breaker closing (or opening) changes nothing.
+        assert_eq!(s.write("t", None, 2).unwrap(), 1);
+        assert_eq!(s.write("t", Some(5_000), 2).unwrap(), 1);
+        let r = s.read("t").unwrap().unwrap();
+        assert_eq!(
+            (r.state, r.set_by.as_str(), r.opened),
+            (RowState::ForcedOpen, "alice", 1)
+        );
+        // A forced-open target admits no probe anywhere.
+        assert!(!s.claim_probe("t", 1, 1_000).unwrap());
+        // The reset is the operator's too, and then the breakers write again.
+        assert_eq!(s.set("t", RowState::Closed, "bob", 1).unwrap(), 2);
+        assert_eq!(s.read("t").unwrap().unwrap().set_by, "bob");
+        assert_eq!(s.write("t", Some(9_000), 2).unwrap(), 3);
+        let r = s.read("t").unwrap().unwrap();
+        assert_eq!((r.state, r.set_by.as_str()), (RowState::Open, ""));
+        s.set("t", RowState::ForcedClosed, "carol", 1).unwrap();
+        assert_eq!(s.write("t", Some(9_000), 2).unwrap(), 4);
+        assert_eq!(s.read("t").unwrap().unwrap().state, RowState::ForcedClosed);
     }
 }

@@ -80,6 +80,11 @@ const MIGRATIONS: &[&str] = &[
     ALTER TABLE breakers ADD COLUMN probes INTEGER NOT NULL DEFAULT 0;
     ALTER TABLE breakers ADD COLUMN probe_until INTEGER NOT NULL DEFAULT 0;
 ",
+    // Who last set a breaker by hand (`backstop breakers`, the API); empty
+    // when the breaker itself made the last change.
+    "
+    ALTER TABLE breakers ADD COLUMN set_by TEXT NOT NULL DEFAULT '';
+",
 ];
 
 /// A read-only connection. When even that cannot be had (SQLite must make

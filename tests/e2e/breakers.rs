@@ -1,0 +1,231 @@
+//! An operator's hand on the breakers: `backstop breakers` and
+//! `/v1/breakers` list them, reset one, or hold one open or closed until a
+//! reset, recording who did it; a running server takes a change made from
+//! the shell on within its sync interval.
+
+use crate::common::{serve, tempdir, write_config, PRELUDE};
+use serde_json::{json, Value};
+use std::path::Path;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+fn config() -> String {
+    format!(
+        r#"{PRELUDE}
+[tools.flaky]
+component = "{{plugins}}/fault.wasm"
+retry = {{ attempts = 1 }}
+breaker = {{ consecutive_failures = 1, open_for = "1h" }}
+"#
+    )
+}
+
+fn backstop(config: &Path, args: &[&str]) -> (i32, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_backstop"))
+        .arg("-c")
+        .arg(config)
+        .args(args)
+        .env_remove("USER")
+        .env_remove("LOGNAME")
+        .output()
+        .unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// The `flaky` breaker as `backstop breakers --json` shows it.
+fn listed(config: &Path) -> Value {
+    let (code, out, err) = backstop(config, &["breakers", "--json"]);
+    assert_eq!(code, 0, "{err}");
+    let all: Value = serde_json::from_str(&out).unwrap();
+    all.as_array().unwrap()[0].clone()
+}
+
+/// The class of a CLI call's only attempt.
+fn call(config: &Path, input: Value) -> String {
+    let (_, out, err) = backstop(
+        config,
+        &["call", "flaky", "--input", &input.to_string(), "--json"],
+    );
+    let o: Value = serde_json::from_str(&out).unwrap_or_else(|_| panic!("{out}{err}"));
+    o["attempts"][0]["class"].as_str().unwrap().to_owned()
+}
+
+fn fail() -> Value {
+    json!({"mode": "fail", "class": "unavailable"})
+}
+
+fn echo() -> Value {
+    json!({"mode": "echo"})
+}
+
+#[test]
+fn the_cli_resets_and_forces_a_breaker_and_says_who() {
+    let dir = tempdir();
+    let path = write_config(dir.path(), &config());
+    assert_eq!(call(&path, fail()), "unavailable");
+    let b = listed(&path);
+    assert_eq!(
+        (b["state"].as_str(), b["opened"].as_u64()),
+        (Some("open"), Some(1))
+    );
+    assert!(b.get("set_by").is_none(), "{b}: the breaker opened itself");
+    assert_eq!(call(&path, echo()), "circuit-open");
+
+    // A reset: closed, and the next call runs.
+    let (code, _, err) = backstop(&path, &["breakers", "reset", "flaky", "--by", "alice"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(err.contains("flaky: reset by alice"), "{err}");
+    let b = listed(&path);
+    assert_eq!(
+        (b["state"].as_str(), b["set_by"].as_str()),
+        (Some("closed"), Some("alice"))
+    );
+    assert_eq!(call(&path, echo()), "ok");
+
+    // Forced open: a healthy tool is refused; who did it defaults to the CLI.
+    let (code, _, _) = backstop(&path, &["breakers", "force-open", "flaky"]);
+    assert_eq!(code, 0);
+    let b = listed(&path);
+    assert_eq!(
+        (b["forced"].as_str(), b["set_by"].as_str()),
+        (Some("open"), Some("cli"))
+    );
+    assert_eq!(call(&path, echo()), "circuit-open");
+
+    // Forced closed: failures past the trigger do not open it. A name's
+    // control characters are not kept.
+    let (code, _, _) = backstop(
+        &path,
+        &["breakers", "force-close", "flaky", "--by", "bob\u{1b}[31m"],
+    );
+    assert_eq!(code, 0);
+    for _ in 0..3 {
+        assert_eq!(call(&path, fail()), "unavailable");
+    }
+    let b = listed(&path);
+    assert_eq!(
+        (b["forced"].as_str(), b["set_by"].as_str()),
+        (Some("closed"), Some("bob[31m"))
+    );
+    let (_, table, _) = backstop(&path, &["breakers"]);
+    assert!(
+        table.contains("forced-closed") && table.contains("bob[31m"),
+        "{table}"
+    );
+
+    // After a reset the breaker is itself again: one failure opens it.
+    backstop(&path, &["breakers", "reset", "flaky"]);
+    assert_eq!(call(&path, fail()), "unavailable");
+    assert_eq!(call(&path, echo()), "circuit-open");
+    let b = listed(&path);
+    assert!(
+        b.get("set_by").is_none() && b.get("forced").is_none(),
+        "{b}"
+    );
+
+    // A name that is no breaker says which are.
+    let (code, _, err) = backstop(&path, &["breakers", "reset", "flakey"]);
+    assert_eq!(code, 1);
+    assert!(
+        err.contains("no breaker `flakey`") && err.contains("(breakers: flaky)"),
+        "{err}"
+    );
+}
+
+async fn post(http: &reqwest::Client, url: String, body: Value) -> (u16, Value) {
+    let res = http.post(url).json(&body).send().await.unwrap();
+    (res.status().as_u16(), res.json().await.unwrap())
+}
+
+#[tokio::test]
+async fn the_api_sets_breakers_and_a_server_takes_on_a_change_from_the_shell() {
+    let dir = tempdir();
+    let path = write_config(dir.path(), &config());
+    let server = serve(&path, None);
+    let http = reqwest::Client::new();
+    let base = server.base.clone();
+    let call = |input: Value| {
+        let (http, base) = (http.clone(), base.clone());
+        async move {
+            let (code, o) = post(
+                &http,
+                format!("{base}/v1/calls"),
+                json!({"chain": "flaky", "input": input}),
+            )
+            .await;
+            assert_eq!(code, 200, "{o}");
+            o["attempts"][0]["class"].as_str().unwrap().to_owned()
+        }
+    };
+    assert_eq!(call(echo()).await, "ok");
+
+    let (code, b) = post(
+        &http,
+        format!("{base}/v1/breakers/flaky"),
+        json!({"action": "force-open", "by": "bob"}),
+    )
+    .await;
+    assert_eq!(code, 200, "{b}");
+    assert_eq!(
+        (
+            b["breaker"]["forced"].as_str(),
+            b["breaker"]["set_by"].as_str()
+        ),
+        (Some("open"), Some("bob"))
+    );
+    assert_eq!(call(echo()).await, "circuit-open");
+    let listed: Value = http
+        .get(format!("{base}/v1/breakers"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(listed["breakers"][0]["forced"], "open", "{listed}");
+    // The shell sees what the server did.
+    let (_, out, _) = backstop(&path, &["breakers"]);
+    assert!(out.contains("forced-open") && out.contains("bob"), "{out}");
+
+    // A reset from the shell reaches the running server.
+    let (code, _, err) = backstop(&path, &["breakers", "reset", "flaky", "--by", "alice"]);
+    assert_eq!(code, 0, "{err}");
+    let since = Instant::now();
+    loop {
+        if call(echo()).await == "ok" {
+            break;
+        }
+        assert!(
+            since.elapsed() < Duration::from_secs(5),
+            "the server kept the forced state"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    // Mistakes are the caller's.
+    let (code, e) = post(
+        &http,
+        format!("{base}/v1/breakers/nope"),
+        json!({"action": "reset"}),
+    )
+    .await;
+    assert_eq!(code, 404, "{e}");
+    assert!(
+        e["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("(breakers: flaky)"),
+        "{e}"
+    );
+    let (code, e) = post(
+        &http,
+        format!("{base}/v1/breakers/flaky"),
+        json!({"action": "smash"}),
+    )
+    .await;
+    assert_eq!(code, 400, "{e}");
+}
