@@ -170,6 +170,23 @@ pub struct Failure {
 /// The longest failure message kept when the config sets none.
 pub const DEFAULT_MAX_MESSAGE: usize = 8 << 10;
 
+/// What is wrong with JSON text that did not parse, for a message about
+/// `what` ("output", "--input"): a number too large for a 64-bit float
+/// (`1e400`) is valid JSON that no JSON reader here can hold, and is said
+/// so instead of "not JSON".
+pub fn json_error(what: &str, e: &serde_json::Error) -> String {
+    if e.to_string().starts_with("number out of range") {
+        format!(
+            "{what} holds a number out of range (beyond a 64-bit float's +-1.8e308) at line {} \
+             column {}",
+            e.line(),
+            e.column()
+        )
+    } else {
+        format!("{what} is not JSON ({e})")
+    }
+}
+
 /// `text` cut to at most `limit` bytes (at a character boundary) with a
 /// marker saying how much was cut; whole when it fits. Guests and providers
 /// choose their messages' sizes: a 20 MB one was kept whole in the

@@ -104,6 +104,20 @@ fn tools_lists_description_and_grants() {
         .unwrap();
     assert_eq!(corpus["grants"]["dirs"][0]["guest"], "/data");
     assert_eq!(corpus["describe"]["input_schema"]["required"][0], "query");
+    assert!(
+        !out.contains("input schema"),
+        "schemas only when asked: {out}"
+    );
+    let (code, out, _) = backstop(&path, &["tools", "--schemas"]);
+    assert_eq!(code, 0);
+    let corpus = &out[out.find("corpus [").unwrap()..];
+    assert!(
+        corpus.contains("input     checked against the schema before each call")
+            && corpus.contains("  input schema\n      {")
+            && corpus.contains("\"required\": [")
+            && corpus.contains("\"query\""),
+        "{out}"
+    );
 }
 
 #[test]
@@ -148,4 +162,10 @@ fn call_prints_the_marked_outcome() {
     let (code, _, err) = backstop(&path, &["call", "main", "--input", "{oops"]);
     assert_eq!(code, 1);
     assert!(err.contains("--input is not JSON"), "{err}");
+    let (code, _, err) = backstop(&path, &["call", "main", "--input", r#"{"km": 1e400}"#]);
+    assert_eq!(code, 1);
+    assert!(
+        err.contains("--input holds a number out of range") && err.contains("column 12"),
+        "{err}"
+    );
 }

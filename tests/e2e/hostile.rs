@@ -50,6 +50,12 @@ async fn each_hostile_behaviour_is_contained_and_classified() {
         ),
         (json!({"mode": "bad-utf8"}), "trap", "utf-8"),
         (json!({"mode": "bad-json"}), "malformed-output", "not JSON"),
+        // Valid JSON no reader here can hold: said so, not "not JSON".
+        (
+            json!({"mode": "raw", "text": "{\"km\": 1e400}"}),
+            "malformed-output",
+            "output holds a number out of range",
+        ),
         (
             json!({"mode": "connect", "addr": addr}),
             "permanent",

@@ -140,8 +140,12 @@ fn tool_input(name: &str, arguments: &str) -> Result<Value, Failure> {
     if arguments.trim().is_empty() {
         return Ok(json!({}));
     }
-    serde_json::from_str(arguments)
-        .map_err(|e| malformed(format!("arguments of tool call `{name}` are not JSON: {e}")))
+    serde_json::from_str(arguments).map_err(|e| {
+        malformed(crate::outcome::json_error(
+            &format!("arguments of tool call `{name}`"),
+            &e,
+        ))
+    })
 }
 
 /// Parses a chat-completion response body.

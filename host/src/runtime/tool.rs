@@ -168,7 +168,8 @@ impl WasmTool {
             }
             let value = serde_json::from_str::<serde_json::Value>(text).map_err(|e| {
                 fail(format!(
-                    "`describe` returned an {what} that is not JSON: {e}"
+                    "`describe` returned an {what} that {}",
+                    crate::outcome::json_error("", &e).trim_start()
                 ))
             })?;
             // Checked like the output schema, though the host only shows it:
@@ -455,8 +456,13 @@ impl ToolCore {
                 self.config.max_output
             )));
         }
-        let value = serde_json::from_str(&out.value)
-            .map_err(|e| malformed(format!("output is not JSON ({e}): {}", preview(&out.value))))?;
+        let value = serde_json::from_str(&out.value).map_err(|e| {
+            malformed(format!(
+                "{}: {}",
+                crate::outcome::json_error("output", &e),
+                preview(&out.value)
+            ))
+        })?;
         if let Some(v) = self.output_schema.get() {
             if let Err(e) = v.validate(&value) {
                 let at = e.instance_path().to_string();

@@ -20,7 +20,7 @@ const SCHEMA: &str = r#"{
     "mode": {"enum": ["echo", "fail", "sleep", "spin", "alloc", "trap", "panic",
                       "read", "env", "context", "bad-json", "record",
                       "recurse", "connect", "big-output", "bad-utf8", "log-flood",
-                      "stderr-flood"]},
+                      "stderr-flood", "raw"]},
     "class": {"enum": ["invalid-input", "transient", "rate-limited", "unavailable",
                        "permanent", "needs-human"]},
     "times": {"type": "integer", "minimum": 0,
@@ -36,7 +36,8 @@ const SCHEMA: &str = r#"{
     "bytes": {"type": "integer", "minimum": 0, "description": "mode stderr-flood: how much"},
     "then": {"enum": ["echo", "panic"], "description": "mode stderr-flood: what after"},
     "mb": {"type": "integer", "minimum": 0, "description": "modes alloc, big-output: how many MiB"},
-    "addr": {"type": "string", "description": "mode connect: where to"}
+    "addr": {"type": "string", "description": "mode connect: where to"},
+    "text": {"type": "string", "description": "mode raw: the output, as it is"}
   }
 }"#;
 
@@ -250,6 +251,12 @@ impl Guest for Fault {
                 log(Level::Error, "many fields", &fields);
                 ok(json!("flooded"), confidence)
             }
+            "raw" => Ok(Output {
+                // `text` as the output, unchecked: what a tool's own JSON
+                // writer might produce.
+                value: input["text"].as_str().unwrap_or("").to_owned(),
+                confidence,
+            }),
             "stderr-flood" => {
                 // `bytes` of chatter on stderr, then `then`: "panic" or an echo.
                 let line = "z".repeat(99);

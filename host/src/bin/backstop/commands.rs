@@ -36,7 +36,7 @@ pub async fn run(command: Command, config: &Path) -> anyhow::Result<ExitCode> {
             };
             serve(config, listen, options).await
         }
-        Command::Tools { json } => tools(config, json).await,
+        Command::Tools { json, schemas } => tools(config, json, schemas).await,
         Command::Call {
             chain,
             input,
@@ -96,8 +96,9 @@ pub async fn run(command: Command, config: &Path) -> anyhow::Result<ExitCode> {
                 (true, ..) => Resolution::Approve,
                 (_, Some(comment), ..) => Resolution::Reject { comment },
                 (_, _, Some(json), ..) => Resolution::Result {
-                    value: serde_json::from_str(&json)
-                        .map_err(|e| anyhow::anyhow!("--result is not JSON: {e}"))?,
+                    value: serde_json::from_str(&json).map_err(|e| {
+                        anyhow::anyhow!(backstop::outcome::json_error("--result", &e))
+                    })?,
                 },
                 (_, _, _, true, _) => Resolution::Retry,
                 _ => Resolution::Abort,
@@ -137,7 +138,7 @@ async fn check(config: &Path) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-async fn tools(config: &Path, json: bool) -> anyhow::Result<ExitCode> {
+async fn tools(config: &Path, json: bool, schemas: bool) -> anyhow::Result<ExitCode> {
     let b = Backstop::load(config).await?;
     if json {
         let list: Vec<_> = b
@@ -218,6 +219,27 @@ async fn tools(config: &Path, json: bool) -> anyhow::Result<ExitCode> {
             "  http      {}",
             none(c.http.iter().map(|o| o.to_string()).collect())
         )?;
+        writeln!(
+            out,
+            "  input     {}",
+            if c.validate_input {
+                "checked against the schema before each call"
+            } else {
+                "not checked (validate_input = false)"
+            }
+        )?;
+        if schemas {
+            // Guest-written text: indented, escaped for the terminal.
+            let show = |v: &serde_json::Value| {
+                let text = serde_json::to_string_pretty(v).unwrap_or_default();
+                backstop::term::visible(&text.replace('\n', "\n      ")).into_owned()
+            };
+            writeln!(out, "  input schema\n      {}", show(&d.input_schema))?;
+            match &d.output_schema {
+                Some(o) => writeln!(out, "  output schema\n      {}", show(o))?,
+                None => writeln!(out, "  output schema  none declared")?,
+            }
+        }
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -229,8 +251,8 @@ async fn call(
     json: bool,
     key: Option<String>,
 ) -> anyhow::Result<ExitCode> {
-    let input: serde_json::Value =
-        serde_json::from_str(input).map_err(|e| anyhow::anyhow!("--input is not JSON: {e}"))?;
+    let input: serde_json::Value = serde_json::from_str(input)
+        .map_err(|e| anyhow::anyhow!(backstop::outcome::json_error("--input", &e)))?;
     let b = Backstop::load(config).await?;
     let outcome = match key {
         Some(k) => b.call_with_key(chain, input, k).await?,

@@ -80,6 +80,9 @@ enum Command {
     Tools {
         #[arg(long)]
         json: bool,
+        /// Also print each tool's input and output schemas.
+        #[arg(long)]
+        schemas: bool,
     },
     /// Call a chain (or a single tool) and print the marked outcome.
     Call {
