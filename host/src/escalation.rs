@@ -79,7 +79,9 @@ impl ResolutionKind {
             EscalationReason::AmbiguousState => vec![Approve, Result, Reject, Abort],
             EscalationReason::LowConfidence => vec![Approve, Result, Retry, Reject, Abort],
             EscalationReason::NeedsHuman => vec![Result, Retry, Reject, Abort],
-            EscalationReason::RetriesExhausted | EscalationReason::CircuitOpen => {
+            EscalationReason::RetriesExhausted
+            | EscalationReason::Failed
+            | EscalationReason::CircuitOpen => {
                 vec![Retry, Result, Reject, Abort]
             }
         }
@@ -168,8 +170,8 @@ pub struct Filter {
 pub fn parse_reason(text: &str) -> Result<EscalationReason, String> {
     serde_json::from_value(Value::String(text.to_owned())).map_err(|_| {
         format!(
-            "`{text}` is not one of retries-exhausted, ambiguous-state, low-confidence, \
-            needs-human, approval-required, circuit-open"
+            "`{text}` is not one of retries-exhausted, failed, ambiguous-state, \
+            low-confidence, needs-human, approval-required, circuit-open"
         )
     })
 }

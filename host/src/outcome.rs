@@ -246,6 +246,9 @@ impl std::error::Error for Failure {}
 #[serde(rename_all = "kebab-case")]
 pub enum EscalationReason {
     RetriesExhausted,
+    /// Every target failed in a way retrying cannot fix (invalid input, a
+    /// permanent error, an unavailable target...), none retried to its end.
+    Failed,
     AmbiguousState,
     LowConfidence,
     NeedsHuman,
@@ -257,6 +260,7 @@ impl EscalationReason {
     pub fn as_str(self) -> &'static str {
         match self {
             EscalationReason::RetriesExhausted => "retries-exhausted",
+            EscalationReason::Failed => "failed",
             EscalationReason::AmbiguousState => "ambiguous-state",
             EscalationReason::LowConfidence => "low-confidence",
             EscalationReason::NeedsHuman => "needs-human",

@@ -151,7 +151,7 @@ fn call_prints_the_marked_outcome() {
     let v: serde_json::Value = serde_json::from_str(&out).unwrap();
     assert_eq!(v["ok"], false);
     assert_eq!(v["error"]["class"], "permanent");
-    assert_eq!(v["error"]["escalate"], "retries-exhausted");
+    assert_eq!(v["error"]["escalate"], "failed");
 
     let (code, _, err) = backstop(&path, &["call", "nosuch", "--input", "{}"]);
     assert_eq!(code, 1);

@@ -158,7 +158,8 @@ fn every_reason_comes_from_its_real_scenario() {
     let (_, esc) = stopped(&e, "human");
     assert_eq!(esc.reason, EscalationReason::NeedsHuman);
     let (_, esc) = stopped(&e, "inbox");
-    assert_eq!(esc.reason, EscalationReason::RetriesExhausted);
+    // A file that cannot be read is permanent: nothing was retried.
+    assert_eq!(esc.reason, EscalationReason::Failed);
     assert!(
         esc.message.contains("cannot read /inbox/note.txt"),
         "{}",
@@ -174,7 +175,7 @@ fn every_reason_comes_from_its_real_scenario() {
         "approval-required",
         "low-confidence",
         "needs-human",
-        "retries-exhausted",
+        "failed",
     ] {
         assert!(out.contains(reason), "{out}");
     }

@@ -240,20 +240,42 @@ async fn needs_human_stops_the_chain_and_escalates() {
 }
 
 #[tokio::test]
-async fn chain_exhausted_escalates_retries_exhausted() {
+async fn a_chain_that_failed_says_whether_retries_ran_out() {
     let (_d, b) = setup().await;
+    // Nothing retryable anywhere: failed, and never "retries exhausted".
     let o = b
         .call("main", json!({"mode": "fail", "class": "permanent"}))
         .await
         .unwrap();
     assert!(!o.ok && o.served_by.is_none());
+    assert_eq!(
+        trail(&o),
+        [
+            t("flaky", "permanent", "fail-over"),
+            t("backup", "permanent", "stop")
+        ]
+    );
     let e = o.error.unwrap();
     assert_eq!(e.class, FailureClass::Permanent);
-    assert_eq!(e.escalate, Some(EscalationReason::RetriesExhausted));
+    assert_eq!(e.escalate, Some(EscalationReason::Failed));
     assert!(
         e.message.contains("flaky: permanent; backup: permanent"),
         "{}",
         e.message
+    );
+    // Retried on each target until the attempts ran out.
+    let o = b
+        .call("main", json!({"mode": "fail", "class": "transient"}))
+        .await
+        .unwrap();
+    assert_eq!(
+        o.error.unwrap().escalate,
+        Some(EscalationReason::RetriesExhausted)
+    );
+    assert_eq!(
+        o.attempts.last().unwrap().then.as_str(),
+        "stop",
+        "the last target stops"
     );
 }
 
@@ -434,7 +456,7 @@ async fn half_open_admits_one_probe_then_closes() {
     let (probe, second) = tokio::join!(probe, second);
     let probe = probe.unwrap();
     assert!(probe.ok, "{probe}");
-    assert_eq!(trail(&second), [t("flaky", "circuit-open", "fail-over")]);
+    assert_eq!(trail(&second), [t("flaky", "circuit-open", "stop")]);
     assert!(
         second.attempts[0].message.contains("probe in flight"),
         "{:?}",
@@ -458,9 +480,34 @@ async fn failed_probe_reopens_the_breaker() {
         .call("solo", json!({"mode": "fail", "class": "unavailable"}))
         .await
         .unwrap();
-    assert_eq!(trail(&o), [t("flaky", "unavailable", "fail-over")]);
+    // The chain's only target: nothing to fall back to, so it stops.
+    assert_eq!(trail(&o), [t("flaky", "unavailable", "stop")]);
     assert_eq!(b.breaker_state("flaky"), Some(BreakerState::Open));
     assert_eq!(b.breaker_opened("flaky"), 2);
+
+    // A probe failing with a retryable error reopens the breaker, which
+    // then refuses the retry: the call's failure is the probe's own, not
+    // the open breaker it caused.
+    tokio::time::sleep(Duration::from_millis(350)).await;
+    let o = b
+        .call("solo", json!({"mode": "fail", "class": "transient"}))
+        .await
+        .unwrap();
+    assert_eq!(
+        trail(&o),
+        [
+            t("flaky", "transient", "retry"),
+            t("flaky", "circuit-open", "stop")
+        ]
+    );
+    let e = o.error.unwrap();
+    assert_eq!(e.class, FailureClass::Transient, "{}", e.message);
+    assert!(
+        e.message.contains("injected transient failure"),
+        "{}",
+        e.message
+    );
+    assert_eq!(e.escalate, Some(EscalationReason::RetriesExhausted));
 }
 
 #[tokio::test]

@@ -144,63 +144,63 @@ fn cases() -> Vec<Case> {
                 "enforced_spend_limit_reached: cap hit",
             ),
             "permanent",
-            "fail-over",
+            "stop",
         ),
         case(
             "429 insufficient_quota",
             "o",
             openai_error(429, "insufficient_quota", "You exceeded your quota"),
             "permanent",
-            "fail-over",
+            "stop",
         ),
         case(
             "400 invalid request",
             "a",
             anthropic_error(400, "invalid_request_error", "bad"),
             "invalid-input",
-            "fail-over",
+            "stop",
         ),
         case(
             "401 bad key",
             "a",
             anthropic_error(401, "authentication_error", "invalid x-api-key"),
             "permanent",
-            "fail-over",
+            "stop",
         ),
         case(
             "403 forbidden",
             "o",
             openai_error(403, "permission_denied", "no"),
             "permanent",
-            "fail-over",
+            "stop",
         ),
         case(
             "404 unknown model",
             "o",
             openai_error(404, "model_not_found", "no such model"),
             "permanent",
-            "fail-over",
+            "stop",
         ),
         case(
             "413 too large",
             "a",
             anthropic_error(413, "request_too_large", "too big"),
             "invalid-input",
-            "fail-over",
+            "stop",
         ),
         case(
             "422 unprocessable",
             "o",
             openai_error(422, "invalid_value", "bad"),
             "invalid-input",
-            "fail-over",
+            "stop",
         ),
         case(
             "500 with x-should-retry: false",
             "a",
             anthropic_error(500, "api_error", "x").header("x-should-retry", "false"),
             "permanent",
-            "fail-over",
+            "stop",
         ),
         case(
             "400 with x-should-retry: true",
@@ -214,14 +214,14 @@ fn cases() -> Vec<Case> {
             "a",
             Reply::raw(200, "<html>hello</html>"),
             "malformed-output",
-            "fail-over",
+            "stop",
         ),
         case(
             "200 without choices",
             "o",
             Reply::json(200, json!({"model": "m"})),
             "malformed-output",
-            "fail-over",
+            "stop",
         ),
         case(
             "200 with tool arguments that are not JSON",
@@ -233,7 +233,7 @@ fn cases() -> Vec<Case> {
                         "finish_reason": "tool_calls"}]}),
             ),
             "malformed-output",
-            "fail-over",
+            "stop",
         ),
         case(
             "connection dropped before an answer",
@@ -282,14 +282,14 @@ fn cases() -> Vec<Case> {
             "as",
             anthropic_stream_error(&[], "invalid_request_error"),
             "invalid-input",
-            "fail-over",
+            "stop",
         ),
         case(
             "stream: overloaded event after output began",
             "as",
             anthropic_stream_error(&["Hel", "lo"], "overloaded_error"),
             "stream-broken",
-            "fail-over",
+            "stop",
         ),
         case(
             "stream: connection cut after output began",
@@ -300,7 +300,7 @@ fn cases() -> Vec<Case> {
             )
             .then_drop(),
             "stream-broken",
-            "fail-over",
+            "stop",
         ),
         case(
             "stream: ends without message_stop before output",
@@ -327,7 +327,7 @@ fn cases() -> Vec<Case> {
             "os",
             partial_stream(openai_stream_events(&["a", "b"]), 2),
             "stream-broken",
-            "fail-over",
+            "stop",
         ),
         case(
             "openai stream: stalls past the idle limit after output",
@@ -337,7 +337,7 @@ fn cases() -> Vec<Case> {
                 Duration::from_millis(300),
             ),
             "stream-broken",
-            "fail-over",
+            "stop",
         ),
     ]
 }
@@ -727,10 +727,7 @@ async fn connection_refused_is_transient_and_retried() {
     let o = b.ask("m", "hi").await.unwrap();
     assert_eq!(
         trail(&o),
-        [
-            t("m", "transient", "retry"),
-            t("m", "transient", "fail-over")
-        ]
+        [t("m", "transient", "retry"), t("m", "transient", "stop")]
     );
     assert!(o.attempts[0].message.contains("cannot connect"), "{o}");
 }

@@ -613,7 +613,7 @@ async fn metrics_count_a_scripted_sequence_of_failures() {
     assert_eq!(trail(&o), ["fault transient retry", "fault ok done"]);
     // 2. Bad input: not retried.
     let o = call("fault", json!({"mode": "fail", "class": "invalid-input"})).await;
-    assert_eq!(trail(&o), ["fault invalid-input fail-over"]);
+    assert_eq!(trail(&o), ["fault invalid-input stop"]);
     // 3. The first target down for good: the fallback serves.
     let o = call(
         "search",
@@ -624,12 +624,9 @@ async fn metrics_count_a_scripted_sequence_of_failures() {
     // 4. Two transient failures open flaky's breaker; 5. the next call is
     // refused without running it.
     let o = call("flaky", json!({"mode": "fail", "class": "transient"})).await;
-    assert_eq!(
-        trail(&o),
-        ["flaky transient retry", "flaky transient fail-over"]
-    );
+    assert_eq!(trail(&o), ["flaky transient retry", "flaky transient stop"]);
     let o = call("flaky", json!({"mode": "echo"})).await;
-    assert_eq!(trail(&o), ["flaky circuit-open fail-over"]);
+    assert_eq!(trail(&o), ["flaky circuit-open stop"]);
     // 6. A run stopped for approval: one escalation waiting.
     let (code, r) = api
         .post("/v1/runs", json!({"agent": "checked", "task": "t"}))

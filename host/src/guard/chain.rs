@@ -298,8 +298,21 @@ impl ChainRunner<'_> {
         let mut all_open = true;
         let mut now = started;
 
-        for t in self.targets {
+        // Whether some target was retried, or stopped only because its
+        // retries (or the time for them) ran out.
+        let mut exhausted = false;
+        for (i, t) in self.targets.iter().enumerate() {
             let name = &t.name;
+            // The last target has nothing to fall back to: it stops.
+            let moving_on = if i + 1 == self.targets.len() {
+                Next::Stop
+            } else {
+                Next::FailOver
+            };
+            // This target's last failure before a retry: when the retry is
+            // refused by the breaker that failure opened (a failed probe
+            // reopens it), the failure is the cause, not the open breaker.
+            let mut retried: Option<Failure> = None;
             let mut attempt = 1u32;
             let mut previous_delay = Duration::ZERO;
             loop {
@@ -346,13 +359,14 @@ impl ChainRunner<'_> {
                                 "breaker half-open, probe in flight"
                             },
                         );
-                        let mut record = Attempt::failed(name, attempt, &f, 0, Next::FailOver);
+                        let mut record = Attempt::failed(name, attempt, &f, 0, moving_on);
                         record.delay_ms = millis(rejected.retry_in);
                         span.record("breaker", rejected.state.as_str());
                         trace_attempt(&span, &record);
                         attempts.push(record);
-                        passed_over.push((name.clone(), FailureClass::CircuitOpen));
-                        last = Some(f);
+                        let cause = retried.take().unwrap_or(f);
+                        passed_over.push((name.clone(), cause.class));
+                        last = Some(cause);
                         break;
                     }
                 };
@@ -382,7 +396,7 @@ impl ChainRunner<'_> {
                         if let (Some(b), Some(p)) = (&t.breaker, permit) {
                             lock(b).cancel(p);
                         }
-                        let record = Attempt::failed(name, attempt, &f, 0, Next::FailOver);
+                        let record = Attempt::failed(name, attempt, &f, 0, moving_on);
                         trace_attempt(&span, &record);
                         attempts.push(record);
                         passed_over.push((name.clone(), FailureClass::BulkheadFull));
@@ -501,7 +515,7 @@ impl ChainRunner<'_> {
                 };
                 let then = match decision {
                     Decision::Retry(_) => Next::Retry,
-                    Decision::FailOver(_) => Next::FailOver,
+                    Decision::FailOver(_) => moving_on,
                     Decision::Stop(_) => Next::Stop,
                 };
                 let mut record = Attempt::failed(name, attempt, &failure, millis(elapsed), then);
@@ -516,10 +530,13 @@ impl ChainRunner<'_> {
                         now = Instant::now();
                         previous_delay = delay;
                         attempt += 1;
+                        exhausted = true;
+                        retried = Some(failure);
                     }
                     Decision::FailOver(note) => {
                         if let Some(n) = &note {
                             record.message = format!("{}; {n}", record.message).into();
+                            exhausted = true;
                         }
                         trace_attempt(&span, &record);
                         attempts.push(record);
@@ -545,8 +562,10 @@ impl ChainRunner<'_> {
             .unwrap_or_else(|| Failure::new(FailureClass::Permanent, "the chain has no targets"));
         let reason = if all_open {
             EscalationReason::CircuitOpen
-        } else {
+        } else if exhausted {
             EscalationReason::RetriesExhausted
+        } else {
+            EscalationReason::Failed
         };
         // One target: its own failure says it all (the attempts name it).
         let summary = if passed_over.len() < 2 {
