@@ -142,6 +142,12 @@ async fn http_reaches_only_granted_origins() {
     assert!(!o.ok);
     assert_eq!(o.attempts[0].class.as_str(), "permanent");
     assert!(o.attempts[0].message.contains("denied"), "{o}");
+    // The failure names the grant that would let the request out.
+    let want = format!(
+        "add \"{}\" to `http` in [tools.web_denied]",
+        server.origin().trim_end_matches('/')
+    );
+    assert!(o.attempts[0].message.contains(&want), "{want} in {o}");
     assert_eq!(
         server.arrivals().len(),
         1,

@@ -60,11 +60,17 @@ impl ResourceLimiter for MemoryLimiter {
     }
 }
 
-/// Lets a request out only to the origins granted to the tool.
+/// Lets a request out only to the origins granted to the tool, and
+/// remembers the origins it refused, so a failure can name the grant to
+/// add.
 pub struct HttpGate {
     tool: Arc<str>,
     origins: Arc<Vec<Origin>>,
+    pub denied: Vec<String>,
 }
+
+/// Distinct refused origins kept per call.
+const MAX_DENIED: usize = 4;
 
 impl HttpGate {
     fn allowed(&self, uri: &http::Uri) -> bool {
@@ -74,6 +80,37 @@ impl HttpGate {
             .port_u16()
             .unwrap_or(if scheme == "http" { 80 } else { 443 });
         self.origins.iter().any(|o| o.allows(scheme, host, port))
+    }
+
+    /// `uri`'s origin as an `http = [...]` entry grants it (the port only
+    /// when it is not the scheme's own).
+    fn remember(&mut self, uri: &http::Uri) {
+        let scheme = uri.scheme_str().unwrap_or("https");
+        let Some(host) = uri.host() else { return };
+        let origin = match uri.port_u16() {
+            Some(p) if !(scheme == "http" && p == 80 || scheme == "https" && p == 443) => {
+                format!("{scheme}://{host}:{p}")
+            }
+            _ => format!("{scheme}://{host}"),
+        };
+        if self.denied.len() < MAX_DENIED && !self.denied.contains(&origin) {
+            self.denied.push(origin);
+        }
+    }
+
+    /// What to tell the operator after a failed call that was refused
+    /// requests: the entries to add to the tool's `http` grant.
+    pub fn hint(&self) -> Option<String> {
+        if self.denied.is_empty() {
+            return None;
+        }
+        let entries: Vec<String> = self.denied.iter().map(|o| format!("\"{o}\"")).collect();
+        Some(format!(
+            "the host refused requests to origins not granted to the tool; to allow them, add \
+             {} to `http` in [tools.{}]",
+            entries.join(", "),
+            self.tool
+        ))
     }
 }
 
@@ -92,6 +129,7 @@ impl WasiHttpHooks for HttpGate {
         if !self.allowed(request.uri()) {
             tracing::warn!(tool = %self.tool, uri = %request.uri(), "outbound request denied: \
                 origin not granted");
+            self.remember(request.uri());
             return Box::new(async { Err(wasmtime_wasi_http::Error::HttpRequestDenied) });
         }
         Box::new(async move {
@@ -155,6 +193,7 @@ impl HostState {
             gate: HttpGate {
                 tool: call.tool.clone(),
                 origins,
+                denied: Vec::new(),
             },
             limiter: MemoryLimiter {
                 cap: tool.memory.0 as usize,
@@ -167,6 +206,11 @@ impl HostState {
 }
 
 impl HostState {
+    /// The grant to add, when the tool was refused requests.
+    pub fn denial_hint(&self) -> Option<String> {
+        self.gate.hint()
+    }
+
     pub fn config_memory(&self) -> crate::config::ByteSize {
         crate::config::ByteSize(self.limiter.cap as u64)
     }

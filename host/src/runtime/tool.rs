@@ -439,11 +439,19 @@ impl ToolCore {
             let tool = self.pre.instantiate_async(&mut store).await?;
             tool.call_invoke(&mut store, input).await
         };
-        match run.await {
+        let result = match run.await {
             Err(e) => Err(classify_trap(e, &store, &stderr, ctx.timeout)),
             Ok(Err(e)) => Err(classify_tool_error(e)),
             Ok(Ok(out)) => self.check_output(out),
-        }
+        };
+        // A failure after a refused request most likely comes from it: say
+        // which grant would allow it, where the operator reads the failure.
+        result.map_err(|mut f| {
+            if let Some(hint) = store.data().denial_hint() {
+                f.message = format!("{}; {hint}", f.message).into();
+            }
+            f
+        })
     }
 
     fn check_output(&self, out: bindings::Output) -> Result<TargetOutput, Failure> {
