@@ -169,3 +169,31 @@ fn call_prints_the_marked_outcome() {
         "{err}"
     );
 }
+
+/// A first compile of a large component shows what is happening (by
+/// default, on stderr); `check` compiles and caches every tool, so a second
+/// `check`, like a deploy after it, reads the cache.
+#[test]
+fn check_shows_a_long_compile_and_warms_the_cache() {
+    let dir = tempdir();
+    let path = write_config(
+        dir.path(),
+        "version = 1\ncache_dir = \"{dir}/fresh-cache\"\n[tools.py]\ncomponent = \
+         \"{plugins}/echo_py.wasm\"\n",
+    );
+    let (code, out, err) = backstop(&path, &["check"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("tool py: compiled now, and cached"), "{out}");
+    assert!(
+        err.contains("tools.py: compiling ") && err.contains(" MB); this takes a while once"),
+        "{err}"
+    );
+    assert!(err.contains("tools.py: compiled in "), "{err}");
+    let (code, out, err) = backstop(&path, &["check"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        out.contains("tool py: compiled code read from the cache"),
+        "{out}"
+    );
+    assert!(!err.contains("compiling"), "{err}");
+}

@@ -91,11 +91,38 @@ impl WasmTool {
         // Compiling a large component takes seconds of CPU: keep it off
         // the async workers.
         let compiling = rt.clone();
-        let (component, digest, source) =
-            tokio::task::spawn_blocking(move || compiling.compile(&path))
-                .await
-                .map_err(|e| fail(format!("compiler task failed: {e}")))?
-                .map_err(|e| fail(e.to_string()))?;
+        let shown = path.clone();
+        let started = std::time::Instant::now();
+        let mut task = tokio::task::spawn_blocking(move || compiling.compile(&path));
+        // A large component (Python, JavaScript) compiles for up to a
+        // minute: past a second, say what is happening (target
+        // `backstop::compile`, shown by the CLI by default).
+        let joined = match tokio::time::timeout(Duration::from_secs(1), &mut task).await {
+            Ok(done) => done,
+            Err(_) => {
+                let size = std::fs::metadata(&shown).map_or(0, |m| m.len());
+                tracing::info!(
+                    target: "backstop::compile",
+                    "tools.{}: compiling {} ({:.1} MB); this takes a while once, the result is \
+                     cached in {}",
+                    config.name,
+                    shown.display(),
+                    size as f64 / 1e6,
+                    rt.cache_dir.display()
+                );
+                let done = task.await;
+                tracing::info!(
+                    target: "backstop::compile",
+                    "tools.{}: compiled in {:.1} s",
+                    config.name,
+                    started.elapsed().as_secs_f64()
+                );
+                done
+            }
+        };
+        let (component, digest, source) = joined
+            .map_err(|e| fail(format!("compiler task failed: {e}")))?
+            .map_err(|e| fail(e.to_string()))?;
         let instance_pre = rt.linker.instantiate_pre(&component).map_err(|e| {
             fail(format!(
                 "does not implement world `backstop:tool/tool` (imports something the \

@@ -135,6 +135,18 @@ async fn check(config: &Path) -> anyhow::Result<ExitCode> {
     for (name, chain) in &c.chains {
         say!("  chain {name}: {}", chain.targets.join(" -> "));
     }
+    // Loading compiled every tool not in the cache yet and cached it: so
+    // `check` is also how to warm the cache before a deploy.
+    for t in b.tools() {
+        say!(
+            "  tool {}: {}",
+            t.name(),
+            match t.compile_source() {
+                backstop::runtime::CompileSource::Cache => "compiled code read from the cache",
+                backstop::runtime::CompileSource::Compiled => "compiled now, and cached",
+            }
+        );
+    }
     Ok(ExitCode::SUCCESS)
 }
 

@@ -255,10 +255,12 @@ enum RunsCommand {
 
 fn logging(cli: &Cli) {
     use tracing_subscriber::fmt::format::FmtSpan;
+    // Compile progress (a first start of a large component takes up to a
+    // minute) is shown whatever the command.
     let default = if matches!(cli.command, Command::Serve { .. }) {
         "info"
     } else {
-        "error"
+        "error,backstop::compile=info"
     };
     let filter = tracing_subscriber::EnvFilter::try_from_env("BACKSTOP_LOG")
         .unwrap_or_else(|_| default.into());
