@@ -23,15 +23,65 @@ stale() {
   [ -n "$(find "$@" -newer "$out" -print -quit 2>/dev/null)" ]
 }
 
+# The Rust tools: every folder here with a Cargo.toml.
+rust_tools() {
+  for manifest in */Cargo.toml; do
+    if [ -e "$manifest" ]; then dirname "$manifest"; fi
+  done
+}
+
 build_rust() {
   rustup target add wasm32-wasip2 >/dev/null 2>&1 || true
-  cargo build --release --target wasm32-wasip2 --quiet
-  # Only the workspace's own crates (each folder's name is its crate's):
-  # a removed tool's old build must not reappear in dist/.
-  for manifest in */Cargo.toml; do
-    local name
-    name=$(dirname "$manifest")
+  # The component is named after the crate and found by its folder: name
+  # the rule a tool breaks before cargo says something harder to read.
+  local name crate broken=0
+  for name in $(rust_tools); do
+    crate=$(sed -n 's/^name *= *"\(.*\)".*/\1/p' "$name/Cargo.toml" | head -1)
+    if [ "$crate" != "$name" ]; then
+      say "plugins/$name: the crate is named '$crate'; a Rust tool's folder must equal its crate's name (rename one)"
+      broken=1
+    elif [[ "$name" == *-* ]]; then
+      say "plugins/$name: a Rust tool's name may not contain '-' (cargo names the component ${name//-/_}.wasm); use '_'"
+      broken=1
+    elif ! grep -q "\"$name\"" Cargo.toml; then
+      say "plugins/$name is not a member of the plugins workspace: add \"$name\" to members in plugins/Cargo.toml"
+      broken=1
+    fi
+  done
+  if [ "$broken" = 1 ] || ! cargo build --release --target wasm32-wasip2 --quiet; then
+    # A failed build leaves no component behind that no longer matches
+    # its sources.
+    for name in $(rust_tools); do rm -f "dist/$name.wasm"; done
+    say "rust: build failed"
+    return 1
+  fi
+  for name in $(rust_tools); do
     cp "target/wasm32-wasip2/release/$name.wasm" dist/
+  done
+}
+
+# Every component the sources here make, one name a line.
+expected() {
+  rust_tools
+  for dir in python/*/; do
+    if [ -f "$dir/app.py" ]; then basename "$dir"; fi
+  done
+  for src in js/*.js c/*.c; do
+    if [ -e "$src" ]; then basename "${src%.*}"; fi
+  done
+}
+
+# A component in dist/ whose sources are gone is removed: a deleted or
+# renamed tool must not keep being loadable.
+prune() {
+  local have want
+  want=$(expected)
+  for have in dist/*.wasm; do
+    [ -e "$have" ] || continue
+    if ! grep -qx "$(basename "$have" .wasm)" <<<"$want"; then
+      say "removing dist/$(basename "$have"): no tool's sources make it any more"
+      rm -f "$have"
+    fi
   done
 }
 
@@ -48,6 +98,7 @@ build_python() {
     [ -f "$dir/app.py" ] || continue
     if stale "dist/$name.wasm" "$dir"/*.py ../wit build.sh; then
       say "python: $name"
+      rm -f "dist/$name.wasm"
       (cd "$dir" && "$here/$venv/bin/componentize-py" -d ../../../wit -w tool componentize app \
         -o "$here/dist/$name.wasm" >/dev/null)
     fi
@@ -63,10 +114,12 @@ build_js() {
     (cd js && npm ci --no-audit --no-fund --loglevel=error && cp package-lock.json node_modules/.installed-lock.json)
   fi
   for src in js/*.js; do
+    [ -e "$src" ] || continue
     local name
     name=$(basename "$src" .js)
     if stale "dist/$name.wasm" "$src" ../wit build.sh; then
       say "js: $name"
+      rm -f "dist/$name.wasm"
       (cd js && npx --no-install componentize-js "$name.js" --wit wit -n tool -o "$here/dist/$name.wasm" >/dev/null)
     fi
   done
@@ -83,6 +136,7 @@ build_c() {
   c/build.sh
 }
 
+prune
 for lang in $langs; do
   case $lang in
     rust | python | js | c) "build_$lang" ;;

@@ -18,3 +18,4 @@ mod models;
 mod operate;
 mod runs;
 mod sandbox;
+mod scaffold;

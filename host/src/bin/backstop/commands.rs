@@ -109,6 +109,14 @@ pub async fn run(command: Command, config: &Path) -> anyhow::Result<ExitCode> {
         Command::Runs {
             show: Some(crate::RunsCommand::Show { run, json }),
         } => show_run(config, &run, json).await,
+        Command::New {
+            name,
+            lang,
+            plugins,
+        } => {
+            crate::new::run(&name, lang, &plugins)?;
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Demo { plugins, dir } => {
             let exe = std::env::current_exe()?;
             crate::demo::run(&mut std::io::stdout(), &plugins, &dir, &exe).await?;

@@ -5,6 +5,7 @@
 
 mod commands;
 mod demo;
+mod new;
 
 use clap::{Parser, Subcommand};
 use std::path::PathBuf;
@@ -159,6 +160,17 @@ enum Command {
         action: Option<BreakerCommand>,
         #[arg(long)]
         json: bool,
+    },
+    /// Make a new tool from its language's template, register it in the
+    /// plugins build, and print the TOML block that declares it.
+    New {
+        /// The tool's name (lowercase letters, digits, `_` or `-`).
+        name: String,
+        #[arg(long, value_enum)]
+        lang: new::Lang,
+        /// The plugins folder (the one with build.sh).
+        #[arg(long, default_value = "plugins")]
+        plugins: PathBuf,
     },
     /// Run the offline demo on the embedded defaults.
     Demo {
