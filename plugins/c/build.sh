@@ -24,16 +24,23 @@ stale() {
   [ -n "$(find "$@" -newer "$out" -print -quit 2>/dev/null)" ]
 }
 
+# cJSON (vendor/cjson, MIT) for every tool that wants real JSON: compiled
+# once, linked into each (the linker drops it where it is unused). Its own
+# warnings are its maintainers'; -Werror is for our code.
+if stale build/cjson.o vendor build.sh; then
+  clang --target=wasm32-wasi -Os -c vendor/cjson/cJSON.c -o build/cjson.o
+fi
+
 for src in *.c; do
   [ -e "$src" ] || continue
   name="${src%.c}"
   # Only when its sources (or the shared headers, bindings, this script)
   # changed.
-  stale "../dist/$name.wasm" "$src" ./*.h build/gen ../../wit build.sh || continue
+  stale "../dist/$name.wasm" "$src" ./*.h vendor build/gen ../../wit build.sh || continue
   echo "build.sh: c: $name" >&2
   rm -f "../dist/$name.wasm"
   clang --target=wasm32-wasi -Os -mexec-model=reactor -Wall -Wextra -Werror -Wno-unused-function \
-    -Ibuild/gen -I. -Wl,--strip-all \
-    build/gen/tool.c "$src" build/gen/tool_component_type.o -o "build/$name.core.wasm"
+    -Ibuild/gen -I. -Ivendor/cjson -Wl,--strip-all \
+    build/gen/tool.c "$src" build/gen/tool_component_type.o build/cjson.o -o "build/$name.core.wasm"
   "$helper" component "build/$name.core.wasm" "../dist/$name.wasm"
 done

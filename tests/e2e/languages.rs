@@ -309,10 +309,55 @@ async fn c_tools() {
 [tools.textstats]
 component = "{plugins}/textstats.wasm"
 dirs = [{ host = "{dir}/data", guest = "/data", mode = "ro" }]
+
+[tools.units]
+component = "{plugins}/units_c.wasm"
 "#,
     )
     .await;
     conformance(&b, "c").await;
+
+    // Real JSON in C (vendored cJSON): numbers of every form in and out,
+    // a boolean, a nested object, and a refusal the tool decides.
+    let o = b
+        .call("units", json!({"value": 1.5, "from": "km", "to": "mi"}))
+        .await
+        .unwrap();
+    let v = o.value.unwrap();
+    assert!(
+        (v["value"].as_f64().unwrap() - 1500.0 / 1609.344).abs() < 1e-12,
+        "{v}"
+    );
+    assert_eq!(
+        (&v["unit"], &v["input"]),
+        (&json!("mi"), &json!({"value": 1.5, "unit": "km"}))
+    );
+    let o = b
+        .call(
+            "units",
+            json!({"value": -2.5e3, "from": "m", "to": "ft", "round": true}),
+        )
+        .await
+        .unwrap();
+    assert_eq!(o.value.unwrap()["value"], json!(-8202.1));
+    let o = b
+        .call("units", json!({"value": 7, "from": "in", "to": "in"}))
+        .await
+        .unwrap();
+    // A whole number comes back as one (cJSON prints 7.0 as `7`).
+    assert_eq!(o.value.unwrap()["value"].as_f64(), Some(7.0));
+    let o = b
+        .call("units", json!({"value": 3, "from": "km", "to": "parsec"}))
+        .await
+        .unwrap();
+    let e = o.error.unwrap();
+    assert_eq!(
+        (e.class, &*e.message),
+        (
+            FailureClass::InvalidInput,
+            "unknown unit: use m, km, mi, ft or in"
+        )
+    );
 
     let text = "The quick brown fox\njumps over the lazy dög\n";
     std::fs::write(dir.path().join("data/fox.txt"), text).unwrap();

@@ -48,6 +48,7 @@ fn scratch_plugins(dir: &Path) -> PathBuf {
         ("python/.venv", "python/.venv"),
         ("js/node_modules", "js/node_modules"),
         ("c/wasm-helper", "c/wasm-helper"),
+        ("c/vendor", "c/vendor"),
     ] {
         std::os::unix::fs::symlink(real.join(to), p.join(link)).unwrap();
     }

@@ -1,8 +1,11 @@
 /* __NAME__: a Backstop tool (made by `backstop new`). It returns the text it
  * is given and its length in bytes; replace `exports_tool_invoke` with the
- * tool's own work. */
+ * tool's own work. JSON in and out goes through cJSON (plugins/c/vendor):
+ * numbers, booleans, null and nested values included. */
 #include "tool.h"
-#include "json.h"
+#include "cJSON.h"
+
+#include <string.h>
 
 void exports_tool_describe(tool_tool_info_t *ret) {
   tool_string_dup(&ret->name, "__NAME__");
@@ -16,30 +19,38 @@ void exports_tool_describe(tool_tool_info_t *ret) {
   ret->effect = BACKSTOP_TOOL_TYPES_EFFECT_READ_ONLY;
 }
 
+static bool fail(tool_tool_error_t *err, uint8_t tag, const char *msg) {
+  err->tag = tag;
+  /* Every case but rate-limited carries just its message, at one offset. */
+  tool_string_dup(&err->val.invalid_input, msg);
+  return false;
+}
+
 bool exports_tool_invoke(tool_string_t *input, tool_output_t *ret, tool_tool_error_t *err) {
-  char *text = NULL;
-  size_t n = 0;
-  bool ok = json_get_string((const char *)input->ptr, input->len, "text", &text, &n) == JSON_FOUND;
-  if (ok) {
-    json_out o = {0};
-    out_raw(&o, "{\"text\":");
-    out_str(&o, text, n);
-    out_fmt(&o, ",\"length\":%zu}", n);
-    if (o.oom) {
-      free(o.buf);
-      err->tag = BACKSTOP_TOOL_TYPES_TOOL_ERROR_TRANSIENT;
-      tool_string_dup(&err->val.transient, "out of memory");
-      ok = false;
-    } else {
-      ret->value.ptr = (uint8_t *)o.buf; /* the host frees it */
-      ret->value.len = o.len;
-      ret->confidence.is_some = false;
-    }
-  } else {
-    err->tag = BACKSTOP_TOOL_TYPES_TOOL_ERROR_INVALID_INPUT;
-    tool_string_dup(&err->val.invalid_input, "`text` (a string) is required");
+  bool ok = false;
+  cJSON *out = NULL;
+  cJSON *in = cJSON_ParseWithLength((const char *)input->ptr, input->len);
+  const cJSON *text = cJSON_GetObjectItemCaseSensitive(in, "text");
+  if (!cJSON_IsString(text)) {
+    ok = fail(err, BACKSTOP_TOOL_TYPES_TOOL_ERROR_INVALID_INPUT, "`text` (a string) is required");
+    goto done;
   }
-  free(text);
+  out = cJSON_CreateObject();
+  char *printed = NULL;
+  if (!out || !cJSON_AddStringToObject(out, "text", text->valuestring) ||
+      !cJSON_AddNumberToObject(out, "length", (double)strlen(text->valuestring)) ||
+      !(printed = cJSON_PrintUnformatted(out))) {
+    ok = fail(err, BACKSTOP_TOOL_TYPES_TOOL_ERROR_TRANSIENT, "out of memory");
+    goto done;
+  }
+  ret->value.ptr = (uint8_t *)printed; /* malloc'ed: the host frees it */
+  ret->value.len = strlen(printed);
+  ret->confidence.is_some = false;
+  ok = true;
+
+done:
+  cJSON_Delete(in);
+  cJSON_Delete(out);
   tool_string_free(input); /* the input belongs to the tool */
   return ok;
 }
