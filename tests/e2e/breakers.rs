@@ -6,7 +6,6 @@
 use crate::common::{serve, tempdir, write_config, PRELUDE};
 use serde_json::{json, Value};
 use std::path::Path;
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 fn config() -> String {
@@ -21,19 +20,7 @@ breaker = {{ consecutive_failures = 1, open_for = "1h" }}
 }
 
 fn backstop(config: &Path, args: &[&str]) -> (i32, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_backstop"))
-        .arg("-c")
-        .arg(config)
-        .args(args)
-        .env_remove("USER")
-        .env_remove("LOGNAME")
-        .output()
-        .unwrap();
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
+    crate::common::cli(Some(config), args)
 }
 
 /// The `flaky` breaker as `backstop breakers --json` shows it.

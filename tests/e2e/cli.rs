@@ -1,20 +1,9 @@
 //! The `backstop` binary: exit codes, readable and JSON output.
 
 use crate::common::{tempdir, write_config, PRELUDE};
-use std::process::Command;
 
 fn backstop(config: &std::path::Path, args: &[&str]) -> (i32, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_backstop"))
-        .arg("-c")
-        .arg(config)
-        .args(args)
-        .output()
-        .unwrap();
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
+    crate::common::cli(Some(config), args)
 }
 
 fn config() -> String {

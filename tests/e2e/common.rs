@@ -34,6 +34,27 @@ pub fn plugins() -> &'static Path {
     })
 }
 
+/// Runs the `backstop` binary (with `-c config` when given): exit code,
+/// stdout, stderr. No login name reaches it, so who-did-it defaults are
+/// the same everywhere.
+pub fn cli(config: Option<&Path>, args: &[&str]) -> (i32, String, String) {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_backstop"));
+    if let Some(c) = config {
+        cmd.arg("-c").arg(c);
+    }
+    let out = cmd
+        .args(args)
+        .env_remove("USER")
+        .env_remove("LOGNAME")
+        .output()
+        .unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
 /// A compiled-code cache shared by tests, so each component compiles once.
 pub fn shared_cache() -> PathBuf {
     root().join("target/e2e-cache")

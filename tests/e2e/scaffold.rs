@@ -56,15 +56,7 @@ fn scratch_plugins(dir: &Path) -> PathBuf {
 }
 
 fn backstop(args: &[&str]) -> (i32, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_backstop"))
-        .args(args)
-        .output()
-        .unwrap();
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
+    crate::common::cli(None, args)
 }
 
 fn build(plugins: &Path, langs: &[&str]) -> (bool, String) {
