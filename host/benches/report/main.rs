@@ -459,7 +459,9 @@ fn main() {
          allocates nothing of its own: target names and the key are shared (`Arc<str>`), \
          classes are enums, the first attempt record is inline. A rejection allocates \
          nothing either. Issue 15 took out what a success never needed (1,276 -> 944 \
-         instructions of overhead): window sums after a success, the bucket scan, clock \
+         instructions of overhead; issue 16's truer reports of a failed chain, which track \
+         the cause of a refused retry, added about 17): window sums after a success, the \
+         bucket scan, clock \
          subtractions (a bucket holds its end, a first attempt's deadline is the chain's), \
          the key's atomic count (it is lent to the attempt and taken back), the bulkhead \
          slot list, and calls for the breaker's success path, its lock and the disabled \
