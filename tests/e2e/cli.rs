@@ -186,3 +186,32 @@ fn check_shows_a_long_compile_and_warms_the_cache() {
     );
     assert!(!err.contains("compiling"), "{err}");
 }
+
+/// A reader that goes away (`backstop call ... | head -1`) cuts the output
+/// short and nothing else: no panic (it used to abort a run mid-way), and
+/// the command's own result stands.
+#[test]
+fn a_closed_stdout_is_not_a_crash() {
+    let (_dir, path) = setup();
+    let input = r#"{"flaky": {"mode": "fail", "class": "unavailable"}, "query": "breakers"}"#;
+    for args in [
+        vec!["call", "main", "--input", input],
+        vec!["tools", "--schemas"],
+        vec!["status"],
+    ] {
+        // `true` exits at once, so every write finds the pipe closed.
+        let out = std::process::Command::new("bash")
+            .arg("-c")
+            .arg(r#""$0" "$@" | true; echo "status=${PIPESTATUS[0]}""#)
+            .arg(env!("CARGO_BIN_EXE_backstop"))
+            .arg("-c")
+            .arg(&path)
+            .args(&args)
+            .output()
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(stdout.contains("status=0"), "{args:?}: {stdout} {stderr}");
+        assert!(!stderr.contains("panicked"), "{args:?}: {stderr}");
+    }
+}

@@ -4,13 +4,14 @@ use std::io::Write;
 use std::path::Path;
 use std::process::ExitCode;
 
-/// `println!` for text output: guest- and provider-controlled text in it
-/// is made visible, never executed by the terminal (`backstop::term`).
-/// JSON output is printed exactly, with `println!`.
+/// A line of text output: guest- and provider-controlled text in it is
+/// made visible, never executed by the terminal (`backstop::term`). JSON
+/// output is printed exactly, with `crate::out::line`. Neither panics when
+/// the reader has gone.
 macro_rules! say {
-    () => { println!() };
+    () => { crate::out::line("") };
     ($($arg:tt)*) => {
-        println!("{}", backstop::term::visible(&format!($($arg)*)))
+        crate::out::line(&backstop::term::visible(&format!($($arg)*)))
     };
 }
 
@@ -183,7 +184,7 @@ async fn tools(config: &Path, json: bool, schemas: bool) -> anyhow::Result<ExitC
                 })
             })
             .collect();
-        println!("{}", serde_json::to_string_pretty(&list)?);
+        crate::out::line(&serde_json::to_string_pretty(&list)?);
         return Ok(ExitCode::SUCCESS);
     }
     let mut out = std::io::stdout().lock();
@@ -279,7 +280,7 @@ async fn call(
         None => b.call(chain, input).await?,
     };
     if json {
-        println!("{}", serde_json::to_string(&outcome)?);
+        crate::out::line(&serde_json::to_string(&outcome)?);
     } else {
         say!("{outcome}");
     }
@@ -302,7 +303,7 @@ async fn ask(
     request.system = system;
     let outcome = b.call(chain, serde_json::to_value(&request)?).await?;
     if json {
-        println!("{}", serde_json::to_string(&outcome)?);
+        crate::out::line(&serde_json::to_string(&outcome)?);
     } else {
         // The attempts and the verdict, then the answer's text alone.
         let mut readable = outcome.clone();
@@ -414,10 +415,9 @@ async fn show_run(config: &Path, run: &str, json: bool) -> anyhow::Result<ExitCo
     let record = journal.run(run).await?;
     let entries = journal.entries(run).await?;
     if json {
-        println!(
-            "{}",
-            serde_json::to_string(&serde_json::json!({"run": record, "entries": entries}))?
-        );
+        crate::out::line(&serde_json::to_string(
+            &serde_json::json!({"run": record, "entries": entries}),
+        )?);
         return Ok(ExitCode::SUCCESS);
     }
     say!(
@@ -527,7 +527,7 @@ async fn list_escalations(
             ) && !stats =>
         {
             if json {
-                println!("[]");
+                crate::out::line("[]");
             } else {
                 say!("no escalations (no state store yet)");
             }
@@ -538,7 +538,7 @@ async fn list_escalations(
     if stats {
         let s = q.escalation_stats().await?;
         if json {
-            println!("{}", serde_json::to_string(&s)?);
+            crate::out::line(&serde_json::to_string(&s)?);
         } else {
             say!("open: {}", s.open);
             say!(
@@ -570,7 +570,7 @@ async fn list_escalations(
         })
         .await?;
     if json {
-        println!("{}", serde_json::to_string(&list)?);
+        crate::out::line(&serde_json::to_string(&list)?);
         return Ok(ExitCode::SUCCESS);
     }
     if list.is_empty() {
@@ -612,7 +612,7 @@ async fn show_escalation(config: &Path, id: &str, json: bool) -> anyhow::Result<
     let (config, q) = queue_read(config)?;
     let e = q.escalation(id).await?;
     if json {
-        println!("{}", serde_json::to_string_pretty(&e)?);
+        crate::out::line(&serde_json::to_string_pretty(&e)?);
         return Ok(ExitCode::SUCCESS);
     }
     say!("escalation {} ({})", e.id, e.reason.as_str());
@@ -724,27 +724,27 @@ async fn breakers(
                 .map(String::as_str)
                 .collect();
             names.sort_unstable();
-            eprintln!(
+            crate::out::err_line(&format!(
                 "error: no breaker `{}` in {} (breakers: {})",
                 backstop::term::visible(&target),
                 config.path.display(),
                 names.join(", ")
-            );
+            ));
             return Ok(ExitCode::from(1));
         }
         let store = backstop::store::open(&config.state_path)?;
         let by = backstop::clean_actor(&by);
         backstop::guard::shared::set_in_store(store.breakers()?.as_ref(), &target, action, &by)?;
-        eprintln!(
+        crate::out::err_line(&format!(
             "{}: {} by {}",
             backstop::term::visible(&target),
             action.as_str(),
             backstop::term::visible(&by)
-        );
+        ));
     }
     let s = backstop::status::Status::read(&config, 0).await?;
     if json {
-        println!("{}", serde_json::to_string_pretty(&s.breakers)?);
+        crate::out::line(&serde_json::to_string_pretty(&s.breakers)?);
         return Ok(ExitCode::SUCCESS);
     }
     let mut out = std::io::stdout().lock();
@@ -775,7 +775,7 @@ async fn status(config: &Path, json: bool, runs: u32) -> anyhow::Result<ExitCode
     let config = backstop::Config::from_file(config)?;
     let s = backstop::status::Status::read(&config, runs).await?;
     if json {
-        println!("{}", serde_json::to_string_pretty(&s)?);
+        crate::out::line(&serde_json::to_string_pretty(&s)?);
         return Ok(ExitCode::SUCCESS);
     }
     let mut out = std::io::stdout().lock();
@@ -848,7 +848,7 @@ async fn serve(
     let b = std::sync::Arc::new(Backstop::load(config).await?);
     let listener = backstop::serve::bind(listen, token.as_deref()).await?;
     let addr = listener.local_addr()?;
-    println!("listening on http://{addr}");
+    crate::out::line(&format!("listening on http://{addr}"));
     std::io::stdout().flush()?;
     let shutdown = async {
         let mut term =

@@ -6,6 +6,7 @@
 mod commands;
 mod demo;
 mod new;
+mod out;
 
 use clap::{Parser, Subcommand};
 use std::path::PathBuf;
@@ -316,14 +317,20 @@ fn main() -> ExitCode {
     rt.shutdown_timeout(std::time::Duration::from_secs(1));
     match result {
         Ok(code) => code,
+        // The reader went away (`backstop status | head -1`): the output
+        // was cut short, nothing failed.
+        Err(e) if out::is_broken_pipe(&e) => ExitCode::SUCCESS,
         Err(e) => {
             // A load error can quote what a tool's `describe` said.
-            eprintln!("error: {}", backstop::term::visible(&e.to_string()));
+            out::err_line(&format!(
+                "error: {}",
+                backstop::term::visible(&e.to_string())
+            ));
             for cause in e.chain().skip(1) {
-                eprintln!(
+                out::err_line(&format!(
                     "  caused by: {}",
                     backstop::term::visible(&cause.to_string())
-                );
+                ));
             }
             ExitCode::from(1)
         }
