@@ -430,11 +430,9 @@ impl Backstop {
     ) -> Result<BreakerStatus, Error> {
         let by = clean_actor(by);
         if !self.breakers.set(target, action, &by)? {
-            let mut names: Vec<&str> = self.breakers.targets().collect();
-            names.sort_unstable();
             return Err(Error::UnknownBreaker {
                 name: target.to_owned(),
-                hint: format!(" (breakers: {})", names.join(", ")),
+                hint: format!(" (breakers: {})", self.config.breaker_targets().join(", ")),
             });
         }
         let mut b = self

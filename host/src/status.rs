@@ -24,10 +24,9 @@ pub fn stored_breakers(config: &Config, rows: Vec<BreakerRow>) -> Vec<BreakerSta
     let rows: std::collections::HashMap<String, _> =
         rows.into_iter().map(|r| (r.target.clone(), r)).collect();
     let now = now_ms();
-    let mut out: Vec<BreakerStatus> = config
-        .tools
-        .keys()
-        .chain(config.models.keys())
+    config
+        .breaker_targets()
+        .into_iter()
         .map(|t| {
             let row = rows.get(t);
             let (state, retry_in_ms, forced) = match row.map(|r| remote(r, now)) {
@@ -42,7 +41,7 @@ pub fn stored_breakers(config: &Config, rows: Vec<BreakerRow>) -> Vec<BreakerSta
                 _ => (BreakerState::Closed, 0, None),
             };
             BreakerStatus {
-                target: t.clone(),
+                target: t.to_owned(),
                 state,
                 forced,
                 retry_in_ms,
@@ -51,9 +50,7 @@ pub fn stored_breakers(config: &Config, rows: Vec<BreakerRow>) -> Vec<BreakerSta
                 set_by: row.map(|r| r.set_by.clone()).filter(|b| !b.is_empty()),
             }
         })
-        .collect();
-    out.sort_by(|a, b| a.target.cmp(&b.target));
-    out
+        .collect()
 }
 
 impl Status {

@@ -250,6 +250,18 @@ impl Config {
             .is_some_and(|t| self.models.contains_key(t))
     }
 
+    /// Every target with a breaker (each tool and model), sorted.
+    pub fn breaker_targets(&self) -> Vec<&str> {
+        let mut names: Vec<&str> = self
+            .tools
+            .keys()
+            .chain(self.models.keys())
+            .map(String::as_str)
+            .collect();
+        names.sort_unstable();
+        names
+    }
+
     /// Names that can be called: chains and tools.
     pub fn callable(&self) -> Vec<String> {
         self.chains

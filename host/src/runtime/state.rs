@@ -66,7 +66,7 @@ impl ResourceLimiter for MemoryLimiter {
 pub struct HttpGate {
     tool: Arc<str>,
     origins: Arc<Vec<Origin>>,
-    pub denied: Vec<String>,
+    denied: Vec<String>,
 }
 
 /// Distinct refused origins kept per call.

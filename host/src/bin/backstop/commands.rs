@@ -716,14 +716,8 @@ async fn breakers(
             C::ForceOpen { target, by } => (target, Action::ForceOpen, by),
             C::ForceClose { target, by } => (target, Action::ForceClose, by),
         };
-        if !config.tools.contains_key(&target) && !config.models.contains_key(&target) {
-            let mut names: Vec<&str> = config
-                .tools
-                .keys()
-                .chain(config.models.keys())
-                .map(String::as_str)
-                .collect();
-            names.sort_unstable();
+        let names = config.breaker_targets();
+        if !names.contains(&target.as_str()) {
             crate::out::err_line(&format!(
                 "error: no breaker `{}` in {} (breakers: {})",
                 backstop::term::visible(&target),
