@@ -280,11 +280,7 @@ impl Backstop {
     /// Calls `chain` (or a single tool by name) with a new idempotency key.
     pub async fn call(&self, chain: &str, input: serde_json::Value) -> Result<Outcome, Error> {
         // 32 hex digits straight into the shared key: one allocation.
-        let mut hex = [0u8; 32];
-        hex::encode_to_slice(rand::random::<u128>().to_be_bytes(), &mut hex)
-            .expect("16 bytes are 32 hex digits");
-        let key: Arc<str> = std::str::from_utf8(&hex).expect("hex is ASCII").into();
-        self.call_with_key(chain, input, key).await
+        self.call_inner(chain, input, Self::new_key(), None).await
     }
 
     /// Calls `chain` with a caller-chosen idempotency key (for example one
@@ -295,7 +291,38 @@ impl Backstop {
         input: serde_json::Value,
         key: impl Into<Arc<str>>,
     ) -> Result<Outcome, Error> {
-        let key: Arc<str> = key.into();
+        self.call_inner(chain, input, key.into(), None).await
+    }
+
+    /// Calls `chain` like [`Backstop::call_with_key`], telling `progress`
+    /// of each attempt as it ends: a front that reports progress (MCP's
+    /// notifications) sees a retry or a fallback while the call goes on.
+    pub async fn call_with_progress(
+        &self,
+        chain: &str,
+        input: serde_json::Value,
+        key: impl Into<Arc<str>>,
+        progress: &(dyn Fn(&crate::outcome::Attempt) + Sync),
+    ) -> Result<Outcome, Error> {
+        self.call_inner(chain, input, key.into(), Some(progress))
+            .await
+    }
+
+    /// A fresh idempotency key: 32 hex digits.
+    pub fn new_key() -> Arc<str> {
+        let mut hex = [0u8; 32];
+        hex::encode_to_slice(rand::random::<u128>().to_be_bytes(), &mut hex)
+            .expect("16 bytes are 32 hex digits");
+        std::str::from_utf8(&hex).expect("hex is ASCII").into()
+    }
+
+    async fn call_inner(
+        &self,
+        chain: &str,
+        input: serde_json::Value,
+        key: Arc<str>,
+        progress: Option<&(dyn Fn(&crate::outcome::Attempt) + Sync)>,
+    ) -> Result<Outcome, Error> {
         let plan = self.plans.get(chain).ok_or_else(|| Error::UnknownChain {
             name: chain.to_owned(),
             hint: match self.config.callable() {
@@ -309,6 +336,7 @@ impl Backstop {
             deadline: plan.deadline,
             rng: &self.rng,
             max_message: self.config.engine.max_message,
+            progress,
         };
         let span = tracing::info_span!(
             "call",

@@ -25,6 +25,7 @@ pub mod escalation;
 pub mod guard;
 mod host;
 pub mod journal;
+pub mod mcp;
 pub mod metrics;
 pub mod models;
 pub mod outcome;

@@ -103,6 +103,7 @@ pub async fn deliver(
         deadline: DEADLINE,
         rng: &rng,
         max_message: crate::outcome::DEFAULT_MAX_MESSAGE,
+        progress: None,
     };
     let key = format!("{:032x}", rand::random::<u128>());
     let outcome = runner.run(body, key.into()).await;

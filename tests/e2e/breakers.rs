@@ -133,7 +133,7 @@ async fn the_api_sets_breakers_and_a_server_takes_on_a_change_from_the_shell() {
     let dir = tempdir();
     let path = write_config(dir.path(), &config());
     let server = serve(&path, None);
-    let http = reqwest::Client::new();
+    let http = crate::common::http();
     let base = server.base.clone();
     let call = |input: Value| {
         let (http, base) = (http.clone(), base.clone());

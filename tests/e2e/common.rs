@@ -178,3 +178,11 @@ pub static MEMORY: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 pub async fn memory_lock() -> tokio::sync::MutexGuard<'static, ()> {
     MEMORY.lock().await
 }
+
+/// An HTTP client for talking to servers the tests start. reqwest is
+/// built without a TLS provider, so one is installed first (as the
+/// library does for its own clients).
+pub fn http() -> reqwest::Client {
+    backstop::models::install_tls_provider();
+    reqwest::Client::new()
+}

@@ -100,7 +100,7 @@ async fn a_spin_flood_does_not_starve_the_server_or_delay_deadlines() {
         ),
     );
     let server = serve(&config, None);
-    let http = reqwest::Client::new();
+    let http = crate::common::http();
     let base = server.base.clone();
     let mut calls = tokio::task::JoinSet::new();
     for _ in 0..100 {
@@ -489,7 +489,7 @@ async fn bearer_in_any_case_bad_tokens_refused_and_json_is_a_media_type() {
         assert!(err.contains(backstop::serve::TOKEN_ENV), "{err}");
     }
     let server = serve(&config, Some("s3cret"));
-    let http = reqwest::Client::new();
+    let http = crate::common::http();
     for scheme in ["Bearer", "bearer", "BEARER"] {
         let r = http
             .get(format!("{}/v1/status", server.base))

@@ -544,7 +544,7 @@ async fn webhook_delivery_follows_the_retry_policy() {
         .unwrap(),
         max_retry_after: Duration::from_secs(5),
     };
-    let client = reqwest::Client::new();
+    let client = crate::common::http();
     let hook = ScriptedServer::start(Reply::status(204)).await.unwrap();
     hook.push([Reply::status(429).header("retry-after", "1")]);
     let url = format!("{}/hook", hook.origin());

@@ -14,6 +14,7 @@ mod input;
 mod languages;
 mod layers;
 mod loading;
+mod mcp;
 mod models;
 mod operate;
 mod runs;

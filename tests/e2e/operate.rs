@@ -84,7 +84,7 @@ struct Client {
 impl Client {
     fn new(server: &Server, token: Option<&str>) -> Client {
         Client {
-            http: reqwest::Client::new(),
+            http: crate::common::http(),
             base: server.base.clone(),
             token: token.map(str::to_owned),
         }

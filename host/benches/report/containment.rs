@@ -94,7 +94,7 @@ fn probe(base: &str, n: usize) -> Latencies {
         .build()
         .unwrap();
     rt.block_on(async {
-        let client = reqwest::Client::new();
+        let client = backstop::models::http_client();
         let mut out = Vec::with_capacity(n);
         for _ in 0..n {
             let t = Instant::now();
@@ -124,7 +124,7 @@ fn spin_flood(root: &Path, page: &mut String) {
     let idle = probe(&s.base, 100);
     let base = s.base.clone();
     let calls = s.rt.spawn(async move {
-        let client = reqwest::Client::new();
+        let client = backstop::models::http_client();
         let started = Instant::now();
         let mut set = tokio::task::JoinSet::new();
         for _ in 0..100 {
@@ -194,7 +194,7 @@ fn runs_under_load(root: &Path, quick: bool, page: &mut String) {
     let base = s.base.clone();
     let seconds = if quick { 2 } else { 5 };
     let load = s.rt.spawn(async move {
-        let client = reqwest::Client::new();
+        let client = backstop::models::http_client();
         let until = Instant::now() + Duration::from_secs(seconds);
         let mut set = tokio::task::JoinSet::new();
         for _ in 0..16 {

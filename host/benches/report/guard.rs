@@ -143,6 +143,7 @@ pub fn measure(samples: usize, n: u64) -> Figures {
     let calls = |targets: &[ChainTarget], ok: bool| {
         let r = ChainRunner {
             max_message: backstop::outcome::DEFAULT_MAX_MESSAGE,
+            progress: None,
             chain: &chain,
             targets,
             deadline: Duration::from_secs(10),
@@ -185,6 +186,7 @@ pub fn measure(samples: usize, n: u64) -> Figures {
     let future_bytes = {
         let r = ChainRunner {
             max_message: backstop::outcome::DEFAULT_MAX_MESSAGE,
+            progress: None,
             chain: &chain,
             targets: &closed_targets,
             deadline: Duration::from_secs(10),
@@ -315,6 +317,7 @@ pub fn spin(path: &str, n: u64) {
             let chain: Arc<str> = "noop".into();
             let runner = ChainRunner {
                 max_message: backstop::outcome::DEFAULT_MAX_MESSAGE,
+                progress: None,
                 chain: &chain,
                 targets: &targets,
                 deadline: Duration::from_secs(10),

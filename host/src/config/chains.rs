@@ -54,6 +54,7 @@ impl Loader<'_> {
                 ChainConfig {
                     name: name.to_string(),
                     targets,
+                    description: spec.description.clone(),
                     deadline: spec
                         .deadline
                         .or(file.defaults.deadline)

@@ -6,6 +6,7 @@
 
 pub mod agents;
 mod chains;
+mod mcp;
 mod models;
 mod parse;
 mod resolve;
@@ -103,6 +104,13 @@ pub struct EscalationConfig {
     pub webhook: Option<String>,
 }
 
+/// How Backstop serves MCP.
+#[derive(Clone, Debug, Default)]
+pub struct McpConfig {
+    /// The chains and tools served as MCP tools; `None` serves every one.
+    pub expose: Option<Vec<String>>,
+}
+
 /// A model, resolved.
 #[derive(Clone, Debug)]
 pub struct ModelConfig {
@@ -128,6 +136,8 @@ pub struct ModelConfig {
 pub struct ChainConfig {
     pub name: String,
     pub targets: Vec<String>,
+    /// The operator's description of the chain, if any.
+    pub description: Option<String>,
     pub deadline: Duration,
     retry: RetrySpec,
 }
@@ -173,6 +183,8 @@ pub struct Config {
     pub chains: BTreeMap<String, ChainConfig>,
     pub agents: BTreeMap<String, AgentConfig>,
     pub escalation: EscalationConfig,
+    /// The `[mcp]` section.
+    pub mcp: McpConfig,
     default_retry: RetrySpec,
     default_deadline: Duration,
 }
@@ -237,6 +249,7 @@ impl Config {
         (self.tools.contains_key(name) || self.models.contains_key(name)).then(|| ChainConfig {
             name: name.to_owned(),
             targets: vec![name.to_owned()],
+            description: None,
             deadline: self.default_deadline,
             retry: RetrySpec::default(),
         })

@@ -173,6 +173,7 @@ impl Loader<'_> {
             }
             w => w.as_ref().map(|w| w.get_ref().clone()),
         };
+        let mcp = self.mcp(&file, &tools, &models, &chains)?;
         let state_path = match &file.state {
             Some(s) => self.path(&s.get_ref()["sqlite:".len()..]),
             None => self.path(".backstop/state.db"),
@@ -227,6 +228,7 @@ impl Loader<'_> {
                     .unwrap_or(CircuitOpenPolicy::Escalate),
                 webhook,
             },
+            mcp,
             default_retry,
             default_deadline: file.defaults.deadline.map_or(DEFAULT_DEADLINE, |d| d.0),
         })

@@ -32,6 +32,16 @@ pub struct File {
     pub agents: BTreeMap<String, AgentSpec>,
     #[serde(default)]
     pub escalation: EscalationSpec,
+    #[serde(default)]
+    pub mcp: McpSpec,
+}
+
+/// How Backstop speaks MCP as a server.
+#[derive(Deserialize, Debug, Default)]
+#[serde(deny_unknown_fields)]
+pub struct McpSpec {
+    /// The chains and tools served as MCP tools (default: every one).
+    pub expose: Option<Spanned<Vec<Spanned<String>>>>,
 }
 
 #[derive(Deserialize, Debug, Default)]
@@ -279,6 +289,9 @@ fn read_only() -> DirMode {
 pub struct ChainSpec {
     /// Tools or other chains, tried in order.
     pub targets: Spanned<Vec<Spanned<String>>>,
+    /// What the chain does, for an MCP client (default: its first
+    /// tool's description).
+    pub description: Option<String>,
     pub deadline: Option<PositiveDur>,
     pub retry: Option<RetrySpec>,
 }

@@ -265,6 +265,9 @@ pub struct ChainRunner<'a> {
     pub rng: &'a Mutex<StdRng>,
     /// Longest failure message kept (longer ones are cut, marked).
     pub max_message: usize,
+    /// Told of each attempt as it ends (a retry, a fallback), for a caller
+    /// that reports progress while the call goes on.
+    pub progress: Option<&'a (dyn Fn(&Attempt) + Sync)>,
 }
 
 /// `now - started`, without the subtraction when the clock was never read
@@ -362,7 +365,7 @@ impl ChainRunner<'_> {
                         let mut record = Attempt::failed(name, attempt, &f, 0, moving_on);
                         record.delay_ms = millis(rejected.retry_in);
                         span.record("breaker", rejected.state.as_str());
-                        trace_attempt(&span, &record);
+                        self.note(&span, &record);
                         attempts.push(record);
                         let cause = retried.take().unwrap_or(f);
                         passed_over.push((name.clone(), cause.class));
@@ -397,7 +400,7 @@ impl ChainRunner<'_> {
                             lock(b).cancel(p);
                         }
                         let record = Attempt::failed(name, attempt, &f, 0, moving_on);
-                        trace_attempt(&span, &record);
+                        self.note(&span, &record);
                         attempts.push(record);
                         passed_over.push((name.clone(), FailureClass::BulkheadFull));
                         last = Some(f);
@@ -471,7 +474,7 @@ impl ChainRunner<'_> {
                             then: Next::Done,
                         };
                         let record_elapsed = record.elapsed_ms;
-                        trace_attempt(&span, &record);
+                        self.note(&span, &record);
                         attempts.push(record);
                         let degraded = !passed_over.is_empty();
                         return Outcome {
@@ -522,7 +525,7 @@ impl ChainRunner<'_> {
                 match decision {
                     Decision::Retry(delay) => {
                         record.delay_ms = millis(delay);
-                        trace_attempt(&span, &record);
+                        self.note(&span, &record);
                         attempts.push(record);
                         // Boxed: a retry can afford the allocation, and an
                         // inline timer would make every call's future larger.
@@ -538,14 +541,14 @@ impl ChainRunner<'_> {
                             record.message = format!("{}; {n}", record.message).into();
                             exhausted = true;
                         }
-                        trace_attempt(&span, &record);
+                        self.note(&span, &record);
                         attempts.push(record);
                         passed_over.push((name.clone(), failure.class));
                         last = Some(failure);
                         break;
                     }
                     Decision::Stop(reason) => {
-                        trace_attempt(&span, &record);
+                        self.note(&span, &record);
                         attempts.push(record);
                         return self.failed(
                             since(started, now),
@@ -584,6 +587,14 @@ impl ChainRunner<'_> {
         self.failed(since(started, now), key, attempts, summary, Some(reason))
     }
 
+    #[inline]
+    fn note(&self, span: &tracing::Span, a: &Attempt) {
+        trace_attempt(span, a);
+        if let Some(p) = self.progress {
+            p(a);
+        }
+    }
+
     /// `elapsed` comes from the last clock read of the call: reading the
     /// clock again costs more than a rejection's whole decision.
     /// The call's deadline passed before `record`'s attempt could run.
@@ -596,7 +607,7 @@ impl ChainRunner<'_> {
         f: Failure,
         span: &tracing::Span,
     ) -> Outcome {
-        trace_attempt(span, &record);
+        self.note(span, &record);
         attempts.push(record);
         self.failed(
             elapsed,

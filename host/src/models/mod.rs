@@ -287,11 +287,19 @@ pub fn redact<'a>(text: &'a str, key: &str) -> std::borrow::Cow<'a, str> {
 /// The one HTTP client for model calls: no retries of its own, bounded
 /// connect time, no proxy from the environment.
 pub fn http_client() -> reqwest::Client {
+    install_tls_provider();
     reqwest::Client::builder()
         .connect_timeout(Duration::from_secs(10))
         .no_proxy()
         .build()
         .expect("a default reqwest client builds")
+}
+
+/// Makes ring the process's TLS crypto provider, unless one is already
+/// set (an embedding app may have chosen its own): reqwest is built
+/// without one, to keep aws-lc-rs's C build out.
+pub fn install_tls_provider() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
 }
 
 impl CallTarget for ModelTarget {

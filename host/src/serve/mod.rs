@@ -344,10 +344,57 @@ struct EscalationsQuery {
 
 type App = Arc<Backstop>;
 
+/// Largest JSON-RPC body `/mcp` reads (the SDK refuses larger ones).
+const MAX_MCP_BODY: usize = crate::mcp::MAX_MESSAGE;
+
+/// Reads a request's body within the body timeout before the MCP
+/// transport sees it: a body that never ends must not hold the
+/// connection (the SDK caps its size, not its time).
+async fn bounded_body(req: Request, next: Next) -> Response {
+    let within = req
+        .extensions()
+        .get::<ServeOptions>()
+        .map_or(std::time::Duration::from_secs(10), |o| o.body_timeout);
+    let (parts, body) = req.into_parts();
+    let read = axum::body::to_bytes(body, MAX_MCP_BODY + 1);
+    let bytes = match tokio::time::timeout(within, read).await {
+        Ok(Ok(bytes)) => bytes,
+        Ok(Err(_)) => {
+            return ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                format!("an MCP request body may hold at most {MAX_MCP_BODY} bytes"),
+            )
+            .into_response()
+        }
+        Err(_) => {
+            return ApiError::new(
+                StatusCode::REQUEST_TIMEOUT,
+                format!(
+                    "the request body did not arrive within {}",
+                    humantime::format_duration(within)
+                ),
+            )
+            .into_response()
+        }
+    };
+    next.run(Request::from_parts(parts, axum::body::Body::from(bytes)))
+        .await
+}
+
 /// The API's routes, with auth and JSON errors.
 pub fn router(backstop: Arc<Backstop>, token: Option<String>) -> Router {
+    // Without a token the server listens only on loopback, and the MCP
+    // transport checks that `Host` names it (a page's DNS rebinding must
+    // not reach a local server); with one, the token guards it.
+    let mcp = Router::new()
+        .route_service(
+            "/mcp",
+            crate::mcp::http_service(backstop.clone(), token.is_none(), MAX_MCP_BODY),
+        )
+        .layer(middleware::from_fn(bounded_body));
     let token: Option<Arc<str>> = token.map(Into::into);
     Router::new()
+        .merge(mcp)
         .route("/healthz", get(healthz))
         .route("/openapi.json", get(openapi))
         .route("/metrics", get(metrics))

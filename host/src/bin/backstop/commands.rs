@@ -18,6 +18,7 @@ macro_rules! say {
 pub async fn run(command: Command, config: &Path) -> anyhow::Result<ExitCode> {
     match command {
         Command::Check => check(config).await,
+        Command::Mcp => mcp(config).await,
         Command::Status { json, runs } => status(config, json, runs).await,
         Command::Breakers { action, json } => breakers(config, action, json).await,
         Command::Serve {
@@ -827,6 +828,14 @@ async fn status(config: &Path, json: bool, runs: u32) -> anyhow::Result<ExitCode
             age(r.updated_at)
         )?;
     }
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn mcp(config: &Path) -> anyhow::Result<ExitCode> {
+    let b = std::sync::Arc::new(Backstop::load(config).await?);
+    backstop::mcp::serve_stdio(b.clone()).await?;
+    b.flush_notifications(std::time::Duration::from_secs(5))
+        .await;
     Ok(ExitCode::SUCCESS)
 }
 

@@ -76,6 +76,10 @@ enum Command {
         #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
         grace: std::time::Duration,
     },
+    /// Serve MCP on stdin and stdout (what a desktop client launches):
+    /// every chain and tool of the config (or those `[mcp] expose` names)
+    /// is an MCP tool. Logs go to stderr.
+    Mcp,
     /// Validate the config and load every tool; exit 1 on any error.
     Check,
     /// List tools: what they say about themselves and what they may touch.

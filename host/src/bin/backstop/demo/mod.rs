@@ -268,7 +268,7 @@ async fn operate(out: &mut dyn Write, b: &std::sync::Arc<Backstop>) -> anyhow::R
     let server = tokio::spawn(backstop::serve::serve(b.clone(), listener, None, async {
         let _ = stopped.await;
     }));
-    let http = reqwest::Client::new();
+    let http = backstop::models::http_client();
     let metrics = http
         .get(format!("{base}/metrics"))
         .send()

@@ -1,0 +1,367 @@
+//! Backstop as an MCP server, driven by the official Rust SDK's client
+//! (`rmcp`) over stdio (`backstop mcp`) and over streamable HTTP (`/mcp`
+//! of `backstop serve`), in both protocol revisions: 2026-07-28 (discover,
+//! stateless) and 2025-11-25 (initialize, sessions).
+
+use crate::common::{serve, tempdir, write_config, Server, PRELUDE};
+use rmcp::model::{CallToolRequestParams, CallToolResult, ProtocolVersion, Tool};
+use rmcp::service::RunningService;
+use rmcp::transport::{StreamableHttpClientTransport, TokioChildProcess};
+use rmcp::{ClientLifecycleMode, ClientServiceExt, RoleClient};
+use serde_json::{json, Value};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+
+pub fn config() -> String {
+    format!(
+        r#"{PRELUDE}
+[tools.echo_rs]
+component = "{{plugins}}/echo_rs.wasm"
+
+[tools.flaky]
+component = "{{plugins}}/fault.wasm"
+timeout = "2s"
+
+[tools.backup]
+component = "{{plugins}}/fault.wasm"
+
+[tools.slow]
+component = "{{plugins}}/fault.wasm"
+timeout = "20s"
+max_concurrent = 1
+max_queue = 0
+
+[tools.ledger]
+component = "{{plugins}}/ledger.wasm"
+dirs = [{{ host = "{{dir}}/ledger", guest = "/ledger", mode = "rw" }}]
+
+[chains.main]
+targets = ["flaky", "backup"]
+description = "Tries flaky, falls back to backup."
+
+[tools.shaky]
+component = "{{plugins}}/fault.wasm"
+breaker = {{ consecutive_failures = 50 }}
+
+[chains.solo]
+targets = ["shaky"]
+retry = {{ attempts = 2 }}
+
+[chains.wait]
+targets = ["slow"]
+deadline = "30s"
+"#
+    )
+}
+
+pub fn setup(text: &str) -> (tempfile::TempDir, PathBuf) {
+    let dir = tempdir();
+    std::fs::create_dir_all(dir.path().join("ledger")).unwrap();
+    let path = write_config(dir.path(), text);
+    (dir, path)
+}
+
+type Client = RunningService<RoleClient, ()>;
+
+fn lifecycle(v: &ProtocolVersion) -> ClientLifecycleMode {
+    if v.has_initialize() {
+        ClientLifecycleMode::Initialize
+    } else {
+        ClientLifecycleMode::Discover {
+            preferred_versions: vec![v.clone()],
+        }
+    }
+}
+
+async fn over_stdio(config: &Path, v: &ProtocolVersion) -> Client {
+    let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_backstop"));
+    cmd.arg("-c")
+        .arg(config)
+        .arg("mcp")
+        .env("BACKSTOP_LOG", "warn");
+    let (child, _stderr) = TokioChildProcess::builder(cmd)
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap();
+    ().serve_with_lifecycle(child, lifecycle(v)).await.unwrap()
+}
+
+async fn over_http(server: &Server, token: Option<&str>, v: &ProtocolVersion) -> Client {
+    use rmcp::transport::streamable_http_client::StreamableHttpClientTransportConfig;
+    let mut c = StreamableHttpClientTransportConfig::with_uri(format!("{}/mcp", server.base));
+    c.auth_header = token.map(str::to_owned);
+    backstop::models::install_tls_provider();
+    let transport = StreamableHttpClientTransport::from_config(c);
+    ().serve_with_lifecycle(transport, lifecycle(v))
+        .await
+        .unwrap()
+}
+
+async fn call(c: &Client, name: &str, args: Value) -> CallToolResult {
+    let Value::Object(args) = args else {
+        panic!("arguments are an object")
+    };
+    c.call_tool(CallToolRequestParams::new(name.to_owned()).with_arguments(args))
+        .await
+        .unwrap()
+}
+
+fn meta(r: &CallToolResult) -> Value {
+    Value::Object(r.meta.clone().expect("a result has _meta").0)
+}
+
+fn text(r: &CallToolResult) -> String {
+    r.content
+        .iter()
+        .filter_map(|c| c.as_text().map(|t| t.text.clone()))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+const REVISIONS: [ProtocolVersion; 2] =
+    [ProtocolVersion::V_2026_07_28, ProtocolVersion::V_2025_11_25];
+
+/// What every transport and revision must show: the catalog, a served
+/// call with its marks, a fallback, a classified failure as an error
+/// result, input that fails the schema, and an unknown tool.
+async fn the_contract(c: &Client, v: &ProtocolVersion) {
+    let tools: Vec<Tool> = c.list_all_tools().await.unwrap();
+    let names: Vec<&str> = tools.iter().map(|t| t.name.as_ref()).collect();
+    assert_eq!(
+        names,
+        ["main", "solo", "wait", "backup", "echo_rs", "flaky", "ledger", "shaky", "slow"],
+        "{v}: every chain, then every tool"
+    );
+    let by = |n: &str| tools.iter().find(|t| t.name == n).unwrap();
+    assert_eq!(
+        by("main").description.as_deref(),
+        Some("Tries flaky, falls back to backup.")
+    );
+    assert!(
+        by("echo_rs")
+            .description
+            .as_deref()
+            .unwrap()
+            .starts_with("Echoes `say`"),
+        "{v}: a tool's own description"
+    );
+    let say = &by("echo_rs").input_schema["properties"]["say"];
+    assert_eq!(say, &json!({"type": "string"}), "{v}: the tool's schema");
+    let ledger = by("ledger").annotations.clone().unwrap();
+    assert_eq!(ledger.read_only_hint, Some(false));
+    assert_eq!(
+        by("echo_rs").annotations.clone().unwrap().read_only_hint,
+        Some(true)
+    );
+
+    let r = call(c, "echo_rs", json!({"say": "hi"})).await;
+    assert_eq!(r.is_error, Some(false), "{v}: {r:?}");
+    let value = r.structured_content.clone().unwrap();
+    assert_eq!(value["said"], "hi");
+    let m = meta(&r);
+    assert_eq!(m["served_by"], "echo_rs");
+    assert_eq!(m["degraded"], false);
+    assert_eq!(m["attempts"][0]["class"], "ok");
+    assert_eq!(
+        serde_json::from_str::<Value>(&text(&r)).unwrap(),
+        value,
+        "{v}: the text is the value's JSON"
+    );
+
+    let r = call(
+        c,
+        "main",
+        json!({"flaky": {"mode": "fail", "class": "unavailable"}, "backup": {"mode": "echo"}}),
+    )
+    .await;
+    assert_eq!(r.is_error, Some(false), "{v}: {r:?}");
+    let m = meta(&r);
+    assert_eq!(m["served_by"], "backup");
+    assert_eq!(m["degraded"], true);
+    assert_eq!(m["degraded_reason"], "fallback: flaky: unavailable");
+    assert_eq!(m["attempts"].as_array().unwrap().len(), 2);
+    assert!(
+        text(&r).contains("served by backup (degraded"),
+        "{}",
+        text(&r)
+    );
+
+    let r = call(c, "solo", json!({"mode": "fail", "class": "transient"})).await;
+    assert_eq!(r.is_error, Some(true), "{v}: a failure is an error result");
+    let t = text(&r);
+    assert!(t.starts_with("FAILED: transient:"), "{t}");
+    assert!(t.contains("shaky #1 transient -> retry"), "{t}");
+    assert!(t.contains("shaky #2 transient -> stop"), "{t}");
+    assert_eq!(meta(&r)["error"]["class"], "transient");
+    assert_eq!(meta(&r)["error"]["escalate"], "retries-exhausted");
+
+    let r = call(c, "echo_rs", json!({"say": 5})).await;
+    assert_eq!(r.is_error, Some(true));
+    assert!(text(&r).contains("input at /say"), "{v}: {}", text(&r));
+    assert_eq!(meta(&r)["error"]["class"], "invalid-input");
+
+    let err = c
+        .call_tool(CallToolRequestParams::new("nope"))
+        .await
+        .unwrap_err();
+    let s = err.to_string();
+    assert!(
+        s.contains("unknown tool `nope`") && s.contains("-32602"),
+        "{v}: {s}"
+    );
+}
+
+#[tokio::test]
+async fn over_stdio_in_both_revisions() {
+    let (_dir, config) = setup(&config());
+    for v in &REVISIONS {
+        let c = over_stdio(&config, v).await;
+        assert_eq!(
+            c.peer_info().unwrap().protocol_version,
+            *v,
+            "negotiated {v}"
+        );
+        the_contract(&c, v).await;
+        c.cancel().await.unwrap();
+    }
+}
+
+#[tokio::test]
+async fn over_http_in_both_revisions_behind_the_token() {
+    let (_dir, config) = setup(&config());
+    let server = serve(&config, Some("s3cret"));
+    for v in &REVISIONS {
+        let c = over_http(&server, Some("s3cret"), v).await;
+        the_contract(&c, v).await;
+        c.cancel().await.unwrap();
+    }
+    // Without the token: refused before MCP sees the request.
+    let res = crate::common::http()
+        .post(format!("{}/mcp", server.base))
+        .header("content-type", "application/json")
+        .header("accept", "application/json, text/event-stream")
+        .body(r#"{"jsonrpc":"2.0","id":1,"method":"tools/list"}"#)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 401);
+}
+
+/// `[mcp] expose` narrows the catalog; an unknown name is a config error
+/// naming the key.
+#[tokio::test]
+async fn expose_chooses_what_is_served() {
+    let text = format!("{}\n[mcp]\nexpose = [\"main\", \"echo_rs\"]\n", config());
+    let (_dir, config) = setup(&text);
+    let c = over_stdio(&config, &ProtocolVersion::V_2026_07_28).await;
+    let names: Vec<String> = c
+        .list_all_tools()
+        .await
+        .unwrap()
+        .iter()
+        .map(|t| t.name.to_string())
+        .collect();
+    assert_eq!(names, ["main", "echo_rs"]);
+    let err = c
+        .call_tool(CallToolRequestParams::new("flaky"))
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("unknown tool `flaky`"), "{err}");
+    c.cancel().await.unwrap();
+
+    let bad = format!(
+        "{}\n[mcp]\nexpose = [\"main\", \"ecko_rs\"]\n",
+        self::config()
+    );
+    let (dir, _) = setup(&bad);
+    let (code, _, err) = crate::common::cli(Some(&dir.path().join("backstop.toml")), &["check"]);
+    assert_eq!(code, 1, "{err}");
+    assert!(
+        err.contains("mcp.expose[1]") && err.contains("did you mean `echo_rs`"),
+        "{err}"
+    );
+}
+
+/// Lines that are not messages get a JSON-RPC error each, and the server
+/// goes on serving the same client.
+#[test]
+fn bad_lines_on_stdio_are_answered_and_reading_goes_on() {
+    let (_dir, config) = setup(&config());
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_backstop"))
+        .arg("-c")
+        .arg(&config)
+        .arg("mcp")
+        .env("BACKSTOP_LOG", "warn")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap();
+    let meta = r#""_meta":{"io.modelcontextprotocol/protocolVersion":"2026-07-28",
+        "io.modelcontextprotocol/clientCapabilities":{},
+        "io.modelcontextprotocol/clientInfo":{"name":"t","version":"1"}}"#
+        .replace('\n', "");
+    let mut input = Vec::new();
+    input.extend_from_slice(
+        b"this is not json\n[1,2]\n{\"jsonrpc\":\"2.0\",\"id\":7,\"method\":5}\n",
+    );
+    input.extend_from_slice(b"\xff\xfe\n");
+    input.extend(std::iter::repeat_n(b'a', 5 << 20));
+    input.push(b'\n');
+    input.extend_from_slice(
+        format!(
+            "{{\"jsonrpc\":\"2.0\",\"id\":1,\"method\":\"bogus/method\",\"params\":{{{meta}}}}}\n"
+        )
+        .as_bytes(),
+    );
+    input.extend_from_slice(
+        format!(
+            "{{\"jsonrpc\":\"2.0\",\"id\":2,\"method\":\"tools/call\",\"params\":{{\"name\":\
+             \"echo_rs\",\"arguments\":{{\"say\":\"still here\"}},{meta}}}}}\n"
+        )
+        .as_bytes(),
+    );
+    let mut stdin = child.stdin.take().unwrap();
+    let writer = std::thread::spawn(move || {
+        stdin.write_all(&input).unwrap();
+        // Held open until the answers are read: EOF would end the server.
+        std::thread::sleep(std::time::Duration::from_secs(3));
+    });
+    let stdout = child.stdout.take().unwrap();
+    let mut lines = std::io::BufRead::lines(std::io::BufReader::new(stdout));
+    let mut answers: Vec<Value> = Vec::new();
+    while answers.len() < 7 {
+        let line = lines.next().expect("an answer per line").unwrap();
+        answers.push(serde_json::from_str(&line).unwrap());
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    let _ = writer.join();
+    let code = |a: &Value| a["error"]["code"].as_i64();
+    let of = |id: Value| answers.iter().find(|a| a["id"] == id).unwrap().clone();
+    let nulls: Vec<(Option<i64>, String)> = answers
+        .iter()
+        .filter(|a| a["id"].is_null())
+        .map(|a| (code(a), a["error"]["message"].as_str().unwrap().to_owned()))
+        .collect();
+    assert_eq!(nulls.len(), 4, "{answers:?}");
+    assert_eq!(nulls[0].0, Some(-32700));
+    assert!(nulls[0].1.contains("not JSON"), "{nulls:?}");
+    assert_eq!(nulls[1].0, Some(-32600));
+    assert_eq!(nulls[2].0, Some(-32700));
+    assert!(nulls[2].1.contains("UTF-8"), "{nulls:?}");
+    assert_eq!(nulls[3].0, Some(-32600));
+    assert!(nulls[3].1.contains("at most 4194304 bytes"), "{nulls:?}");
+    assert_eq!(code(&of(json!(7))), Some(-32600));
+    assert_eq!(
+        code(&of(json!(1))),
+        Some(-32601),
+        "an unknown method is answered"
+    );
+    let served = of(json!(2));
+    assert_eq!(
+        served["result"]["structuredContent"]["said"], "still here",
+        "{served}"
+    );
+}
