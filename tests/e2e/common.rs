@@ -186,3 +186,40 @@ pub fn http() -> reqwest::Client {
     backstop::models::install_tls_provider();
     reqwest::Client::new()
 }
+
+/// The official MCP Python SDK, in a virtualenv of its own under
+/// `target/peers` (made once, from PyPI, at the version the tests were
+/// written against): the peer client of the MCP tests.
+pub fn python_mcp() -> &'static Path {
+    static PY: OnceLock<PathBuf> = OnceLock::new();
+    PY.get_or_init(|| {
+        let venv = root().join("target/peers/mcp-2.3.0");
+        let python = venv.join("bin/python");
+        let ready = |p: &Path| {
+            Command::new(p)
+                .args(["-c", "import mcp, httpx2"])
+                .output()
+                .is_ok_and(|o| o.status.success())
+        };
+        if !ready(&python) {
+            let _ = std::fs::remove_dir_all(&venv);
+            let run = |cmd: &mut Command, what: &str| {
+                let out = cmd.output().unwrap_or_else(|e| panic!("{what}: {e}"));
+                assert!(
+                    out.status.success(),
+                    "{what} failed (the MCP tests need python3 with venv, and PyPI):\n{}",
+                    String::from_utf8_lossy(&out.stderr)
+                );
+            };
+            run(
+                Command::new("python3").arg("-m").arg("venv").arg(&venv),
+                "python3 -m venv",
+            );
+            run(
+                Command::new(venv.join("bin/pip")).args(["install", "-q", "mcp==2.3.0"]),
+                "pip install mcp==2.3.0",
+            );
+        }
+        python
+    })
+}

@@ -365,3 +365,94 @@ fn bad_lines_on_stdio_are_answered_and_reading_goes_on() {
         "{served}"
     );
 }
+
+/// The official MCP Python SDK as the client, over stdio and HTTP, in
+/// both revisions: the catalog, a call, a fallback marked in `_meta`
+/// with its progress notification, a retry's progress, a failure as an
+/// error result, invalid input, an unknown tool, and a cancelled call
+/// whose bulkhead slot is free at once (the tool would hold it 8 s).
+#[test]
+fn the_python_sdk_as_client() {
+    let python = crate::common::python_mcp();
+    let script = crate::common::root().join("tests/e2e/peers/mcp_client.py");
+    let (_dir, config) = setup(&self::config());
+    let server = serve(&config, Some("py-token"));
+    let url = format!("{}/mcp", server.base);
+    let bin = env!("CARGO_BIN_EXE_backstop");
+    let runs: [(&str, [&str; 3], &str); 4] = [
+        (
+            "stdio",
+            [bin, config.to_str().unwrap(), "auto"],
+            "2026-07-28",
+        ),
+        (
+            "stdio",
+            [bin, config.to_str().unwrap(), "legacy"],
+            "2025-11-25",
+        ),
+        ("http", [&url, "py-token", "auto"], "2026-07-28"),
+        ("http", [&url, "py-token", "legacy"], "2025-11-25"),
+    ];
+    for (kind, args, want) in runs {
+        let out = std::process::Command::new(python)
+            .arg(&script)
+            .arg(kind)
+            .args(args)
+            .output()
+            .unwrap();
+        let how = format!("{kind} {}", args[2]);
+        assert!(
+            out.status.success(),
+            "{how}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        let r: Value = serde_json::from_str(stdout.lines().last().unwrap()).unwrap();
+        assert_eq!(r["protocol"], want, "{how}");
+        assert_eq!(r["tools"][0], "main", "{how}");
+        assert_eq!(
+            r["schemas"]["echo_rs"]["properties"]["say"]["type"],
+            "string"
+        );
+        assert_eq!(r["call"]["is_error"], false, "{how}: {}", r["call"]);
+        assert_eq!(r["call"]["structured"]["said"], "from python");
+        assert_eq!(r["call"]["meta"]["served_by"], "echo_rs");
+
+        let f = &r["fallback"];
+        assert_eq!(f["meta"]["served_by"], "backup", "{how}: {f}");
+        assert_eq!(f["meta"]["degraded"], true);
+        assert_eq!(f["meta"]["degraded_reason"], "fallback: flaky: unavailable");
+        let said = f["progress"][0]["message"].as_str().unwrap_or_default();
+        assert!(
+            said.starts_with("flaky #1: unavailable") && said.ends_with("-> fall back"),
+            "{how}: {f}"
+        );
+        let p = &r["retry"]["progress"];
+        assert_eq!(r["retry"]["meta"]["served_by"], "shaky", "{how}");
+        let said = p[0]["message"].as_str().unwrap_or_default();
+        assert!(
+            said.contains("shaky #1: transient") && said.contains("-> retry in"),
+            "{how}: {p}"
+        );
+
+        assert_eq!(r["error"]["is_error"], true, "{how}");
+        assert!(r["error"]["text"][0]
+            .as_str()
+            .unwrap()
+            .starts_with("FAILED: permanent:"));
+        assert_eq!(r["invalid"]["is_error"], true);
+        assert!(r["invalid"]["text"][0]
+            .as_str()
+            .unwrap()
+            .contains("input at /say"));
+        assert_eq!(r["unknown"]["code"], -32602, "{how}: {}", r["unknown"]);
+
+        let c = &r["cancel"];
+        assert_eq!(
+            c["tries"],
+            json!([false]),
+            "{how}: the slot was free at once: {c}"
+        );
+        assert_eq!(c["second"]["meta"]["served_by"], "slow");
+    }
+}
