@@ -36,6 +36,11 @@ max_queue = 0
 component = "{{plugins}}/ledger.wasm"
 dirs = [{{ host = "{{dir}}/ledger", guest = "/ledger", mode = "rw" }}]
 
+[tools.pay]
+component = "{{plugins}}/ledger.wasm"
+effect = "irreversible"
+dirs = [{{ host = "{{dir}}/ledger", guest = "/ledger", mode = "rw" }}]
+
 [chains.main]
 targets = ["flaky", "backup"]
 description = "Tries flaky, falls back to backup."
@@ -130,7 +135,7 @@ async fn the_contract(c: &Client, v: &ProtocolVersion) {
     let names: Vec<&str> = tools.iter().map(|t| t.name.as_ref()).collect();
     assert_eq!(
         names,
-        ["main", "solo", "wait", "backup", "echo_rs", "flaky", "ledger", "shaky", "slow"],
+        ["main", "solo", "wait", "backup", "echo_rs", "flaky", "ledger", "pay", "shaky", "slow"],
         "{v}: every chain, then every tool"
     );
     let by = |n: &str| tools.iter().find(|t| t.name == n).unwrap();
@@ -454,5 +459,122 @@ fn the_python_sdk_as_client() {
             "{how}: the slot was free at once: {c}"
         );
         assert_eq!(c["second"]["meta"]["served_by"], "slow");
+    }
+}
+
+/// Approvals through MCP, with the Python SDK as the client: an
+/// irreversible tool asks the client (elicitation under 2025-11-25, an
+/// input-required result under 2026-07-28); the answer is the
+/// escalation's resolution, by the client; the tool runs once however
+/// often the answer is sent; a refusal runs nothing; a client that
+/// cannot answer gets the escalation's id, and once a person resolved
+/// it over the API the call runs, once.
+#[test]
+fn approvals_are_asked_of_the_client_and_run_once() {
+    let python = crate::common::python_mcp();
+    let script = crate::common::root().join("tests/e2e/peers/mcp_client.py");
+    let (dir, config) = setup(&self::config());
+    let server = serve(&config, Some("ap-token"));
+    let url = format!("{}/mcp", server.base);
+    let bin = env!("CARGO_BIN_EXE_backstop");
+    let conf = config.to_str().unwrap();
+    let runs: [(&str, [&str; 3]); 3] = [
+        ("stdio", [bin, conf, "auto"]),
+        ("stdio", [bin, conf, "legacy"]),
+        ("http", [&url, "ap-token", "auto"]),
+    ];
+    let lines = |entry: &str| {
+        std::fs::read_to_string(dir.path().join("ledger/ledger.jsonl"))
+            .unwrap_or_default()
+            .lines()
+            .filter(|l| serde_json::from_str::<Value>(l).unwrap()["entry"] == entry)
+            .count()
+    };
+    for (n, (kind, args)) in runs.into_iter().enumerate() {
+        let how = format!("{kind} {}", args[2]);
+        let out = std::process::Command::new(python)
+            .arg(&script)
+            .arg(kind)
+            .args(args)
+            .args(["approvals", &server.base, "ap-token"])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{how}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        let r: Value = serde_json::from_str(stdout.lines().last().unwrap()).unwrap();
+        let ok = &r["approved"];
+        assert_eq!(ok["is_error"], false, "{how}: {ok}");
+        assert_eq!(ok["structured"]["entry"], "approve-1");
+        assert_eq!(ok["meta"]["resolved_by"], "mcp:approval-test");
+        assert!(r["asked"][0]
+            .as_str()
+            .unwrap()
+            .contains("`pay` needs your approval"));
+        assert_eq!(
+            r["again"]["meta"]["key"], ok["meta"]["key"],
+            "{how}: the same call"
+        );
+        if args[2] == "auto" {
+            assert_eq!(
+                r["input_required"]["result_type"], "input_required",
+                "{how}: {r}"
+            );
+            assert_eq!(r["input_required"]["keys"], json!(["approval"]));
+            let rounds = &r["rounds"];
+            assert_eq!(rounds[0]["is_error"], false, "{how}: {rounds}");
+            assert_eq!(rounds[1]["meta"]["key"], rounds[0]["meta"]["key"]);
+        }
+        let no = &r["refused"];
+        assert_eq!(no["is_error"], true, "{how}: {no}");
+        assert!(no["text"][0].as_str().unwrap().contains("was not approved"));
+        let later = &r["cannot_answer"];
+        assert_eq!(later["is_error"], true);
+        let id = later["meta"]["escalation"].as_str().unwrap();
+        assert!(
+            later["text"][0]
+                .as_str()
+                .unwrap()
+                .contains(&format!("backstop escalations resolve {id} --approve")),
+            "{how}: {later}"
+        );
+        assert_eq!(r["resolved_status"], 200);
+        assert_eq!(
+            r["after_resolve"]["is_error"], false,
+            "{how}: {}",
+            r["after_resolve"]
+        );
+        assert_eq!(r["after_resolve"]["meta"]["resolved_by"], "ops");
+        assert_eq!(
+            r["after_again"]["meta"]["key"],
+            r["after_resolve"]["meta"]["key"]
+        );
+
+        // What ran, counted on disk: once per approval, never on refusal.
+        let runs_so_far = n + 1;
+        assert_eq!(lines("approve-1"), runs_so_far, "{how}");
+        assert_eq!(lines("later-1"), runs_so_far, "{how}");
+        assert_eq!(lines("reject-1"), 0, "{how}");
+        assert_eq!(
+            lines("mrtr-1"),
+            [1, 1, 2][n],
+            "{how}: the answer sent twice ran once"
+        );
+        // The client's answer is the escalation's resolution.
+        let id = ok["meta"]["escalation"].as_str().unwrap();
+        let esc: Value = tokio::runtime::Runtime::new().unwrap().block_on(async {
+            let res = crate::common::http()
+                .get(format!("{}/v1/escalations/{id}", server.base))
+                .bearer_auth("ap-token")
+                .send()
+                .await
+                .unwrap();
+            res.json().await.unwrap()
+        });
+        assert_eq!(esc["resolution"]["kind"], "approve", "{how}: {esc}");
+        assert_eq!(esc["resolved_by"], "mcp:approval-test");
     }
 }

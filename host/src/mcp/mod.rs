@@ -15,6 +15,7 @@
 //! `degraded`, `degraded_reason`, the attempts, the key) ride in the
 //! result's `_meta`.
 
+mod approval;
 mod catalog;
 mod result;
 mod stdio;
@@ -31,6 +32,7 @@ use rmcp::{ErrorData as McpError, ServerHandler, ServiceExt};
 use std::sync::Arc;
 use std::time::Duration;
 
+pub use approval::MCP_AGENT;
 pub use result::META_KEYS;
 
 /// Longest a progress notification may take to send: a client that does
@@ -49,6 +51,9 @@ const MAX_KEY: usize = 128;
 pub struct McpServer {
     backstop: Arc<Backstop>,
     catalog: Arc<Catalog>,
+    /// Held while an approved call checks and journals its intent, so two
+    /// retries in this process cannot both start it.
+    running: Arc<tokio::sync::Mutex<()>>,
 }
 
 impl McpServer {
@@ -56,7 +61,11 @@ impl McpServer {
     /// default every chain and tool).
     pub fn new(backstop: Arc<Backstop>) -> McpServer {
         let catalog = Arc::new(Catalog::new(&backstop));
-        McpServer { backstop, catalog }
+        McpServer {
+            backstop,
+            catalog,
+            running: Arc::default(),
+        }
     }
 
     /// The MCP tools served, in the order `tools/list` gives them.
@@ -165,6 +174,11 @@ impl ServerHandler for McpServer {
             Ok(input) => input,
             Err(message) => return Ok(result::invalid_input(message).into()),
         };
+        if self.needs_approval(&entry.chain) {
+            return self
+                .approved_call(&entry.chain, input, &request, &context)
+                .await;
+        }
         let key = client_key(&context).unwrap_or_else(Backstop::new_key);
         let outcome = self
             .call_reporting(&entry.chain, input, key, &context)

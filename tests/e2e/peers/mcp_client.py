@@ -1,7 +1,7 @@
 """Drives Backstop's MCP server with the official MCP Python SDK (PyPI `mcp`).
 
-Usage: mcp_client.py stdio BACKSTOP CONFIG MODE
-       mcp_client.py http URL TOKEN MODE
+Usage: mcp_client.py stdio BACKSTOP CONFIG MODE [approvals API]
+       mcp_client.py http URL TOKEN MODE [approvals API]
 
 MODE is the SDK's `mode=`: `auto` (server/discover, the 2026-07-28 revision) or
 `legacy` (the initialize handshake). Prints one JSON object: what each
@@ -14,6 +14,7 @@ import sys
 import time
 
 import httpx2
+import mcp_types as types
 from mcp import Client, StdioServerParameters
 
 
@@ -91,20 +92,88 @@ async def scenarios(client):
     return out
 
 
+ME = types.Implementation(name="approval-test", version="1")
+
+
+async def approvals(connect, mode, api, token):
+    """An irreversible tool (`pay`): approved and refused through the client,
+    an answer sent twice, and a client that cannot answer."""
+    out = {}
+    asked = []
+
+    async def approve(context, params):
+        asked.append(params.message)
+        return types.ElicitResult(action="accept", content={"approve": True})
+
+    async def refuse(context, params):
+        return types.ElicitResult(action="accept", content={"approve": False})
+
+    async with Client(connect(), mode=mode, elicitation_callback=approve, client_info=ME) as c:
+        out["approved"] = result(await c.call_tool("pay", {"entry": "approve-1"}))
+        out["asked"] = asked
+        esc = out["approved"]["meta"]["escalation"]
+        # The same call again, naming its escalation: the journaled result.
+        out["again"] = result(
+            await c.call_tool("pay", {"entry": "approve-1"}, meta={"escalation": esc})
+        )
+        if mode != "legacy":
+            # Driving the rounds by hand: the answer sent twice.
+            first = await c.session.call_tool("pay", {"entry": "mrtr-1"}, allow_input_required=True)
+            out["input_required"] = {
+                "result_type": getattr(first, "result_type", None),
+                "request_state": first.request_state,
+                "keys": sorted((first.input_requests or {}).keys()),
+            }
+            yes = {"approval": {"action": "accept", "content": {"approve": True}}}
+            rounds = []
+            for _ in range(2):
+                r = await c.session.call_tool(
+                    "pay", {"entry": "mrtr-1"}, input_responses=yes,
+                    request_state=first.request_state, allow_input_required=True,
+                )
+                rounds.append(result(r))
+            out["rounds"] = rounds
+    async with Client(connect(), mode=mode, elicitation_callback=refuse, client_info=ME) as c:
+        out["refused"] = result(await c.call_tool("pay", {"entry": "reject-1"}))
+    async with Client(connect(), mode=mode, client_info=ME) as c:
+        later = result(await c.call_tool("pay", {"entry": "later-1"}))
+        out["cannot_answer"] = later
+        esc = later["meta"]["escalation"]
+        async with httpx2.AsyncClient(headers={"Authorization": f"Bearer {token}"}) as http:
+            r = await http.post(
+                f"{api}/v1/escalations/{esc}/resolve",
+                json={"resolution": {"kind": "approve"}, "by": "ops"},
+            )
+            out["resolved_status"] = r.status_code
+        out["after_resolve"] = result(
+            await c.call_tool("pay", {"entry": "later-1"}, meta={"escalation": esc})
+        )
+        out["after_again"] = result(
+            await c.call_tool("pay", {"entry": "later-1"}, meta={"escalation": esc})
+        )
+    return out
+
+
 async def main():
-    kind = sys.argv[1]
+    kind, mode = sys.argv[1], sys.argv[4]
     if kind == "stdio":
         params = StdioServerParameters(
             command=sys.argv[2], args=["-c", sys.argv[3], "mcp"], env={"BACKSTOP_LOG": "warn"}
         )
-        async with Client(params, mode=sys.argv[4]) as client:
-            out = await scenarios(client)
+        connect = lambda: params  # noqa: E731
+        token = None
     else:
-        url, token, mode = sys.argv[2], sys.argv[3], sys.argv[4]
+        url, token = sys.argv[2], sys.argv[3]
         from mcp.client.streamable_http import streamable_http_client
 
-        http = httpx2.AsyncClient(headers={"Authorization": f"Bearer {token}"}, timeout=30)
-        async with Client(streamable_http_client(url, http_client=http), mode=mode) as client:
+        def connect():
+            http = httpx2.AsyncClient(headers={"Authorization": f"Bearer {token}"}, timeout=30)
+            return streamable_http_client(url, http_client=http)
+
+    if len(sys.argv) > 5 and sys.argv[5] == "approvals":
+        out = await approvals(connect, mode, sys.argv[6], sys.argv[7] if len(sys.argv) > 7 else token)
+    else:
+        async with Client(connect(), mode=mode) as client:
             out = await scenarios(client)
     print(json.dumps(out))
 
