@@ -30,6 +30,7 @@ pub struct Backstop {
     config: Config,
     runtime: Arc<Runtime>,
     tools: BTreeMap<String, Arc<WasmTool>>,
+    remotes: BTreeMap<String, Arc<crate::remote::RemoteTool>>,
     models: BTreeMap<String, Arc<models::ModelTarget>>,
     breakers: Breakers,
     plans: std::collections::HashMap<String, Plan>,
@@ -51,7 +52,7 @@ impl Backstop {
     pub async fn from_config(config: Config) -> Result<Backstop, Error> {
         let runtime = Arc::new(Runtime::new(&config).map_err(Error::Engine)?);
         let mut loading = tokio::task::JoinSet::new();
-        for tool in config.tools.values() {
+        for tool in config.tools.values().filter(|t| t.mcp.is_none()) {
             let (rt, tool) = (runtime.clone(), tool.clone());
             loading.spawn(async move { WasmTool::load(&rt, &tool).await });
         }
@@ -78,6 +79,34 @@ impl Backstop {
             return Err(e.into());
         }
         let client = models::http_client();
+        // Remote MCP tools describe themselves now (a few seconds at most
+        // each, all at once); one that cannot be reached loads anyway.
+        let mut describing = tokio::task::JoinSet::new();
+        for tool in config.tools.values().filter(|t| t.mcp.is_some()) {
+            let (tool, http) = (tool.clone(), client.clone());
+            describing.spawn(async move {
+                let loaded = crate::remote::RemoteTool::load(&tool, http).await;
+                (tool, loaded)
+            });
+        }
+        let mut remotes = BTreeMap::new();
+        while let Some(joined) = describing.join_next().await {
+            let (tool, loaded) = joined.expect("a remote tool's loading task panicked");
+            match loaded {
+                Ok(r) => {
+                    remotes.insert(tool.name.clone(), Arc::new(r));
+                }
+                Err(message) => {
+                    return Err(runtime::LoadError {
+                        tool: tool.name.clone(),
+                        location: tool.component_at.clone(),
+                        key: format!("tools.{}.mcp", tool.name),
+                        message,
+                    }
+                    .into())
+                }
+            }
+        }
         let models: BTreeMap<String, Arc<models::ModelTarget>> = config
             .models
             .values()
@@ -145,9 +174,10 @@ impl Backstop {
                 .targets
                 .iter()
                 .map(|t| {
-                    let target: Arc<dyn CallTarget> = match tools.get(t) {
-                        Some(tool) => tool.clone(),
-                        None => models[t].clone(),
+                    let target: Arc<dyn CallTarget> = match (tools.get(t), remotes.get(t)) {
+                        (Some(tool), _) => tool.clone(),
+                        (None, Some(remote)) => remote.clone(),
+                        (None, None) => models[t].clone(),
                     };
                     ChainTarget::new(target, config.retry_policy(&chain.name, t), &breakers)
                         .with_bulkheads(
@@ -174,6 +204,7 @@ impl Backstop {
             config,
             runtime,
             tools,
+            remotes,
             models,
             breakers,
             plans,
@@ -200,6 +231,36 @@ impl Backstop {
 
     pub fn tool(&self, name: &str) -> Option<&WasmTool> {
         self.tools.get(name).map(|t| t.as_ref())
+    }
+
+    /// Tools another MCP server serves, by name.
+    pub fn remotes(&self) -> impl Iterator<Item = &crate::remote::RemoteTool> {
+        self.remotes.values().map(|t| t.as_ref())
+    }
+
+    pub fn remote(&self, name: &str) -> Option<&crate::remote::RemoteTool> {
+        self.remotes.get(name).map(|t| t.as_ref())
+    }
+
+    /// The effect that applies to tool `name` (a component's or a remote
+    /// MCP tool's).
+    pub fn tool_effect(&self, name: &str) -> Option<crate::Effect> {
+        use crate::target::CallTarget;
+        match (self.tool(name), self.remote(name)) {
+            (Some(t), _) => Some(t.effect()),
+            (None, Some(r)) => Some(r.effect()),
+            _ => None,
+        }
+    }
+
+    /// What tool `name` says of itself (a remote tool: once its server
+    /// has described it).
+    pub fn tool_description(&self, name: &str) -> Option<&runtime::ToolDescription> {
+        match (self.tool(name), self.remote(name)) {
+            (Some(t), _) => Some(t.description()),
+            (None, Some(r)) => r.description(),
+            _ => None,
+        }
     }
 
     /// The state store named by the config (`state`, by default
@@ -504,11 +565,11 @@ impl agent::Host for Backstop {
     }
 
     fn tool_effect(&self, tool: &str) -> Option<crate::Effect> {
-        self.tool(tool).map(WasmTool::effect)
+        Backstop::tool_effect(self, tool)
     }
 
     fn tool_description(&self, tool: &str) -> Option<runtime::ToolDescription> {
-        self.tool(tool).map(|t| t.description().clone())
+        Backstop::tool_description(self, tool).cloned()
     }
 
     fn can_reconcile(&self, tool: &str) -> bool {

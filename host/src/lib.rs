@@ -29,6 +29,7 @@ pub mod mcp;
 pub mod metrics;
 pub mod models;
 pub mod outcome;
+pub mod remote;
 pub mod runtime;
 pub mod schema;
 pub mod serve;

@@ -17,6 +17,7 @@ mod loading;
 mod mcp;
 mod models;
 mod operate;
+mod remote;
 mod runs;
 mod sandbox;
 mod scaffold;

@@ -20,6 +20,7 @@ mod herd;
 mod journal;
 mod languages;
 mod load;
+mod mcp;
 mod startup;
 mod stats;
 mod wasm;
@@ -63,6 +64,33 @@ fn met(ok: bool) -> &'static str {
     } else {
         "**missed**"
     }
+}
+
+/// The MCP section: both transports against their baselines, and the
+/// issue's two goals.
+fn mcp_section(m: &mcp::Figures) -> String {
+    let added = m.stdio.median.saturating_sub(m.direct.median);
+    let http_ratio = m.http.median.as_secs_f64() / m.api.median.as_secs_f64();
+    format!(
+        "## MCP\n\n`tools/call` of `echo_rs` (`{{\"say\": \"hi\"}}`) with rmcp's client in \
+         the 2026-07-28 revision, one call at a time: over stdio to a real `backstop mcp` \
+         process, and over streamable HTTP to `/mcp` of the serve router on 127.0.0.1 (in this \
+         process); baselines `Backstop::call` and `POST /v1/calls` (keep-alive reqwest) of the \
+         same component in the same run. The MCP figures include the client's own work.\n\n\
+         | path | per call | against | |\n| --- | --- | --- | --- |\n\
+         | `Backstop::call` (baseline) | {} | | |\n\
+         | MCP over stdio | {} | {} added (goal <= 30 us) | {} |\n\
+         | `POST /v1/calls` (baseline) | {} | | |\n\
+         | MCP over HTTP | {} | {:.2}x `/v1/calls` (goal <= 1.00) | {} |\n",
+        m.direct.show(),
+        m.stdio.show(),
+        fmt(added),
+        met(added <= Duration::from_micros(30)),
+        m.api.show(),
+        m.http.show(),
+        http_ratio,
+        met(http_ratio <= 1.0),
+    )
 }
 
 fn main() {
@@ -147,7 +175,11 @@ fn main() {
                 );
             }
             Some("containment") => eprintln!("{}", containment::run(root, quick)),
-            _ => eprintln!("BENCH_ONLY: load, journal, wasm, guard, api or containment"),
+            Some("mcp") => {
+                let m = mcp::measure(root, samples, 300);
+                eprintln!("{}", mcp_section(&m));
+            }
+            _ => eprintln!("BENCH_ONLY: load, journal, wasm, guard, api, mcp or containment"),
         }
         return;
     }
@@ -219,6 +251,8 @@ fn main() {
         if quick { 100 } else { 500 },
         if quick { 2 } else { 10 },
     );
+    eprintln!("report: mcp");
+    let mcp = mcp::measure(root, samples, if quick { 50 } else { 300 });
     eprintln!("report: containment");
     let contained = containment::run(root, quick);
     eprintln!("report: languages");
@@ -731,6 +765,8 @@ fn main() {
         api.scrape_bytes,
         api.scrape.show()
     );
+
+    p!(page, "{}", mcp_section(&mcp));
 
     p!(page, "## Containment\n");
     p!(page, "{contained}");

@@ -71,11 +71,23 @@ pub struct EnvGrant {
     pub value: Option<String>,
 }
 
+/// A tool served by another MCP server.
+#[derive(Clone, Debug, PartialEq)]
+pub struct RemoteMcp {
+    pub url: String,
+    /// Its name on the server.
+    pub tool: String,
+    pub token_env: Option<String>,
+}
+
 /// A tool, resolved: every limit known, every path absolute.
 #[derive(Clone, Debug)]
 pub struct ToolConfig {
     pub name: String,
+    /// The component (empty for a remote MCP tool).
     pub component: PathBuf,
+    /// Set for a tool another MCP server serves.
+    pub mcp: Option<RemoteMcp>,
     /// Where `component` is written, for errors found when loading it.
     pub component_at: Location,
     /// The operator's stricter effect, if declared.

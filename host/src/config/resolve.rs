@@ -103,7 +103,12 @@ impl Loader<'_> {
         let mut tools = BTreeMap::new();
         for (name, spec) in &file.tools {
             // Name errors point at the table's first required key.
-            let name = Spanned::new(spec.component.span(), name.clone());
+            let at = match (&spec.component, &spec.mcp) {
+                (Some(c), _) => c.span(),
+                (None, Some(m)) => m.span(),
+                (None, None) => 0..0,
+            };
+            let name = Spanned::new(at, name.clone());
             tools.insert(name.get_ref().clone(), self.tool(&name, spec, defaults)?);
         }
 

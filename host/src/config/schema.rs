@@ -232,7 +232,9 @@ pub struct BreakerSpec {
 #[serde(deny_unknown_fields)]
 pub struct ToolSpec {
     /// Path to the `.wasm` component, relative to the config file.
-    pub component: Spanned<String>,
+    pub component: Option<Spanned<String>>,
+    /// A tool served by another MCP server (instead of a component).
+    pub mcp: Option<Spanned<McpToolSpec>>,
     /// Declares the tool's effect stricter than it describes itself.
     pub effect: Option<Spanned<Effect>>,
     #[serde(default)]
@@ -261,6 +263,18 @@ pub struct ToolSpec {
     /// Calls waiting for a slot when `max_concurrent` are running.
     #[serde(default, deserialize_with = "queue")]
     pub max_queue: Option<u32>,
+}
+
+/// `mcp = { url = "...", tool = "...", token_env = "..." }`.
+#[derive(Deserialize, Debug, Clone)]
+#[serde(deny_unknown_fields)]
+pub struct McpToolSpec {
+    /// The server's streamable HTTP endpoint.
+    pub url: String,
+    /// The tool's name on that server (default: this tool's name).
+    pub tool: Option<String>,
+    /// An environment variable holding a bearer token for it.
+    pub token_env: Option<String>,
 }
 
 #[derive(Deserialize, Debug, Clone, Copy, PartialEq, Eq)]

@@ -122,7 +122,7 @@ impl McpServer {
         let config = self.backstop.config();
         config.chain(chain).is_some_and(|c| {
             c.targets.iter().any(|t| {
-                let effect = self.backstop.tool(t).map(|t| t.effect());
+                let effect = self.backstop.tool_effect(t);
                 let approval = config.tools.get(t).and_then(|c| c.approval);
                 approval.unwrap_or(effect == Some(Effect::Irreversible))
             })

@@ -145,9 +145,12 @@ fn entry(b: &Backstop, name: &str) -> Option<Entry> {
             kind: Kind::Models,
         });
     }
-    let tools: Vec<_> = chain.targets.iter().filter_map(|t| b.tool(t)).collect();
-    let first = tools.first()?;
-    let d = first.description();
+    let described: Vec<_> = chain
+        .targets
+        .iter()
+        .filter_map(|t| b.tool_description(t))
+        .collect();
+    let d = described.first()?;
     let description = chain
         .description
         .clone()
@@ -155,15 +158,18 @@ fn entry(b: &Backstop, name: &str) -> Option<Entry> {
     let mut tool = Tool::new(name.to_owned(), description, input_schema(&d.input_schema));
     // An output schema holds for the chain only if every target declares
     // the same one (a fallback answers in its own shape otherwise).
-    let same_output = tools
-        .iter()
-        .all(|t| t.description().output_schema == d.output_schema);
+    let same_output = described.len() == chain.targets.len()
+        && described.iter().all(|t| t.output_schema == d.output_schema);
     if let (true, Some(Value::Object(out))) = (same_output, &d.output_schema) {
         if out.get("type").is_some_and(|t| t == "object") {
             tool.output_schema = Some(Arc::new(out.clone()));
         }
     }
-    let effects: Vec<Effect> = tools.iter().map(|t| t.effect()).collect();
+    let effects: Vec<Effect> = chain
+        .targets
+        .iter()
+        .map(|t| b.tool_effect(t).unwrap_or(Effect::Irreversible))
+        .collect();
     tool.annotations = Some(annotations(name, &effects));
     Some(Entry {
         tool,

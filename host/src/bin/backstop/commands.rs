@@ -157,6 +157,19 @@ async fn check(config: &Path) -> anyhow::Result<ExitCode> {
             }
         );
     }
+    for r in b.remotes() {
+        say!(
+            "  tool {}: `{}` at {} ({})",
+            r.name(),
+            r.remote().tool,
+            r.remote().url,
+            if r.description().is_some() {
+                "described by the server"
+            } else {
+                "the server did not answer; described on its first call"
+            }
+        );
+    }
     Ok(ExitCode::SUCCESS)
 }
 
@@ -184,6 +197,19 @@ async fn tools(config: &Path, json: bool, schemas: bool) -> anyhow::Result<ExitC
                     "memory": c.memory.to_string(),
                 })
             })
+            .chain(b.remotes().map(|r| {
+                use backstop::target::CallTarget;
+                serde_json::json!({
+                    "name": r.name(),
+                    "describe": r.description(),
+                    "effect": r.effect(),
+                    "mcp": {"url": r.remote().url, "tool": r.remote().tool},
+                    "grants": {
+                        "http": r.config().http.iter().map(|o| o.to_string()).collect::<Vec<_>>(),
+                    },
+                    "timeout_ms": r.config().timeout.as_millis() as u64,
+                })
+            }))
             .collect();
         crate::out::line(&serde_json::to_string_pretty(&list)?);
         return Ok(ExitCode::SUCCESS);
@@ -262,6 +288,26 @@ async fn tools(config: &Path, json: bool, schemas: bool) -> anyhow::Result<ExitC
                 None => writeln!(out, "  output schema  none declared")?,
             }
         }
+    }
+    for r in b.remotes() {
+        use backstop::target::CallTarget;
+        let about = r.description().map_or_else(
+            || "(not described yet: the server did not answer at start)".to_owned(),
+            |d| backstop::term::visible(&d.description).into_owned(),
+        );
+        writeln!(out, "{} [{}] {about}", r.name(), r.effect())?;
+        writeln!(
+            out,
+            "  mcp       `{}` at {}",
+            r.remote().tool,
+            r.remote().url
+        )?;
+        writeln!(
+            out,
+            "  limits    timeout {}, output {}",
+            humantime::format_duration(r.config().timeout),
+            r.config().max_output
+        )?;
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -1,0 +1,128 @@
+//! What MCP costs: a `tools/call` of `echo_rs` over stdio (the real
+//! `backstop mcp` process, driven by rmcp's client) and over streamable
+//! HTTP (`/mcp` of the serve router on 127.0.0.1), against
+//! `Backstop::call` of the same component and `POST /v1/calls`, all in
+//! the same run, one call at a time.
+
+use crate::stats::{per_op, Spread};
+use backstop::{Backstop, Config};
+use rmcp::model::{CallToolRequestParams, ProtocolVersion};
+use rmcp::transport::{StreamableHttpClientTransport, TokioChildProcess};
+use rmcp::{ClientLifecycleMode, ClientServiceExt};
+use std::path::Path;
+use std::sync::Arc;
+
+pub struct Figures {
+    pub direct: Spread,
+    pub stdio: Spread,
+    pub http: Spread,
+    pub api: Spread,
+}
+
+fn lifecycle() -> ClientLifecycleMode {
+    ClientLifecycleMode::Discover {
+        preferred_versions: vec![ProtocolVersion::V_2026_07_28],
+    }
+}
+
+pub fn measure(root: &Path, samples: usize, n: u64) -> Figures {
+    backstop::models::install_tls_provider();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let text = format!(
+        "version = 1\ncache_dir = \"{}\"\nstate = \"sqlite:{}\"\n[tools.echo]\ncomponent = \
+            \"{}\"\n",
+        root.join("target/bench-cache").display(),
+        dir.path().join("state.db").display(),
+        root.join("plugins/dist/echo_rs.wasm").display()
+    );
+    let path = dir.path().join("bench.toml");
+    std::fs::write(&path, &text).unwrap();
+    let config = Config::from_file(&path).unwrap();
+    let b = Arc::new(rt.block_on(Backstop::from_config(config)).unwrap());
+    let listener = rt
+        .block_on(backstop::serve::bind(([127, 0, 0, 1], 0).into(), None))
+        .unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let server = rt.spawn(backstop::serve::serve(b.clone(), listener, None, async {
+        let _ = stopped.await;
+    }));
+    let input = serde_json::json!({"say": "hi"});
+    let serde_json::Value::Object(args) = input.clone() else {
+        unreachable!()
+    };
+    let request = CallToolRequestParams::new("echo").with_arguments(args);
+
+    let stdio = rt.block_on(async {
+        let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_backstop"));
+        cmd.arg("-c")
+            .arg(&path)
+            .arg("mcp")
+            .env("BACKSTOP_LOG", "error");
+        let (child, _) = TokioChildProcess::builder(cmd)
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        ().serve_with_lifecycle(child, lifecycle()).await.unwrap()
+    });
+    let http = rt.block_on(async {
+        let t = StreamableHttpClientTransport::from_uri(format!("{base}/mcp"));
+        ().serve_with_lifecycle(t, lifecycle()).await.unwrap()
+    });
+    let client = backstop::models::http_client();
+    let url = format!("{base}/v1/calls");
+    let body = serde_json::json!({"chain": "echo", "input": input}).to_string();
+
+    let direct = per_op(samples, n, || {
+        rt.block_on(async {
+            for _ in 0..n {
+                assert!(b.call("echo", input.clone()).await.unwrap().ok);
+            }
+        })
+    });
+    let over = |c: &rmcp::service::RunningService<rmcp::RoleClient, ()>| {
+        per_op(samples, n, || {
+            rt.block_on(async {
+                for _ in 0..n {
+                    let r = c.call_tool(request.clone()).await.unwrap();
+                    assert_eq!(r.is_error, Some(false));
+                }
+            })
+        })
+    };
+    let stdio_t = over(&stdio);
+    let http_t = over(&http);
+    let api = per_op(samples, n, || {
+        rt.block_on(async {
+            for _ in 0..n {
+                let res = client
+                    .post(&url)
+                    .header("content-type", "application/json")
+                    .body(body.clone())
+                    .send()
+                    .await
+                    .unwrap();
+                assert_eq!(res.status(), 200);
+                let o: serde_json::Value = res.json().await.unwrap();
+                assert_eq!(o["ok"], true);
+            }
+        })
+    });
+    rt.block_on(async {
+        let _ = stdio.cancel().await;
+        let _ = http.cancel().await;
+    });
+    let _ = stop.send(());
+    rt.block_on(server).unwrap().unwrap();
+    Figures {
+        direct,
+        stdio: stdio_t,
+        http: http_t,
+        api,
+    }
+}
