@@ -223,3 +223,31 @@ pub fn python_mcp() -> &'static Path {
         python
     })
 }
+
+/// The official MCP conformance suite (npm `@modelcontextprotocol/conformance`)
+/// and the Node.js 22 it needs (npm `node`), installed once under
+/// `target/peers`: the path of the suite's entry point, and of `node`.
+pub fn conformance_suite() -> &'static (PathBuf, PathBuf) {
+    static SUITE: OnceLock<(PathBuf, PathBuf)> = OnceLock::new();
+    SUITE.get_or_init(|| {
+        let dir = root().join("target/peers/conformance-0.1.16");
+        let entry = dir.join("node_modules/@modelcontextprotocol/conformance/dist/index.js");
+        let node = dir.join("node_modules/.bin/node");
+        if !(entry.is_file() && node.is_file()) {
+            std::fs::create_dir_all(&dir).unwrap();
+            let out = Command::new("npm")
+                .args(["install", "--silent", "--no-audit", "--no-fund", "--prefix"])
+                .arg(&dir)
+                .args(["node@22.23.3", "@modelcontextprotocol/conformance@0.1.16"])
+                .output()
+                .unwrap_or_else(|e| panic!("npm: {e}"));
+            assert!(
+                out.status.success(),
+                "npm install of the MCP conformance suite failed (the MCP tests need npm and \
+                 its registry):\n{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        (entry, node)
+    })
+}

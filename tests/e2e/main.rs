@@ -4,6 +4,7 @@
 mod breakers;
 mod cli;
 mod common;
+mod conformance;
 mod containment;
 mod corpus;
 mod demo;

@@ -150,19 +150,28 @@ fn entry(b: &Backstop, name: &str) -> Option<Entry> {
         .iter()
         .filter_map(|t| b.tool_description(t))
         .collect();
-    let d = described.first()?;
-    let description = chain
-        .description
-        .clone()
-        .unwrap_or_else(|| d.description.clone());
-    let mut tool = Tool::new(name.to_owned(), description, input_schema(&d.input_schema));
+    // The first target speaks for the chain; a remote tool whose server
+    // has not described it yet is served with an open schema (its call
+    // checks the input once the server has).
+    let first = chain.targets.first().and_then(|t| b.tool_description(t));
+    let description = chain.description.clone().unwrap_or_else(|| {
+        first.map_or_else(
+            || format!("`{name}`: not described yet (its MCP server did not answer at start)"),
+            |d| d.description.clone(),
+        )
+    });
+    let open = json!({"type": "object"});
+    let schema = first.map_or(&open, |d| &d.input_schema);
+    let mut tool = Tool::new(name.to_owned(), description, input_schema(schema));
     // An output schema holds for the chain only if every target declares
     // the same one (a fallback answers in its own shape otherwise).
-    let same_output = described.len() == chain.targets.len()
-        && described.iter().all(|t| t.output_schema == d.output_schema);
-    if let (true, Some(Value::Object(out))) = (same_output, &d.output_schema) {
-        if out.get("type").is_some_and(|t| t == "object") {
-            tool.output_schema = Some(Arc::new(out.clone()));
+    if let Some(d) = first {
+        let same_output = described.len() == chain.targets.len()
+            && described.iter().all(|t| t.output_schema == d.output_schema);
+        if let (true, Some(Value::Object(out))) = (same_output, &d.output_schema) {
+            if out.get("type").is_some_and(|t| t == "object") {
+                tool.output_schema = Some(Arc::new(out.clone()));
+            }
         }
     }
     let effects: Vec<Effect> = chain
