@@ -578,3 +578,55 @@ fn approvals_are_asked_of_the_client_and_run_once() {
         assert_eq!(esc["resolved_by"], "mcp:approval-test");
     }
 }
+
+/// A client opening 2025-11-25 sessions in a loop meets `[mcp]
+/// max_sessions`; stateless requests are served meanwhile, and closing a
+/// session makes room.
+#[tokio::test]
+async fn sessions_are_capped() {
+    let text = format!("{}\n[mcp]\nmax_sessions = 3\n", self::config());
+    let (_dir, config) = setup(&text);
+    let server = serve(&config, None);
+    let http = crate::common::http();
+    let url = format!("{}/mcp", server.base);
+    let init = json!({"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
+        "protocolVersion": "2025-11-25", "capabilities": {},
+        "clientInfo": {"name": "loop", "version": "1"}}});
+    let post = |body: Value, session: Option<String>| {
+        let mut r = http
+            .post(&url)
+            .header("content-type", "application/json")
+            .header("accept", "application/json, text/event-stream")
+            .body(body.to_string());
+        if let Some(s) = session {
+            r = r
+                .header("mcp-session-id", s)
+                .header("mcp-protocol-version", "2025-11-25");
+        }
+        r.send()
+    };
+    let mut sessions = Vec::new();
+    for _ in 0..3 {
+        let res = post(init.clone(), None).await.unwrap();
+        assert_eq!(res.status(), 200);
+        let id = res.headers()["mcp-session-id"].to_str().unwrap().to_owned();
+        sessions.push(id);
+    }
+    let res = post(init.clone(), None).await.unwrap();
+    assert!(!res.status().is_success(), "{}", res.status());
+    // The stateless revision needs no session.
+    let c = over_http(&server, None, &ProtocolVersion::V_2026_07_28).await;
+    let r = call(&c, "echo_rs", json!({"say": "stateless"})).await;
+    assert_eq!(r.is_error, Some(false));
+    c.cancel().await.unwrap();
+    let res = http
+        .delete(&url)
+        .header("mcp-session-id", &sessions[0])
+        .header("mcp-protocol-version", "2025-11-25")
+        .send()
+        .await
+        .unwrap();
+    assert!(res.status().is_success(), "{}", res.status());
+    let res = post(init, None).await.unwrap();
+    assert_eq!(res.status(), 200, "room after a close");
+}

@@ -13,8 +13,15 @@ impl Loader<'_> {
         models: &BTreeMap<String, ModelConfig>,
         chains: &BTreeMap<String, ChainConfig>,
     ) -> Result<McpConfig, ConfigError> {
+        let max_sessions = file
+            .mcp
+            .max_sessions
+            .map_or(McpConfig::default().max_sessions, |n| n as usize);
         let Some(expose) = &file.mcp.expose else {
-            return Ok(McpConfig::default());
+            return Ok(McpConfig {
+                expose: None,
+                max_sessions,
+            });
         };
         let known = || {
             chains
@@ -43,6 +50,7 @@ impl Loader<'_> {
         }
         Ok(McpConfig {
             expose: Some(names),
+            max_sessions,
         })
     }
 }

@@ -117,10 +117,21 @@ pub struct EscalationConfig {
 }
 
 /// How Backstop serves MCP.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug)]
 pub struct McpConfig {
     /// The chains and tools served as MCP tools; `None` serves every one.
     pub expose: Option<Vec<String>>,
+    /// Sessions of 2025-11-25 clients kept at once over HTTP.
+    pub max_sessions: usize,
+}
+
+impl Default for McpConfig {
+    fn default() -> Self {
+        McpConfig {
+            expose: None,
+            max_sessions: 1024,
+        }
+    }
 }
 
 /// A model, resolved.

@@ -42,6 +42,13 @@ pub struct File {
 pub struct McpSpec {
     /// The chains and tools served as MCP tools (default: every one).
     pub expose: Option<Spanned<Vec<Spanned<String>>>>,
+    /// Sessions of 2025-11-25 clients kept at once (default 1,024).
+    #[serde(default, deserialize_with = "sessions")]
+    pub max_sessions: Option<u32>,
+}
+
+fn sessions<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u32>, D::Error> {
+    bounded(d, 1, 1_000_000, "max_sessions")
 }
 
 #[derive(Deserialize, Debug, Default)]

@@ -18,6 +18,7 @@
 mod approval;
 mod catalog;
 mod result;
+mod sessions;
 mod stdio;
 
 use crate::outcome::{Attempt, Next};
@@ -109,12 +110,13 @@ pub async fn serve_stdio(backstop: Arc<Backstop>) -> Result<(), McpServeError> {
 /// on another address is behind a bearer token instead.
 pub type HttpService = rmcp::transport::streamable_http_server::StreamableHttpService<
     McpServer,
-    rmcp::transport::streamable_http_server::session::local::LocalSessionManager,
+    sessions::CappedSessions,
 >;
 
 /// See [`HttpService`]. `max_body` caps a request's JSON-RPC body.
 pub fn http_service(backstop: Arc<Backstop>, loopback_only: bool, max_body: usize) -> HttpService {
-    use rmcp::transport::streamable_http_server::{session, StreamableHttpServerConfig};
+    use rmcp::transport::streamable_http_server::StreamableHttpServerConfig;
+    let max_sessions = backstop.config().mcp.max_sessions;
     let server = McpServer::new(backstop);
     let mut config = StreamableHttpServerConfig::default()
         .with_legacy_session_mode(true)
@@ -122,7 +124,7 @@ pub fn http_service(backstop: Arc<Backstop>, loopback_only: bool, max_body: usiz
     if !loopback_only {
         config = config.disable_allowed_hosts();
     }
-    let sessions = session::local::LocalSessionManager::default();
+    let sessions = sessions::CappedSessions::new(max_sessions);
     HttpService::new(move || Ok(server.clone()), Arc::new(sessions), config)
 }
 
