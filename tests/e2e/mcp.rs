@@ -375,7 +375,8 @@ fn bad_lines_on_stdio_are_answered_and_reading_goes_on() {
 /// both revisions: the catalog, a call, a fallback marked in `_meta`
 /// with its progress notification, a retry's progress, a failure as an
 /// error result, invalid input, an unknown tool, and a cancelled call
-/// whose bulkhead slot is free at once (the tool would hold it 8 s).
+/// whose bulkhead slot is freed as soon as the server sees the cancel
+/// (the tool would hold it 8 s).
 #[test]
 fn the_python_sdk_as_client() {
     let python = crate::common::python_mcp();
@@ -453,12 +454,14 @@ fn the_python_sdk_as_client() {
         assert_eq!(r["unknown"]["code"], -32602, "{how}: {}", r["unknown"]);
 
         let c = &r["cancel"];
+        // The cancelled call would hold the only slot for 8 s; the client
+        // tries for 4 s. Freed as soon as the server saw the cancel (the
+        // first try can still meet it in the instant before).
         assert_eq!(
-            c["tries"],
-            json!([false]),
-            "{how}: the slot was free at once: {c}"
+            c["second"]["meta"]["served_by"], "slow",
+            "{how}: never freed: {c}"
         );
-        assert_eq!(c["second"]["meta"]["served_by"], "slow");
+        assert!(c["freed_after_ms"].as_u64().unwrap() < 3000, "{how}: {c}");
     }
 }
 
