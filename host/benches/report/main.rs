@@ -69,23 +69,35 @@ fn met(ok: bool) -> &'static str {
 /// The MCP section: both transports against their baselines, and the
 /// issue's two goals.
 fn mcp_section(m: &mcp::Figures) -> String {
-    let added = m.stdio.median.saturating_sub(m.direct.median);
+    let added = m.lines.median.saturating_sub(m.direct_one.median);
+    let stdio_added = m.stdio.median.saturating_sub(m.direct.median);
     let http_ratio = m.http.median.as_secs_f64() / m.api.median.as_secs_f64();
     format!(
         "## MCP\n\n`tools/call` of `echo_rs` (`{{\"say\": \"hi\"}}`) with rmcp's client in \
-         the 2026-07-28 revision, one call at a time: over stdio to a real `backstop mcp` \
-         process, and over streamable HTTP to `/mcp` of the serve router on 127.0.0.1 (in this \
-         process); baselines `Backstop::call` and `POST /v1/calls` (keep-alive reqwest) of the \
-         same component in the same run. The MCP figures include the client's own work.\n\n\
+         the 2026-07-28 revision, one call at a time; baselines `Backstop::call` and `POST \
+         /v1/calls` (keep-alive reqwest) of the same component in the same run. Over stdio \
+         twice: Backstop's line transport on an in-memory pipe in this process (what the \
+         protocol costs), and a real `backstop mcp` process (what a client sees, the OS's pipe \
+         round trip included: the `cat` row is a line written to `cat` and read back). HTTP is \
+         `/mcp` of the serve router on 127.0.0.1 in this process. The MCP figures include the \
+         client's own work.\n\n\
          | path | per call | against | |\n| --- | --- | --- | --- |\n\
          | `Backstop::call` (baseline) | {} | | |\n\
-         | MCP over stdio | {} | {} added (goal <= 30 us) | {} |\n\
+         | `Backstop::call` on one thread (baseline) | {} | | |\n\
+         | MCP over stdio, in-memory pipe, on that thread | {} | {} added (goal <= 30 us) | {} \
+         |\n\
+         | a line to `cat` and back (OS pipe round trip) | {} | | |\n\
+         | MCP over stdio, `backstop mcp` process | {} | {} added | |\n\
          | `POST /v1/calls` (baseline) | {} | | |\n\
          | MCP over HTTP | {} | {:.2}x `/v1/calls` (goal <= 1.00) | {} |\n",
         m.direct.show(),
-        m.stdio.show(),
+        m.direct_one.show(),
+        m.lines.show(),
         fmt(added),
         met(added <= Duration::from_micros(30)),
+        m.pipe.show(),
+        m.stdio.show(),
+        fmt(stdio_added),
         m.api.show(),
         m.http.show(),
         http_ratio,

@@ -14,6 +14,13 @@ use std::sync::Arc;
 
 pub struct Figures {
     pub direct: Spread,
+    /// In this process, over an in-memory pipe, client and server on one
+    /// thread: the protocol's own cost.
+    pub lines: Spread,
+    /// `Backstop::call` on that thread.
+    pub direct_one: Spread,
+    /// A line written to `cat` and read back: the OS's pipe round trip.
+    pub pipe: Spread,
     pub stdio: Spread,
     pub http: Spread,
     pub api: Spread,
@@ -70,6 +77,21 @@ pub fn measure(root: &Path, samples: usize, n: u64) -> Figures {
             .unwrap();
         ().serve_with_lifecycle(child, lifecycle()).await.unwrap()
     });
+    // The protocol's own cost: client and server on one thread, so no
+    // thread is woken between them (on these VMs a wake-up costs tens of
+    // microseconds, more than the work it hands over).
+    let one = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let lines = one.block_on(async {
+        let (client_end, server_end) = tokio::io::duplex(1 << 20);
+        let (read, write) = tokio::io::split(server_end);
+        tokio::spawn(backstop::mcp::serve_lines(b.clone(), read, write));
+        ().serve_with_lifecycle(client_end, lifecycle())
+            .await
+            .unwrap()
+    });
     let http = rt.block_on(async {
         let t = StreamableHttpClientTransport::from_uri(format!("{base}/mcp"));
         ().serve_with_lifecycle(t, lifecycle()).await.unwrap()
@@ -95,7 +117,57 @@ pub fn measure(root: &Path, samples: usize, n: u64) -> Figures {
             })
         })
     };
+    if std::env::var_os("BENCH_MCP_LIST").is_some() {
+        for (name, c) in [("stdio", &stdio), ("http", &http)] {
+            let t = per_op(samples, n, || {
+                rt.block_on(async {
+                    for _ in 0..n {
+                        c.list_tools(None).await.unwrap();
+                    }
+                })
+            });
+            eprintln!("tools/list over {name}: {}", t.show());
+        }
+    }
+    let direct_one = per_op(samples, n, || {
+        one.block_on(async {
+            for _ in 0..n {
+                assert!(b.call("echo", input.clone()).await.unwrap().ok);
+            }
+        })
+    });
+    let lines_t = per_op(samples, n, || {
+        one.block_on(async {
+            for _ in 0..n {
+                let r = lines.call_tool(request.clone()).await.unwrap();
+                assert_eq!(r.is_error, Some(false));
+            }
+        })
+    });
     let stdio_t = over(&stdio);
+    let pipe = rt.block_on(async {
+        use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
+        let mut cat = tokio::process::Command::new("cat")
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut to = cat.stdin.take().unwrap();
+        let mut from = tokio::io::BufReader::new(cat.stdout.take().unwrap());
+        let mut line = String::new();
+        let mut times = Vec::new();
+        for _ in 0..samples {
+            let t = std::time::Instant::now();
+            for _ in 0..n {
+                to.write_all(b"{\"jsonrpc\":\"2.0\"}\n").await.unwrap();
+                line.clear();
+                from.read_line(&mut line).await.unwrap();
+            }
+            times.push(t.elapsed() / n as u32);
+        }
+        let _ = cat.kill().await;
+        Spread::of(times)
+    });
     let http_t = over(&http);
     let api = per_op(samples, n, || {
         rt.block_on(async {
@@ -115,12 +187,19 @@ pub fn measure(root: &Path, samples: usize, n: u64) -> Figures {
     });
     rt.block_on(async {
         let _ = stdio.cancel().await;
+
         let _ = http.cancel().await;
+    });
+    one.block_on(async {
+        let _ = lines.cancel().await;
     });
     let _ = stop.send(());
     rt.block_on(server).unwrap().unwrap();
     Figures {
         direct,
+        lines: lines_t,
+        direct_one,
+        pipe,
         stdio: stdio_t,
         http: http_t,
         api,

@@ -84,15 +84,39 @@ pub enum McpServeError {
     Stopped(String),
 }
 
+/// Serves MCP on `read` and `write` (one JSON-RPC message per line) until
+/// `read` ends: stdio without the process's own streams, for an embedding
+/// app or a test.
+pub async fn serve_lines<R, W>(
+    backstop: Arc<Backstop>,
+    read: R,
+    write: W,
+) -> Result<(), McpServeError>
+where
+    R: tokio::io::AsyncRead + Unpin + Send + 'static,
+    W: tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let running = McpServer::new(backstop)
+        .serve(stdio::LineTransport::new(read, write, MAX_MESSAGE))
+        .await
+        .map_err(|e| McpServeError::Start(e.to_string()))?;
+    running
+        .waiting()
+        .await
+        .map_err(|e| McpServeError::Stopped(e.to_string()))?;
+    Ok(())
+}
+
 /// Serves MCP on stdin and stdout until the client closes stdin. Nothing
 /// else may write to stdout meanwhile (logs go to stderr).
 pub async fn serve_stdio(backstop: Arc<Backstop>) -> Result<(), McpServeError> {
-    let running = McpServer::new(backstop)
-        .serve(stdio::LineTransport::new(
-            tokio::io::stdin(),
-            tokio::io::stdout(),
-            MAX_MESSAGE,
-        ))
+    let server = McpServer::new(backstop);
+    // Pipes (how clients launch stdio servers) are driven by the IO
+    // reactor: tokio's own stdin and stdout hop to a blocking thread on
+    // every read and write.
+    let (read, write) = rmcp::transport::io::stdio_pipes();
+    let running = server
+        .serve(stdio::LineTransport::new(read, write, MAX_MESSAGE))
         .await
         .map_err(|e| McpServeError::Start(e.to_string()))?;
     running
@@ -120,6 +144,9 @@ pub fn http_service(backstop: Arc<Backstop>, loopback_only: bool, max_body: usiz
     let server = McpServer::new(backstop);
     let mut config = StreamableHttpServerConfig::default()
         .with_legacy_session_mode(true)
+        // A plain JSON answer when the call sent nothing before its
+        // result (no progress): no SSE stream to set up and frame.
+        .with_json_response(true)
         .with_max_request_body_bytes(max_body);
     if !loopback_only {
         config = config.disable_allowed_hosts();
