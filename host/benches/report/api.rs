@@ -47,7 +47,13 @@ pub fn measure(root: &Path, samples: usize, n: u64, seconds: u64) -> Figures {
     }));
     let input = serde_json::json!({"say": "hi"});
     let body = serde_json::json!({"chain": "echo", "input": input}).to_string();
-    let client = reqwest::Client::new();
+    // Idle connections are dropped before the server's 10 s idle limit
+    // closes them: reusing one the server is closing fails the request.
+    backstop::models::install_tls_provider();
+    let client = reqwest::Client::builder()
+        .pool_idle_timeout(Duration::from_secs(5))
+        .build()
+        .unwrap();
     let url = format!("{base}/v1/calls");
 
     let direct = per_op(samples, n, || {

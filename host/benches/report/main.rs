@@ -72,6 +72,10 @@ fn mcp_section(m: &mcp::Figures) -> String {
     let added = m.lines.median.saturating_sub(m.direct_one.median);
     let stdio_added = m.stdio.median.saturating_sub(m.direct.median);
     let http_ratio = m.http.median.as_secs_f64() / m.api.median.as_secs_f64();
+    let remote_added = m
+        .remote_target
+        .median
+        .saturating_sub(m.remote_direct.median);
     format!(
         "## MCP\n\n`tools/call` of `echo_rs` (`{{\"say\": \"hi\"}}`) with rmcp's client in \
          the 2026-07-28 revision, one call at a time; baselines `Backstop::call` and `POST \
@@ -89,7 +93,11 @@ fn mcp_section(m: &mcp::Figures) -> String {
          | a line to `cat` and back (OS pipe round trip) | {} | | |\n\
          | MCP over stdio, `backstop mcp` process | {} | {} added | |\n\
          | `POST /v1/calls` (baseline) | {} | | |\n\
-         | MCP over HTTP | {} | {:.2}x `/v1/calls` (goal <= 1.00) | {} |\n",
+         | MCP over HTTP | {} | {:.2}x `/v1/calls` (goal <= 1.00) | {} |\n\
+         | rmcp client calling a remote MCP server's echo (baseline) | {} | | |\n\
+         | `Backstop::call` of it as a remote target | {} | {} added (goal <= 50 us) | {} \
+         |\n\nThe remote server is an rmcp one in this process on 127.0.0.1 (plain JSON \
+         answers); both clients speak 2026-07-28 to it.\n",
         m.direct.show(),
         m.direct_one.show(),
         m.lines.show(),
@@ -102,6 +110,10 @@ fn mcp_section(m: &mcp::Figures) -> String {
         m.http.show(),
         http_ratio,
         met(http_ratio <= 1.0),
+        m.remote_direct.show(),
+        m.remote_target.show(),
+        fmt(remote_added),
+        met(remote_added <= Duration::from_micros(50)),
     )
 }
 

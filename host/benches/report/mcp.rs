@@ -12,7 +12,48 @@ use rmcp::{ClientLifecycleMode, ClientServiceExt};
 use std::path::Path;
 use std::sync::Arc;
 
+/// The remote end of the remote-target rows: one read-only echo tool.
+#[derive(Clone)]
+struct EchoServer;
+
+impl rmcp::ServerHandler for EchoServer {
+    fn get_info(&self) -> rmcp::model::ServerConfig {
+        rmcp::model::ServerConfig::new(
+            rmcp::model::ServerCapabilities::builder()
+                .enable_tools()
+                .build(),
+        )
+    }
+
+    async fn list_tools(
+        &self,
+        _: Option<rmcp::model::PaginatedRequestParams>,
+        _: rmcp::service::RequestContext<rmcp::RoleServer>,
+    ) -> Result<rmcp::model::ListToolsResult, rmcp::ErrorData> {
+        let schema = serde_json::json!({"type": "object"});
+        let serde_json::Value::Object(schema) = schema else {
+            unreachable!()
+        };
+        let tool = rmcp::model::Tool::new("echo", "Echoes.", Arc::new(schema))
+            .with_annotations(rmcp::model::ToolAnnotations::new().read_only(true));
+        Ok(rmcp::model::ListToolsResult::with_all_items(vec![tool]))
+    }
+
+    async fn call_tool(
+        &self,
+        request: CallToolRequestParams,
+        _: rmcp::service::RequestContext<rmcp::RoleServer>,
+    ) -> Result<rmcp::model::CallToolResponse, rmcp::ErrorData> {
+        let args = serde_json::Value::Object(request.arguments.unwrap_or_default());
+        Ok(rmcp::model::CallToolResult::structured(serde_json::json!({"echo": args})).into())
+    }
+}
+
 pub struct Figures {
+    /// A direct rmcp client call to a remote MCP server's tool.
+    pub remote_direct: Spread,
+    /// `Backstop::call` of that tool as a chain target.
+    pub remote_target: Spread,
     pub direct: Spread,
     /// In this process, over an in-memory pipe, client and server on one
     /// thread: the protocol's own cost.
@@ -49,6 +90,30 @@ pub fn measure(root: &Path, samples: usize, n: u64) -> Figures {
     );
     let path = dir.path().join("bench.toml");
     std::fs::write(&path, &text).unwrap();
+    // The remote MCP server, on this runtime.
+    let remote_base = rt.block_on(async {
+        use rmcp::transport::streamable_http_server::{
+            session::local::LocalSessionManager, StreamableHttpServerConfig, StreamableHttpService,
+        };
+        let svc = StreamableHttpService::new(
+            || Ok(EchoServer),
+            Arc::new(LocalSessionManager::default()),
+            StreamableHttpServerConfig::default().with_json_response(true),
+        );
+        let app = axum::Router::new().route_service("/mcp", svc);
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let base = format!("http://{}", listener.local_addr().unwrap());
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        base
+    });
+    std::fs::write(
+        &path,
+        format!(
+            "{text}[tools.remote]\nmcp = {{ url = \"{remote_base}/mcp\", tool = \"echo\" }}\n\
+             http = [\"{remote_base}\"]\n"
+        ),
+    )
+    .unwrap();
     let config = Config::from_file(&path).unwrap();
     let b = Arc::new(rt.block_on(Backstop::from_config(config)).unwrap());
     let listener = rt
@@ -95,6 +160,32 @@ pub fn measure(root: &Path, samples: usize, n: u64) -> Figures {
     let http = rt.block_on(async {
         let t = StreamableHttpClientTransport::from_uri(format!("{base}/mcp"));
         ().serve_with_lifecycle(t, lifecycle()).await.unwrap()
+    });
+    let direct_remote = rt.block_on(async {
+        let t = StreamableHttpClientTransport::from_uri(format!("{remote_base}/mcp"));
+        ().serve_with_lifecycle(t, lifecycle()).await.unwrap()
+    });
+    let remote_request = CallToolRequestParams::new("echo").with_arguments(match input.clone() {
+        serde_json::Value::Object(m) => m,
+        _ => unreachable!(),
+    });
+    let remote_direct = per_op(samples, n, || {
+        rt.block_on(async {
+            for _ in 0..n {
+                let r = direct_remote
+                    .call_tool(remote_request.clone())
+                    .await
+                    .unwrap();
+                assert_eq!(r.is_error, Some(false));
+            }
+        })
+    });
+    let remote_target = per_op(samples, n, || {
+        rt.block_on(async {
+            for _ in 0..n {
+                assert!(b.call("remote", input.clone()).await.unwrap().ok);
+            }
+        })
     });
     let client = backstop::models::http_client();
     let url = format!("{base}/v1/calls");
@@ -187,6 +278,7 @@ pub fn measure(root: &Path, samples: usize, n: u64) -> Figures {
     });
     rt.block_on(async {
         let _ = stdio.cancel().await;
+        let _ = direct_remote.cancel().await;
 
         let _ = http.cancel().await;
     });
@@ -196,6 +288,8 @@ pub fn measure(root: &Path, samples: usize, n: u64) -> Figures {
     let _ = stop.send(());
     rt.block_on(server).unwrap().unwrap();
     Figures {
+        remote_direct,
+        remote_target,
         direct,
         lines: lines_t,
         direct_one,
