@@ -371,6 +371,26 @@ fn bad_lines_on_stdio_are_answered_and_reading_goes_on() {
     );
 }
 
+/// Runs the Python SDK's driver (`tests/e2e/peers/mcp_client.py`) and
+/// returns the JSON it printed.
+fn python_peer(kind: &str, args: [&str; 3], extra: &[&str]) -> Value {
+    let how = format!("{kind} {}", args[2]);
+    let out = std::process::Command::new(crate::common::python_mcp())
+        .arg(crate::common::root().join("tests/e2e/peers/mcp_client.py"))
+        .arg(kind)
+        .args(args)
+        .args(extra)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{how}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    serde_json::from_str(stdout.lines().last().unwrap()).unwrap()
+}
+
 /// The official MCP Python SDK as the client, over stdio and HTTP, in
 /// both revisions: the catalog, a call, a fallback marked in `_meta`
 /// with its progress notification, a retry's progress, a failure as an
@@ -379,8 +399,6 @@ fn bad_lines_on_stdio_are_answered_and_reading_goes_on() {
 /// (the tool would hold it 8 s).
 #[test]
 fn the_python_sdk_as_client() {
-    let python = crate::common::python_mcp();
-    let script = crate::common::root().join("tests/e2e/peers/mcp_client.py");
     let (_dir, config) = setup(&self::config());
     let server = serve(&config, Some("py-token"));
     let url = format!("{}/mcp", server.base);
@@ -400,20 +418,8 @@ fn the_python_sdk_as_client() {
         ("http", [&url, "py-token", "legacy"], "2025-11-25"),
     ];
     for (kind, args, want) in runs {
-        let out = std::process::Command::new(python)
-            .arg(&script)
-            .arg(kind)
-            .args(args)
-            .output()
-            .unwrap();
         let how = format!("{kind} {}", args[2]);
-        assert!(
-            out.status.success(),
-            "{how}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let stdout = String::from_utf8_lossy(&out.stdout);
-        let r: Value = serde_json::from_str(stdout.lines().last().unwrap()).unwrap();
+        let r = python_peer(kind, args, &[]);
         assert_eq!(r["protocol"], want, "{how}");
         assert_eq!(r["tools"][0], "main", "{how}");
         assert_eq!(
@@ -474,8 +480,6 @@ fn the_python_sdk_as_client() {
 /// it over the API the call runs, once.
 #[test]
 fn approvals_are_asked_of_the_client_and_run_once() {
-    let python = crate::common::python_mcp();
-    let script = crate::common::root().join("tests/e2e/peers/mcp_client.py");
     let (dir, config) = setup(&self::config());
     let server = serve(&config, Some("ap-token"));
     let url = format!("{}/mcp", server.base);
@@ -495,20 +499,7 @@ fn approvals_are_asked_of_the_client_and_run_once() {
     };
     for (n, (kind, args)) in runs.into_iter().enumerate() {
         let how = format!("{kind} {}", args[2]);
-        let out = std::process::Command::new(python)
-            .arg(&script)
-            .arg(kind)
-            .args(args)
-            .args(["approvals", &server.base, "ap-token"])
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{how}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let stdout = String::from_utf8_lossy(&out.stdout);
-        let r: Value = serde_json::from_str(stdout.lines().last().unwrap()).unwrap();
+        let r = python_peer(kind, args, &["approvals", &server.base, "ap-token"]);
         let ok = &r["approved"];
         assert_eq!(ok["is_error"], false, "{how}: {ok}");
         assert_eq!(ok["structured"]["entry"], "approve-1");

@@ -110,20 +110,11 @@ where
 /// Serves MCP on stdin and stdout until the client closes stdin. Nothing
 /// else may write to stdout meanwhile (logs go to stderr).
 pub async fn serve_stdio(backstop: Arc<Backstop>) -> Result<(), McpServeError> {
-    let server = McpServer::new(backstop);
     // Pipes (how clients launch stdio servers) are driven by the IO
     // reactor: tokio's own stdin and stdout hop to a blocking thread on
     // every read and write.
     let (read, write) = rmcp::transport::io::stdio_pipes();
-    let running = server
-        .serve(stdio::LineTransport::new(read, write, MAX_MESSAGE))
-        .await
-        .map_err(|e| McpServeError::Start(e.to_string()))?;
-    running
-        .waiting()
-        .await
-        .map_err(|e| McpServeError::Stopped(e.to_string()))?;
-    Ok(())
+    serve_lines(backstop, read, write).await
 }
 
 /// The streamable HTTP transport of `backstop`'s MCP server, both
