@@ -624,3 +624,61 @@ async fn sessions_are_capped() {
     let res = post(init, None).await.unwrap();
     assert_eq!(res.status(), 200, "room after a close");
 }
+
+/// Bodies the HTTP transport must not take: over 4 MiB (413), not JSON,
+/// not JSON-RPC, a body that never ends (408 at the body timeout); the
+/// server answers each and serves the next client.
+#[tokio::test]
+async fn bad_bodies_over_http_are_refused_and_serving_goes_on() {
+    let (_dir, config) = setup(&self::config());
+    let server = crate::common::serve_with(&config, None, &["--body-timeout", "1s"]);
+    let url = format!("{}/mcp", server.base);
+    let http = crate::common::http();
+    let post = |body: Vec<u8>| {
+        http.post(&url)
+            .header("content-type", "application/json")
+            .header("accept", "application/json, text/event-stream")
+            .header("mcp-protocol-version", "2026-07-28")
+            .body(body)
+            .send()
+    };
+    let res = post(vec![b' '; 5 << 20]).await.unwrap();
+    assert_eq!(res.status(), 413);
+    for bad in [
+        &b"this is not json"[..],
+        b"[1,2,3]",
+        b"{\"jsonrpc\":\"2.0\",\"id\":1}",
+    ] {
+        let res = post(bad.to_vec()).await.unwrap();
+        assert!(
+            res.status().is_client_error(),
+            "{}: {}",
+            String::from_utf8_lossy(bad),
+            res.status()
+        );
+    }
+    // A body that never ends.
+    let addr = server.base.trim_start_matches("http://").to_owned();
+    let mut s = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    s.write_all(
+        format!(
+            "POST /mcp HTTP/1.1\r\nhost: {addr}\r\ncontent-type: application/json\r\naccept: \
+             application/json, text/event-stream\r\ncontent-length: 1000\r\n\r\n{{\"jsonrpc\""
+        )
+        .as_bytes(),
+    )
+    .await
+    .unwrap();
+    let mut answer = vec![0u8; 4096];
+    let n = tokio::time::timeout(std::time::Duration::from_secs(10), s.read(&mut answer))
+        .await
+        .expect("answered within the body timeout")
+        .unwrap();
+    let head = String::from_utf8_lossy(&answer[..n]);
+    assert!(head.starts_with("HTTP/1.1 408"), "{head}");
+    let c = over_http(&server, None, &ProtocolVersion::V_2026_07_28).await;
+    let r = call(&c, "echo_rs", json!({"say": "still serving"})).await;
+    assert_eq!(r.is_error, Some(false));
+    c.cancel().await.unwrap();
+}
