@@ -34,7 +34,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 pub use approval::MCP_AGENT;
-pub use result::META_KEYS;
 
 /// Longest a progress notification may take to send: a client that does
 /// not read its notifications must not hold up its own call.

@@ -4,19 +4,6 @@ use crate::outcome::Outcome;
 use rmcp::model::{CallToolResult, ContentBlock, MetaObject};
 use serde_json::json;
 
-/// The keys of a result's `_meta` that carry the outcome's marks.
-pub const META_KEYS: &[&str] = &[
-    "chain",
-    "key",
-    "served_by",
-    "degraded",
-    "degraded_reason",
-    "confidence",
-    "attempts",
-    "elapsed_ms",
-    "error",
-];
-
 fn meta(o: &Outcome) -> MetaObject {
     let mut m = serde_json::Map::new();
     m.insert("chain".into(), json!(o.chain));

@@ -21,7 +21,7 @@
 //! only for read-only and idempotent tools, and escalates `ambiguous-state`
 //! for the others, as for a component.
 
-use crate::outcome::{Effect, Failure, FailureClass};
+use crate::outcome::{Failure, FailureClass};
 use crate::target::TargetOutput;
 use rmcp::model::{CallToolResult, ErrorCode, ErrorData};
 use rmcp::service::{ClientInitializeError, ServiceError};
@@ -140,7 +140,7 @@ pub fn startup(e: &ClientInitializeError) -> Failure {
 }
 
 /// A `tools/call` (or `tools/list`) that got no result.
-pub fn service(e: &ServiceError, _effect: Effect) -> Failure {
+pub fn service(e: &ServiceError) -> Failure {
     match e {
         ServiceError::McpError(d) => jsonrpc(d),
         ServiceError::Timeout { .. } => Failure::new(FailureClass::Timeout, clip(e.to_string())),

@@ -207,7 +207,7 @@ impl RemoteTool {
             Ok(t) => t,
             Err(e) => {
                 self.reset();
-                return Err(classify::service(&e, Effect::ReadOnly));
+                return Err(classify::service(&e));
             }
         };
         let Some(tool) = tools.iter().find(|t| t.name == self.remote.tool) else {
@@ -306,7 +306,7 @@ impl RemoteTool {
             Ok(r) => r,
             Err(e) => {
                 self.reset();
-                return Err(classify::service(&e, self.effect()));
+                return Err(classify::service(&e));
             }
         };
         classify::result(result, d.output.as_ref(), self.config.max_output.0 as usize)
