@@ -452,6 +452,82 @@ pub struct Outcome {
     pub elapsed_ms: u64,
 }
 
+impl Outcome {
+    /// An outcome a person gave: a result they supplied (`ok`), or their
+    /// refusal, said in `note`.
+    pub fn by_person(
+        chain: &str,
+        key: &str,
+        ok: bool,
+        value: Option<serde_json::Value>,
+        by: &str,
+        note: String,
+    ) -> Outcome {
+        let person: Arc<str> = format!("person:{by}").into();
+        Outcome {
+            ok,
+            chain: chain.into(),
+            key: key.into(),
+            value,
+            confidence: None,
+            served_by: ok.then(|| person.clone()),
+            degraded: ok,
+            degraded_reason: ok.then(|| format!("result supplied by a person ({by})")),
+            attempts: smallvec::smallvec![Attempt {
+                target: person,
+                attempt: 0,
+                class: if ok {
+                    AttemptClass::Supplied
+                } else {
+                    AttemptClass::Rejected
+                },
+                message: note.clone().into(),
+                elapsed_ms: 0,
+                delay_ms: 0,
+                then: Next::Done,
+            }],
+            error: (!ok).then_some(CallError {
+                class: FailureClass::Permanent,
+                message: note.into(),
+                escalate: None,
+            }),
+            elapsed_ms: 0,
+        }
+    }
+
+    /// What `target`'s `reconcile` said an earlier call with `key` already
+    /// produced.
+    pub fn reconciled(
+        chain: &str,
+        key: &str,
+        target: &str,
+        value: serde_json::Value,
+        confidence: Option<f64>,
+    ) -> Outcome {
+        Outcome {
+            ok: true,
+            chain: chain.into(),
+            key: key.into(),
+            value: Some(value),
+            confidence,
+            served_by: Some(target.into()),
+            degraded: false,
+            degraded_reason: None,
+            attempts: smallvec::smallvec![Attempt {
+                target: target.into(),
+                attempt: 0,
+                class: AttemptClass::Reconciled,
+                message: "the tool says this call already happened".into(),
+                elapsed_ms: 0,
+                delay_ms: 0,
+                then: Next::Done,
+            }],
+            error: None,
+            elapsed_ms: 0,
+        }
+    }
+}
+
 impl fmt::Display for Outcome {
     /// The readable form `backstop call` prints.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {

@@ -56,6 +56,12 @@ retry = {{ attempts = 2 }}
 [chains.wait]
 targets = ["slow"]
 deadline = "30s"
+
+[tools.jot]
+component = "{{plugins}}/ledger.wasm"
+timeout = "400ms"
+breaker = {{ consecutive_failures = 50 }}
+dirs = [{{ host = "{{dir}}/ledger", guest = "/ledger", mode = "rw" }}]
 "#
     )
 }
@@ -135,7 +141,10 @@ async fn the_contract(c: &Client, v: &ProtocolVersion) {
     let names: Vec<&str> = tools.iter().map(|t| t.name.as_ref()).collect();
     assert_eq!(
         names,
-        ["main", "solo", "wait", "backup", "echo_rs", "flaky", "ledger", "pay", "shaky", "slow"],
+        [
+            "main", "solo", "wait", "backup", "echo_rs", "flaky", "jot", "ledger", "pay", "shaky",
+            "slow"
+        ],
         "{v}: every chain, then every tool"
     );
     let by = |n: &str| tools.iter().find(|t| t.name == n).unwrap();
@@ -471,6 +480,68 @@ fn the_python_sdk_as_client() {
     }
 }
 
+/// A config, a server on it, and the three Python SDK clients that ask a
+/// person: stdio in both revisions, HTTP in 2026-07-28.
+struct PeopleRig {
+    dir: tempfile::TempDir,
+    config: PathBuf,
+    server: Server,
+    token: &'static str,
+}
+
+impl PeopleRig {
+    fn new(token: &'static str) -> Self {
+        let (dir, config) = setup(&self::config());
+        let server = serve(&config, Some(token));
+        PeopleRig {
+            dir,
+            config,
+            server,
+            token,
+        }
+    }
+
+    /// Runs the driver's `scenario` with each client in turn, handing
+    /// `check` its number, its name and what it saw.
+    fn each_client(&self, scenario: &str, check: impl Fn(usize, &str, &Value)) {
+        let url = format!("{}/mcp", self.server.base);
+        let bin = env!("CARGO_BIN_EXE_backstop");
+        let conf = self.config.to_str().unwrap();
+        let runs: [(&str, [&str; 3]); 3] = [
+            ("stdio", [bin, conf, "auto"]),
+            ("stdio", [bin, conf, "legacy"]),
+            ("http", [&url, self.token, "auto"]),
+        ];
+        for (n, (kind, args)) in runs.into_iter().enumerate() {
+            let how = format!("{kind} {}", args[2]);
+            let r = python_peer(kind, args, &[scenario, &self.server.base, self.token]);
+            check(n, &how, &r);
+        }
+    }
+
+    /// How many times the ledger ran for `entry`.
+    fn lines(&self, entry: &str) -> usize {
+        std::fs::read_to_string(self.dir.path().join("ledger/ledger.jsonl"))
+            .unwrap_or_default()
+            .lines()
+            .filter(|l| serde_json::from_str::<Value>(l).unwrap()["entry"] == entry)
+            .count()
+    }
+
+    /// Escalation `id` as the API shows it.
+    fn escalation(&self, id: &str) -> Value {
+        tokio::runtime::Runtime::new().unwrap().block_on(async {
+            let res = crate::common::http()
+                .get(format!("{}/v1/escalations/{id}", self.server.base))
+                .bearer_auth(self.token)
+                .send()
+                .await
+                .unwrap();
+            res.json().await.unwrap()
+        })
+    }
+}
+
 /// Approvals through MCP, with the Python SDK as the client: an
 /// irreversible tool asks the client (elicitation under 2025-11-25, an
 /// input-required result under 2026-07-28); the answer is the
@@ -480,26 +551,8 @@ fn the_python_sdk_as_client() {
 /// it over the API the call runs, once.
 #[test]
 fn approvals_are_asked_of_the_client_and_run_once() {
-    let (dir, config) = setup(&self::config());
-    let server = serve(&config, Some("ap-token"));
-    let url = format!("{}/mcp", server.base);
-    let bin = env!("CARGO_BIN_EXE_backstop");
-    let conf = config.to_str().unwrap();
-    let runs: [(&str, [&str; 3]); 3] = [
-        ("stdio", [bin, conf, "auto"]),
-        ("stdio", [bin, conf, "legacy"]),
-        ("http", [&url, "ap-token", "auto"]),
-    ];
-    let lines = |entry: &str| {
-        std::fs::read_to_string(dir.path().join("ledger/ledger.jsonl"))
-            .unwrap_or_default()
-            .lines()
-            .filter(|l| serde_json::from_str::<Value>(l).unwrap()["entry"] == entry)
-            .count()
-    };
-    for (n, (kind, args)) in runs.into_iter().enumerate() {
-        let how = format!("{kind} {}", args[2]);
-        let r = python_peer(kind, args, &["approvals", &server.base, "ap-token"]);
+    let rig = PeopleRig::new("ap-token");
+    rig.each_client("approvals", |n, how, r| {
         let ok = &r["approved"];
         assert_eq!(ok["is_error"], false, "{how}: {ok}");
         assert_eq!(ok["structured"]["entry"], "approve-1");
@@ -512,7 +565,7 @@ fn approvals_are_asked_of_the_client_and_run_once() {
             r["again"]["meta"]["key"], ok["meta"]["key"],
             "{how}: the same call"
         );
-        if args[2] == "auto" {
+        if how.ends_with("auto") {
             assert_eq!(
                 r["input_required"]["result_type"], "input_required",
                 "{how}: {r}"
@@ -549,28 +602,270 @@ fn approvals_are_asked_of_the_client_and_run_once() {
 
         // What ran, counted on disk: once per approval, never on refusal.
         let runs_so_far = n + 1;
-        assert_eq!(lines("approve-1"), runs_so_far, "{how}");
-        assert_eq!(lines("later-1"), runs_so_far, "{how}");
-        assert_eq!(lines("reject-1"), 0, "{how}");
+        assert_eq!(rig.lines("approve-1"), runs_so_far, "{how}");
+        assert_eq!(rig.lines("later-1"), runs_so_far, "{how}");
+        assert_eq!(rig.lines("reject-1"), 0, "{how}");
         assert_eq!(
-            lines("mrtr-1"),
+            rig.lines("mrtr-1"),
             [1, 1, 2][n],
             "{how}: the answer sent twice ran once"
         );
         // The client's answer is the escalation's resolution.
         let id = ok["meta"]["escalation"].as_str().unwrap();
-        let esc: Value = tokio::runtime::Runtime::new().unwrap().block_on(async {
-            let res = crate::common::http()
-                .get(format!("{}/v1/escalations/{id}", server.base))
-                .bearer_auth("ap-token")
-                .send()
-                .await
-                .unwrap();
-            res.json().await.unwrap()
-        });
+        let esc = rig.escalation(id);
         assert_eq!(esc["resolution"]["kind"], "approve", "{how}: {esc}");
         assert_eq!(esc["resolved_by"], "mcp:approval-test");
+    });
+}
+
+/// Calls that stop for a person after they ran, with the Python SDK as
+/// the client: a tool saying `needs-human` and a side effect cut off half
+/// way (`ambiguous-state`) ask the client; its answer is the escalation's
+/// resolution, acted on once: a result it gives is the call's value
+/// (marked as a person's), a retry or an approval runs the call once more
+/// with the same key (the ledger counts it), a refusal runs nothing, an
+/// answer that is not a choice leaves the escalation open, and a client
+/// that cannot answer is served once a person resolved it over the API.
+#[test]
+fn calls_that_stop_for_a_person_ask_the_client() {
+    let rig = PeopleRig::new("pp-token");
+    rig.each_client("people", |n, how, r| {
+        let s = &r["supplied"];
+        assert_eq!(s["is_error"], false, "{how}: {s}");
+        assert_eq!(s["structured"]["said"], "by a person");
+        assert_eq!(s["meta"]["served_by"], "person:mcp:people-test", "{how}");
+        assert_eq!(s["meta"]["degraded"], true);
+        let asked = r["supplied_asked"].as_array().unwrap();
+        assert_eq!(
+            asked.len(),
+            2,
+            "{how}: a retry, then asked again: {asked:?}"
+        );
+        assert!(
+            asked
+                .iter()
+                .all(|q| q.as_str().unwrap().contains("`solo` needs a person")
+                    && q.as_str().unwrap().contains("which account?")),
+            "{how}: {asked:?}"
+        );
+        assert_eq!(
+            r["supplied_again"]["structured"], s["structured"],
+            "{how}: the recorded result"
+        );
+        assert_eq!(r["supplied_again"]["meta"]["key"], s["meta"]["key"]);
+        let esc = rig.escalation(s["meta"]["escalation"].as_str().unwrap());
+        assert_eq!(esc["reason"], "needs-human", "{how}: {esc}");
+        assert_eq!(esc["resolution"]["kind"], "result");
+        assert_eq!(esc["resolved_by"], "mcp:people-test");
+
+        let no = &r["refused"];
+        assert_eq!(no["is_error"], true, "{how}: {no}");
+        assert!(
+            no["text"][0].as_str().unwrap().contains("was refused"),
+            "{no}"
+        );
+        assert!(
+            no["text"][0].as_str().unwrap().contains("no such account"),
+            "{no}"
+        );
+
+        let a = &r["ambiguous"];
+        assert_eq!(a["is_error"], false, "{how}: {a}");
+        assert_eq!(a["structured"]["recorded"], "by hand");
+        assert!(
+            r["ambiguous_asked"][0]
+                .as_str()
+                .unwrap()
+                .contains("`jot` stopped half way"),
+            "{how}: {}",
+            r["ambiguous_asked"]
+        );
+        assert_eq!(r["ambiguous_again"]["structured"], a["structured"], "{how}");
+        let esc = rig.escalation(a["meta"]["escalation"].as_str().unwrap());
+        assert_eq!(esc["reason"], "ambiguous-state", "{how}: {esc}");
+        assert_eq!(esc["key"], a["meta"]["key"], "{how}: the call's own key");
+
+        let rerun = &r["rerun"];
+        assert_eq!(rerun["is_error"], true, "{how}: {rerun}");
+        assert_eq!(
+            r["rerun_asked"].as_array().unwrap().len(),
+            2,
+            "{how}: {rerun}"
+        );
+
+        let bad = &r["bad_answer"];
+        assert_eq!(bad["is_error"], true, "{how}: {bad}");
+        assert!(
+            bad["text"][0]
+                .as_str()
+                .unwrap()
+                .contains("`action` must be one of"),
+            "{how}: {bad}"
+        );
+        let esc = rig.escalation(bad["meta"]["escalation"].as_str().unwrap());
+        assert_eq!(esc["resolution"], Value::Null, "{how}: still open: {esc}");
+
+        let later = &r["cannot_answer"];
+        assert_eq!(later["is_error"], true, "{how}: {later}");
+        let id = later["meta"]["escalation"].as_str().unwrap();
+        assert!(
+            later["text"][0]
+                .as_str()
+                .unwrap()
+                .contains(&format!("backstop escalations resolve {id} --result JSON")),
+            "{how}: {later}"
+        );
+        assert_eq!(r["resolved_status"], 200, "{how}: {r}");
+        assert!(r["resolved_note"]
+            .as_str()
+            .unwrap()
+            .contains("MCP client's call"));
+        assert_eq!(
+            r["after_resolve"]["structured"]["said"], "ops",
+            "{how}: {r}"
+        );
+        assert_eq!(r["after_resolve"]["meta"]["served_by"], "person:ops");
+
+        // On disk: the cut-off call ran once and was not repeated for a
+        // given result; the approved one ran once more, then was refused.
+        assert_eq!(rig.lines("amb-1"), n + 1, "{how}");
+        assert_eq!(rig.lines("amb-2"), 2 * (n + 1), "{how}");
+    });
+}
+
+/// `backstop mcp` started as a child whose process the test can SIGKILL.
+async fn killable(config: &Path) -> (tokio::process::Child, Client) {
+    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_backstop"))
+        .arg("-c")
+        .arg(config)
+        .arg("mcp")
+        .env("BACKSTOP_LOG", "warn")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let io = (child.stdout.take().unwrap(), child.stdin.take().unwrap());
+    let lifecycle = lifecycle(&ProtocolVersion::V_2026_07_28);
+    let client = ().serve_with_lifecycle(io, lifecycle).await.unwrap();
+    (child, client)
+}
+
+fn named_call(name: &str, args: Value, escalation: Option<&str>) -> CallToolRequestParams {
+    let Value::Object(args) = args else {
+        panic!("arguments are an object")
+    };
+    let mut p = CallToolRequestParams::new(name.to_owned()).with_arguments(args);
+    p.request_state = escalation.map(str::to_owned);
+    p
+}
+
+/// The escalation a client without elicitation was told to resolve,
+/// approved from the command line.
+fn approve_from_cli(config: &Path, r: &CallToolResult) -> String {
+    let id = meta(r)["escalation"].as_str().unwrap().to_owned();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_backstop"))
+        .arg("-c")
+        .arg(config)
+        .args(["escalations", "resolve", &id, "--approve", "--by", "ops"])
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{said}");
+    assert!(said.contains("an MCP client's call"), "{said}");
+    id
+}
+
+/// An approved MCP call whose host is SIGKILLed while the tool runs: the
+/// intent is journaled, the result is not. The client's retry on a new
+/// host asks the tool's `reconcile` and returns what already happened,
+/// never a second effect; a tool that cannot say is not run again but
+/// becomes an `ambiguous-state` escalation for a person.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_host_killed_mid_call_is_reconciled_on_retry_never_repeated() {
+    let toml = format!(
+        r#"{}
+[tools.launch]
+component = "{{plugins}}/fault.wasm"
+effect = "irreversible"
+timeout = "30s"
+"#,
+        self::config()
+    );
+    let (dir, config) = setup(&toml);
+    let ledger = dir.path().join("ledger/ledger.jsonl");
+    let lines = || {
+        std::fs::read_to_string(&ledger)
+            .unwrap_or_default()
+            .lines()
+            .filter(|l| l.contains("kill-1"))
+            .count()
+    };
+
+    let (mut a, client) = killable(&config).await;
+    let args = json!({"entry": "kill-1", "sleep_after_ms": 20000});
+    let asked = client
+        .call_tool(named_call("pay", args.clone(), None))
+        .await
+        .unwrap();
+    let id = approve_from_cli(&config, &asked);
+    let running = {
+        let params = named_call("pay", args.clone(), Some(&id));
+        let peer = client.peer().clone();
+        tokio::spawn(async move { peer.call_tool(params).await })
+    };
+    let t = std::time::Instant::now();
+    while lines() == 0 {
+        assert!(t.elapsed().as_secs() < 20, "the approved call never ran");
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
     }
+    a.kill().await.unwrap();
+    let _ = running.await;
+
+    let (_b, client) = killable(&config).await;
+    for _ in 0..2 {
+        let r = client
+            .call_tool(named_call("pay", args.clone(), Some(&id)))
+            .await
+            .unwrap();
+        let m = meta(&r);
+        assert_eq!(r.is_error, Some(false), "{m}");
+        assert_eq!(m["served_by"], "pay");
+        assert_eq!(m["attempts"][0]["class"], "reconciled", "{m}");
+        assert_eq!(r.structured_content.as_ref().unwrap()["reconciled"], true);
+        assert_eq!(lines(), 1, "run once, however often retried");
+    }
+    drop(client);
+
+    // A tool that cannot reconcile: the retry stops for a person.
+    let (mut c, client) = killable(&config).await;
+    let args = json!({"mode": "sleep", "ms": 20000});
+    let asked = client
+        .call_tool(named_call("launch", args.clone(), None))
+        .await
+        .unwrap();
+    let id = approve_from_cli(&config, &asked);
+    let running = {
+        let params = named_call("launch", args.clone(), Some(&id));
+        let peer = client.peer().clone();
+        tokio::spawn(async move { peer.call_tool(params).await })
+    };
+    tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
+    c.kill().await.unwrap();
+    let _ = running.await;
+    let (_d, client) = killable(&config).await;
+    let r = client
+        .call_tool(named_call("launch", args.clone(), Some(&id)))
+        .await
+        .unwrap();
+    let m = meta(&r);
+    assert_eq!(r.is_error, Some(true), "{m}");
+    assert_eq!(m["error"]["escalate"], "ambiguous-state", "{m}");
+    let next = m["escalation"].as_str().unwrap();
+    assert_ne!(next, id, "a new question: {m}");
+    assert!(text(&r).contains("did not finish"), "{}", text(&r));
+    assert!(text(&r).contains(&format!("resolve {next} --approve")));
 }
 
 /// A client opening 2025-11-25 sessions in a loop meets `[mcp]

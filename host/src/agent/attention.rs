@@ -5,9 +5,7 @@ use super::memory::Run;
 use super::{Attention, Flow, RunError};
 use crate::escalation::{Escalation, Resolution};
 use crate::journal::{Entry, EntryKind};
-use crate::outcome::{
-    Attempt, AttemptClass, CallError, Effect, EscalationReason, FailureClass, Next, Outcome,
-};
+use crate::outcome::{EscalationReason, Outcome};
 use serde_json::{json, Value};
 
 impl Run<'_> {
@@ -127,21 +125,6 @@ impl Run<'_> {
         Flow::Stop(att)
     }
 
-    /// Whether a person must approve calls of `chain` first.
-    pub(super) fn needs_approval(&self, chain: &str) -> bool {
-        self.host
-            .config()
-            .chain(chain)
-            .iter()
-            .flat_map(|c| c.targets.iter())
-            .any(|t| {
-                self.host.tool_effect(t).is_some_and(|effect| {
-                    let approval = self.host.config().tools.get(t).and_then(|c| c.approval);
-                    approval.unwrap_or(effect == Effect::Irreversible)
-                })
-            })
-    }
-
     /// Whether a person approved (or asked to retry) this step.
     pub(super) async fn approved(&self, step: u64) -> Result<bool, RunError> {
         Ok(self
@@ -177,46 +160,6 @@ impl Run<'_> {
                 .unwrap_or_default(),
             attempts: o.attempts.to_vec(),
             escalation: None,
-        }
-    }
-
-    pub(super) fn person_outcome(
-        &self,
-        chain: &str,
-        key: &str,
-        ok: bool,
-        value: Option<Value>,
-        by: &str,
-        note: String,
-    ) -> Outcome {
-        Outcome {
-            ok,
-            chain: chain.into(),
-            key: key.into(),
-            value,
-            confidence: None,
-            served_by: ok.then(|| format!("person:{by}").into()),
-            degraded: ok,
-            degraded_reason: ok.then(|| format!("result supplied by a person ({by})")),
-            attempts: smallvec::smallvec![Attempt {
-                target: format!("person:{by}").into(),
-                attempt: 0,
-                class: if ok {
-                    AttemptClass::Supplied
-                } else {
-                    AttemptClass::Rejected
-                },
-                message: note.clone().into(),
-                elapsed_ms: 0,
-                delay_ms: 0,
-                then: Next::Done,
-            }],
-            error: (!ok).then_some(CallError {
-                class: FailureClass::Permanent,
-                message: note.into(),
-                escalate: None,
-            }),
-            elapsed_ms: 0,
         }
     }
 }

@@ -59,4 +59,32 @@ pub trait Host: Send + Sync {
     /// Every loaded tool with its component's digest: with the config's
     /// digest, what a resume compares to refuse drift.
     fn tool_digests(&self) -> Vec<(String, String)>;
+
+    /// The strictest effect among `chain`'s targets: what is at stake if
+    /// a call's fate is unknown.
+    fn chain_effect(&self, chain: &str) -> Effect {
+        let plan = self.config().chain(chain);
+        plan.iter()
+            .flat_map(|c| c.targets.iter())
+            .filter_map(|t| self.tool_effect(t))
+            .max()
+            .unwrap_or(Effect::ReadOnly)
+    }
+
+    /// Whether a person must approve a call of `chain` before it runs: a
+    /// target that is irreversible, or that the TOML marks `approval`
+    /// (which can also waive it).
+    fn needs_approval(&self, chain: &str) -> bool {
+        let config = self.config();
+        config
+            .chain(chain)
+            .iter()
+            .flat_map(|c| c.targets.iter())
+            .any(|t| {
+                self.tool_effect(t).is_some_and(|effect| {
+                    let approval = config.tools.get(t).and_then(|c| c.approval);
+                    approval.unwrap_or(effect == Effect::Irreversible)
+                })
+            })
+    }
 }

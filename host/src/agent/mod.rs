@@ -23,6 +23,7 @@ mod tests;
 
 pub use host::{Host, HostFuture};
 pub use lock::RunLock;
+pub use step::reconcile_chain;
 
 use crate::config::AgentKind;
 use crate::journal::{EntryKind, RunStatus};
@@ -40,6 +41,15 @@ pub enum RunError {
     Store(#[from] StoreError),
     #[error("unknown agent `{name}`{hint}")]
     UnknownAgent { name: String, hint: String },
+    #[error(
+        "run {run} is an MCP client's call, not an agent's: it runs when the client calls \
+        again naming escalation{}",
+        escalation.as_deref().map(|e| format!(" {e}")).unwrap_or_default()
+    )]
+    McpCall {
+        run: String,
+        escalation: Option<String>,
+    },
     #[error("run {run} is active in another process{}; wait for it or stop it \
         first", pid.map(|p| format!(" (pid {p})")).unwrap_or_default())]
     Busy { run: String, pid: Option<u32> },
@@ -200,6 +210,21 @@ pub async fn resume(
 ) -> Result<RunReport, RunError> {
     let journal = host.journal()?;
     let record = journal.run(id).await?;
+    if record.agent == crate::journal::MCP_AGENT {
+        let escalation = journal
+            .escalations(&crate::escalation::Filter {
+                run: Some(id.to_owned()),
+                all: true,
+                ..Default::default()
+            })
+            .await
+            .ok()
+            .and_then(|e| e.last().map(|e| e.id.clone()));
+        return Err(RunError::McpCall {
+            run: id.to_owned(),
+            escalation,
+        });
+    }
     let _lock = RunLock::acquire(host.config(), id, journal.as_ref()).await?;
     match resume::reload(host, journal.as_ref(), record, options, progress).await? {
         resume::Reloaded::Ended(report) => Ok(report),

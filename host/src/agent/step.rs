@@ -2,25 +2,22 @@
 //! after a crash, or done as a person decided.
 
 use super::memory::Run;
-use super::{summary, Attention, Flow, RunError};
+use super::{summary, Attention, Flow, Host, RunError};
 use crate::config::CircuitOpenPolicy;
 use crate::escalation::Resolution;
 use crate::journal::{Entry, EntryKind};
 use crate::models::ChatRequest;
-use crate::outcome::{Attempt, AttemptClass, Effect, EscalationReason, Next, Outcome};
+use crate::outcome::{Effect, EscalationReason, Outcome};
 use crate::runtime::Reconciled;
 use serde_json::{json, Value};
 
 impl Run<'_> {
-    /// The strictest effect among a chain's targets: what is at stake if a
-    /// call's fate is unknown.
     pub(super) fn chain_effect(&self, chain: &str) -> Effect {
-        let plan = self.host.config().chain(chain);
-        plan.iter()
-            .flat_map(|c| c.targets.iter())
-            .filter_map(|t| self.host.tool_effect(t))
-            .max()
-            .unwrap_or(Effect::ReadOnly)
+        self.host.chain_effect(chain)
+    }
+
+    pub(super) fn needs_approval(&self, chain: &str) -> bool {
+        self.host.needs_approval(chain)
     }
 
     /// A step found done in the journal: its outcome, announced as such.
@@ -288,32 +285,8 @@ impl Run<'_> {
         self.attention(att).await
     }
 
-    /// Asks each target of the chain that can reconcile; the first definite
-    /// answer wins.
     pub(super) async fn reconcile(&self, chain: &str, key: &str) -> Option<(String, Reconciled)> {
-        let plan = self.host.config().chain(chain)?;
-        let mut not_done: Option<String> = None;
-        for t in &plan.targets {
-            if !self.host.can_reconcile(t) {
-                continue;
-            }
-            match self.host.reconcile(t, key).await {
-                Ok(Reconciled::Done(out)) => return Some((t.clone(), Reconciled::Done(out))),
-                Ok(Reconciled::NotDone) => not_done = Some(t.clone()),
-                _ => return Some((t.clone(), Reconciled::Unknown)),
-            }
-        }
-        // Every target that could have run must say "not done"; a target
-        // that cannot reconcile leaves the answer unknown.
-        let all_can = plan.targets.iter().all(|t| {
-            self.host
-                .tool_effect(t)
-                .is_none_or(|effect| self.host.can_reconcile(t) || effect.repeatable())
-        });
-        match not_done {
-            Some(t) if all_can => Some((t, Reconciled::NotDone)),
-            _ => None,
-        }
+        reconcile_chain(self.host, chain, key).await
     }
 
     /// Journals what `reconcile` said a call already produced, as that
@@ -326,27 +299,7 @@ impl Run<'_> {
         target: &str,
         out: crate::target::TargetOutput,
     ) -> Result<Outcome, RunError> {
-        let outcome = Outcome {
-            ok: true,
-            chain: chain.into(),
-            key: key.into(),
-            value: Some(out.value),
-            confidence: out.confidence,
-            served_by: Some(target.into()),
-            degraded: false,
-            degraded_reason: None,
-            attempts: smallvec::smallvec![Attempt {
-                target: target.into(),
-                attempt: 0,
-                class: AttemptClass::Reconciled,
-                message: "the tool says this call already happened".into(),
-                elapsed_ms: 0,
-                delay_ms: 0,
-                then: Next::Done,
-            }],
-            error: None,
-            elapsed_ms: 0,
-        };
+        let outcome = Outcome::reconciled(chain, key, target, out.value, out.confidence);
         self.append(
             EntryKind::ToolResult,
             step,
@@ -398,7 +351,7 @@ impl Run<'_> {
                 self.live(step, chain, input).await
             }
             Resolution::Result { value } => {
-                let o = self.person_outcome(
+                let o = Outcome::by_person(
                     chain,
                     &key,
                     true,
@@ -416,7 +369,7 @@ impl Run<'_> {
                 Ok(Flow::Go(o))
             }
             Resolution::Reject { comment } => {
-                let o = self.person_outcome(
+                let o = Outcome::by_person(
                     chain,
                     &key,
                     false,
@@ -482,7 +435,7 @@ impl Run<'_> {
                             }
                             other => other,
                         };
-                        let o = self.person_outcome(
+                        let o = Outcome::by_person(
                             chain,
                             &self.key(step),
                             true,
@@ -500,7 +453,7 @@ impl Run<'_> {
                         return Ok(Flow::Go(o));
                     }
                     Ok((Resolution::Reject { comment }, by, _)) => {
-                        let o = self.person_outcome(
+                        let o = Outcome::by_person(
                             chain,
                             &self.key(step),
                             false,
@@ -546,5 +499,36 @@ impl Run<'_> {
                 run: self.id.clone(),
                 chain: chain.to_owned(),
             })
+    }
+}
+
+/// Asks each target of `chain` that can reconcile whether the call with
+/// `key` happened; the first definite answer wins. "Not done" only when
+/// every target that could have run says so (a target that cannot
+/// reconcile, and is not safe to repeat, leaves the answer unknown).
+pub async fn reconcile_chain(
+    host: &(impl Host + ?Sized),
+    chain: &str,
+    key: &str,
+) -> Option<(String, Reconciled)> {
+    let plan = host.config().chain(chain)?;
+    let mut not_done: Option<String> = None;
+    for t in &plan.targets {
+        if !host.can_reconcile(t) {
+            continue;
+        }
+        match host.reconcile(t, key).await {
+            Ok(Reconciled::Done(out)) => return Some((t.clone(), Reconciled::Done(out))),
+            Ok(Reconciled::NotDone) => not_done = Some(t.clone()),
+            _ => return Some((t.clone(), Reconciled::Unknown)),
+        }
+    }
+    let all_can = plan.targets.iter().all(|t| {
+        host.tool_effect(t)
+            .is_none_or(|effect| host.can_reconcile(t) || effect.repeatable())
+    });
+    match not_done {
+        Some(t) if all_can => Some((t, Reconciled::NotDone)),
+        _ => None,
     }
 }

@@ -101,6 +101,18 @@ impl fmt::Display for RunStatus {
     }
 }
 
+/// The agent name an MCP client's call is journaled under when it needs a
+/// person (a one-step run whose step is that call): no agent of a config
+/// has it, and resuming such a run is refused; the client's next call,
+/// naming its escalation, is what runs it.
+pub const MCP_AGENT: &str = "mcp";
+
+/// Whether run `id` is an MCP client's call (see [`MCP_AGENT`]): their ids
+/// begin `mcp-`, an agent run's `r`.
+pub fn is_mcp_call(id: &str) -> bool {
+    id.starts_with("mcp-")
+}
+
 /// A run's row: what `backstop runs` lists.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct RunRecord {

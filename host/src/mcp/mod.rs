@@ -15,12 +15,13 @@
 //! `degraded`, `degraded_reason`, the attempts, the key) ride in the
 //! result's `_meta`.
 
-mod approval;
 mod catalog;
+mod person;
 mod result;
 mod sessions;
 mod stdio;
 
+use crate::agent::Host;
 use crate::outcome::{Attempt, Next};
 use crate::Backstop;
 use catalog::Catalog;
@@ -33,7 +34,7 @@ use rmcp::{ErrorData as McpError, ServerHandler, ServiceExt};
 use std::sync::Arc;
 use std::time::Duration;
 
-pub use approval::MCP_AGENT;
+pub use crate::journal::MCP_AGENT;
 
 /// Longest a progress notification may take to send: a client that does
 /// not read its notifications must not hold up its own call.
@@ -51,9 +52,11 @@ const MAX_KEY: usize = 128;
 pub struct McpServer {
     backstop: Arc<Backstop>,
     catalog: Arc<Catalog>,
-    /// Held while an approved call checks and journals its intent, so two
-    /// retries in this process cannot both start it.
+    /// Held while a call a person decided checks and journals its intent,
+    /// so two retries in this process cannot both start it.
     running: Arc<tokio::sync::Mutex<()>>,
+    /// The one-step runs whose call is running in this process.
+    in_flight: Arc<std::sync::Mutex<std::collections::HashSet<String>>>,
 }
 
 impl McpServer {
@@ -65,6 +68,7 @@ impl McpServer {
             backstop,
             catalog,
             running: Arc::default(),
+            in_flight: Arc::default(),
         }
     }
 
@@ -193,15 +197,26 @@ impl ServerHandler for McpServer {
             Ok(input) => input,
             Err(message) => return Ok(result::invalid_input(message).into()),
         };
-        if self.needs_approval(&entry.chain) {
+        let named = person::named(&request, &context);
+        if named.is_some() || Host::needs_approval(&*self.backstop, &entry.chain) {
             return self
-                .approved_call(&entry.chain, input, &request, &context)
+                .with_person(&entry.chain, input, named, &request, &context)
                 .await;
         }
         let key = client_key(&context).unwrap_or_else(Backstop::new_key);
         let outcome = self
             .call_reporting(&entry.chain, input, key, &context)
             .await?;
+        if let Some(reason) = person::stops_for_person(&outcome) {
+            // The input again (checked once already), not a copy kept on
+            // every call's way.
+            let args = serde_json::Value::Object(request.arguments.clone().unwrap_or_default());
+            if let Ok(input) = entry.input(args) {
+                return self
+                    .stopped(&outcome, reason, input, &request, &context)
+                    .await;
+            }
+        }
         Ok(result::from_outcome(&outcome).into())
     }
 }

@@ -165,9 +165,10 @@ impl ApiError {
             RunError::UnknownAgent { .. } => StatusCode::NOT_FOUND,
             // The run cannot go on under this config: the caller's to
             // resolve (wait, allow drift, restore the agent).
-            RunError::Busy { .. } | RunError::Drift { .. } | RunError::AgentGone { .. } => {
-                StatusCode::CONFLICT
-            }
+            RunError::Busy { .. }
+            | RunError::Drift { .. }
+            | RunError::AgentGone { .. }
+            | RunError::McpCall { .. } => StatusCode::CONFLICT,
             RunError::Store(s) => return ApiError::from(s),
             RunError::Queue { source, .. } => return ApiError::from_queue(source, message),
             RunError::BadAnswer { .. } => StatusCode::BAD_GATEWAY,
@@ -606,6 +607,16 @@ async fn resolve(
     }
     if !req.resume {
         return Ok(Json(json!({"escalation": e})));
+    }
+    if crate::journal::is_mcp_call(&e.run) {
+        // Nothing to resume here: the client's call, naming the
+        // escalation, is what runs it.
+        let note = format!(
+            "run {} is an MCP client's call: it runs when the client calls again naming \
+             escalation {id}",
+            e.run
+        );
+        return Ok(Json(json!({"escalation": e, "note": note})));
     }
     let report = b
         .resume_run(&e.run, &ResumeOptions::default(), &mut |_| {})

@@ -1,7 +1,7 @@
 """Drives Backstop's MCP server with the official MCP Python SDK (PyPI `mcp`).
 
-Usage: mcp_client.py stdio BACKSTOP CONFIG MODE [approvals API]
-       mcp_client.py http URL TOKEN MODE [approvals API]
+Usage: mcp_client.py stdio BACKSTOP CONFIG MODE [approvals|people API TOKEN]
+       mcp_client.py http URL TOKEN MODE [approvals|people API TOKEN]
 
 MODE is the SDK's `mode=`: `auto` (server/discover, the 2026-07-28 revision) or
 `legacy` (the initialize handshake). Prints one JSON object: what each
@@ -154,6 +154,72 @@ async def approvals(connect, mode, api, token):
     return out
 
 
+PEOPLE = types.Implementation(name="people-test", version="1")
+
+
+async def people(connect, mode, api, token):
+    """Calls that stop for a person after they ran: a tool that says
+    `needs-human` (retried, then given a result; refused), a side effect cut
+    off half way (`ambiguous-state`: given a result; approved to run again),
+    and a client that cannot answer, served once resolved over the API."""
+    out = {}
+    asked = []
+    script = []
+
+    async def answer(context, params):
+        asked.append(params.message)
+        return types.ElicitResult(action="accept", content=script.pop(0))
+
+    async with Client(connect(), mode=mode, elicitation_callback=answer, client_info=PEOPLE) as c:
+        script[:] = [{"action": "retry"}, {"action": "result", "result": '{"said": "by a person"}'}]
+        args = {"mode": "fail", "class": "needs-human", "message": "which account?"}
+        out["supplied"] = result(await c.call_tool("solo", args))
+        out["supplied_asked"] = list(asked)
+        esc = out["supplied"]["meta"]["escalation"]
+        out["supplied_again"] = result(await c.call_tool("solo", args, meta={"escalation": esc}))
+        asked.clear()
+
+        script[:] = [{"action": "reject", "comment": "no such account"}]
+        out["refused"] = result(await c.call_tool("solo", args))
+        asked.clear()
+
+        script[:] = [{"action": "result", "result": '{"recorded": "by hand", "entry": "amb-1"}'}]
+        out["ambiguous"] = result(await c.call_tool("jot", {"entry": "amb-1", "sleep_after_ms": 3000}))
+        out["ambiguous_asked"] = list(asked)
+        esc = out["ambiguous"]["meta"]["escalation"]
+        out["ambiguous_again"] = result(
+            await c.call_tool("jot", {"entry": "amb-1", "sleep_after_ms": 3000}, meta={"escalation": esc})
+        )
+        asked.clear()
+
+        # Approved to run again: it runs once more, stops half way again,
+        # and the second question is refused.
+        script[:] = [{"action": "approve"}, {"action": "reject"}]
+        out["rerun"] = result(await c.call_tool("jot", {"entry": "amb-2", "sleep_after_ms": 3000}))
+        out["rerun_asked"] = list(asked)
+        asked.clear()
+
+        # An answer that is not one of the choices: the escalation stays open.
+        script[:] = [{"action": "explode"}]
+        out["bad_answer"] = result(await c.call_tool("solo", args))
+
+    async with Client(connect(), mode=mode, client_info=PEOPLE) as c:
+        later = result(await c.call_tool("solo", args))
+        out["cannot_answer"] = later
+        esc = later["meta"]["escalation"]
+        async with httpx2.AsyncClient(headers={"Authorization": f"Bearer {token}"}) as http:
+            # `resume` has no run to resume: the answer says so.
+            r = await http.post(
+                f"{api}/v1/escalations/{esc}/resolve",
+                json={"resolution": {"kind": "result", "value": {"said": "ops"}}, "by": "ops",
+                      "resume": True},
+            )
+            out["resolved_status"] = r.status_code
+            out["resolved_note"] = r.json().get("note")
+        out["after_resolve"] = result(await c.call_tool("solo", args, meta={"escalation": esc}))
+    return out
+
+
 async def main():
     kind, mode = sys.argv[1], sys.argv[4]
     if kind == "stdio":
@@ -170,8 +236,9 @@ async def main():
             http = httpx2.AsyncClient(headers={"Authorization": f"Bearer {token}"}, timeout=30)
             return streamable_http_client(url, http_client=http)
 
-    if len(sys.argv) > 5 and sys.argv[5] == "approvals":
-        out = await approvals(connect, mode, sys.argv[6], sys.argv[7] if len(sys.argv) > 7 else token)
+    if len(sys.argv) > 5 and sys.argv[5] in ("approvals", "people"):
+        run = approvals if sys.argv[5] == "approvals" else people
+        out = await run(connect, mode, sys.argv[6], sys.argv[7] if len(sys.argv) > 7 else token)
     else:
         async with Client(connect(), mode=mode) as client:
             out = await scenarios(client)

@@ -733,6 +733,13 @@ async fn resolve(
         return Ok(ExitCode::from(4));
     }
     say!("escalation {id} resolved by {by}: {res}");
+    if backstop::journal::is_mcp_call(&e.run) {
+        say!(
+            "an MCP client's call: it runs when the client calls again with \
+             _meta.escalation = \"{id}\""
+        );
+        return Ok(ExitCode::SUCCESS);
+    }
     if !resume {
         say!("continue the run with: backstop resume {}", e.run);
         return Ok(ExitCode::SUCCESS);
