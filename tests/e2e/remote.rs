@@ -445,3 +445,91 @@ async fn bad_remote_configs_are_clear() {
         "{err}"
     );
 }
+
+/// Waits (at most 20 s) until `done` holds.
+async fn until(what: &str, done: impl Fn() -> bool) {
+    let t = std::time::Instant::now();
+    while !done() {
+        assert!(t.elapsed().as_secs() < 20, "never: {what}");
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}
+
+/// An agent run whose step calls a remote MCP tool, its `backstop run`
+/// SIGKILLed while the remote works: on resume, a side effect the remote
+/// cannot reconcile is not repeated on its own but stops as
+/// `ambiguous-state`; once a person approves, it runs exactly once more. A
+/// read-only remote step cut off the same way is simply run again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agent_run_killed_mid_remote_call_never_repeats_its_side_effect() {
+    use backstop::journal::RunStatus;
+    let fixture = Fixture::default();
+    let (counted, versions) = (fixture.counted.clone(), fixture.versions.clone());
+    let server = start(fixture);
+    let tool = |name: &str, remote: &str| {
+        format!(
+            "[tools.{name}]\nmcp = {{ url = \"{server}/mcp\", tool = \"{remote}\" }}\nhttp = \
+             [\"{server}\"]\ntimeout = \"30s\"\n"
+        )
+    };
+    let agents = "[agents.pay]\nsteps = [{ name = \"p\", tool = \"r_count\", input = { sleep_ms \
+                  = 3000 } }]\n[agents.look]\nsteps = [{ name = \"l\", tool = \"r_slow\", input \
+                  = { ms = 3000 } }]\n";
+    let (dir, b) = host(&[
+        tool("r_count", "count"),
+        tool("r_slow", "slow"),
+        agents.into(),
+    ])
+    .await;
+    let config = dir.path().join("backstop.toml");
+    let store = b.store().unwrap();
+    let killed_mid_call = |agent: &'static str, started: Box<dyn Fn() -> bool + Send>| {
+        let config = config.clone();
+        let store = store.clone();
+        async move {
+            let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_backstop"))
+                .arg("-c")
+                .arg(&config)
+                .args(["run", agent, "--task", "t"])
+                .env("BACKSTOP_LOG", "warn")
+                .stdout(std::process::Stdio::null())
+                .spawn()
+                .unwrap();
+            until("the remote call started", started).await;
+            child.kill().unwrap();
+            child.wait().unwrap();
+            let runs = store.runs().await.unwrap();
+            let run = runs.iter().find(|r| r.agent == agent).unwrap();
+            assert_eq!(run.status, RunStatus::Running, "killed mid-run");
+            run.id.clone()
+        }
+    };
+
+    let c = counted.clone();
+    let id = killed_mid_call("pay", Box::new(move || c.load(Ordering::SeqCst) == 1)).await;
+    let (code, out, err) = crate::common::cli(Some(&config), &["resume", &id]);
+    assert_ne!(code, 0, "{out}{err}");
+    assert!(out.contains("ambiguous-state"), "{out}{err}");
+    assert_eq!(counted.load(Ordering::SeqCst), 1, "not repeated on resume");
+    let filter = backstop::escalation::Filter {
+        run: Some(id.clone()),
+        ..Default::default()
+    };
+    let esc = store.escalations(&filter).await.unwrap().remove(0);
+    assert_eq!(esc.reason, EscalationReason::AmbiguousState);
+    let (code, out, err) = crate::common::cli(
+        Some(&config),
+        &["escalations", "resolve", &esc.id, "--approve", "--resume"],
+    );
+    assert_eq!(code, 0, "{out}{err}");
+    assert_eq!(counted.load(Ordering::SeqCst), 2, "approved: once more");
+    assert_eq!(store.run(&id).await.unwrap().status, RunStatus::Finished);
+
+    let v = versions.clone();
+    let before = v.lock().unwrap().len();
+    let id = killed_mid_call("look", Box::new(move || v.lock().unwrap().len() > before)).await;
+    let (code, out, err) = crate::common::cli(Some(&config), &["resume", &id]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("running it again with the same key"), "{out}");
+    assert_eq!(counted.load(Ordering::SeqCst), 2);
+}
