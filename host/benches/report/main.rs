@@ -68,8 +68,14 @@ fn met(ok: bool) -> &'static str {
 
 /// The MCP section: both transports against their baselines, and the
 /// issue's two goals.
+/// An instruction count as the report prints it.
+fn count(c: Option<f64>) -> String {
+    c.map_or_else(|| "-".into(), |c| format!("{c:.0}"))
+}
+
 fn mcp_section(m: &mcp::Figures) -> String {
     let added = m.lines.median.saturating_sub(m.direct_one.median);
+    let raw_added = m.raw_lines.median.saturating_sub(m.direct_one.median);
     let stdio_added = m.stdio.median.saturating_sub(m.direct.median);
     let http_ratio = m.http.median.as_secs_f64() / m.api.median.as_secs_f64();
     let remote_added = m
@@ -90,10 +96,16 @@ fn mcp_section(m: &mcp::Figures) -> String {
          | `Backstop::call` on one thread (baseline) | {} | | |\n\
          | MCP over stdio, in-memory pipe, on that thread | {} | {} added (goal <= 30 us) | {} \
          |\n\
+         | the same pipe, a client writing a prepared line and reading one (the server alone) \
+         | {} | {} added (goal <= 30 us) | {} |\n\
+         | the same two, in instructions per call (callgrind) | {} / {} | {} added ({}x the \
+         call) | |\n\
          | a line to `cat` and back (OS pipe round trip) | {} | | |\n\
          | MCP over stdio, `backstop mcp` process | {} | {} added | |\n\
          | `POST /v1/calls` (baseline) | {} | | |\n\
          | MCP over HTTP | {} | {:.2}x `/v1/calls` (goal <= 1.00) | {} |\n\
+         | `/mcp` posted the same call by the `/v1/calls` client (the server alone) | {} | \
+         {:.2}x `/v1/calls` | |\n\
          | rmcp client calling a remote MCP server's echo (baseline) | {} | | |\n\
          | `Backstop::call` of it as a remote target | {} | {} added (goal <= 50 us) | {} \
          |\n\nThe remote server is an rmcp one in this process on 127.0.0.1 (plain JSON \
@@ -103,6 +115,19 @@ fn mcp_section(m: &mcp::Figures) -> String {
         m.lines.show(),
         fmt(added),
         met(added <= Duration::from_micros(30)),
+        m.raw_lines.show(),
+        fmt(raw_added),
+        met(raw_added <= Duration::from_micros(30)),
+        count(m.counted.0),
+        count(m.counted.1),
+        match m.counted {
+            (Some(a), Some(b)) => count(Some(b - a)),
+            _ => "-".into(),
+        },
+        match m.counted {
+            (Some(a), Some(b)) => format!("{:.2}", (b - a) / a),
+            _ => "-".into(),
+        },
         m.pipe.show(),
         m.stdio.show(),
         fmt(stdio_added),
@@ -110,6 +135,8 @@ fn mcp_section(m: &mcp::Figures) -> String {
         m.http.show(),
         http_ratio,
         met(http_ratio <= 1.0),
+        m.raw_http.show(),
+        m.raw_http.median.as_secs_f64() / m.api.median.as_secs_f64(),
         m.remote_direct.show(),
         m.remote_target.show(),
         fmt(remote_added),
@@ -132,6 +159,8 @@ fn main() {
         let n = n.parse().expect("a count");
         if wasm::PATHS.contains(&path) {
             wasm::spin(root, path, n);
+        } else if mcp::PATHS.contains(&path) {
+            mcp::spin(root, path, n);
         } else {
             guard::spin(path, n);
         }

@@ -58,13 +58,22 @@ pub struct Figures {
     /// In this process, over an in-memory pipe, client and server on one
     /// thread: the protocol's own cost.
     pub lines: Spread,
+    /// The same pipe driven by a client that writes a prepared line and
+    /// reads the answer's line: the server's cost alone.
+    pub raw_lines: Spread,
     /// `Backstop::call` on that thread.
     pub direct_one: Spread,
     /// A line written to `cat` and read back: the OS's pipe round trip.
     pub pipe: Spread,
     pub stdio: Spread,
     pub http: Spread,
+    /// `/mcp` posted the prepared call by the same client as `/v1/calls`:
+    /// the server's cost alone.
+    pub raw_http: Spread,
     pub api: Spread,
+    /// Instructions per call under callgrind: `Backstop::call` on one
+    /// thread, and the prepared line through the MCP server on the pipe.
+    pub counted: (Option<f64>, Option<f64>),
 }
 
 fn lifecycle() -> ClientLifecycleMode {
@@ -157,6 +166,13 @@ pub fn measure(root: &Path, samples: usize, n: u64) -> Figures {
             .await
             .unwrap()
     });
+    let (mut raw_to, mut raw_from) = one.block_on(async {
+        let (client_end, server_end) = tokio::io::duplex(1 << 20);
+        let (read, write) = tokio::io::split(server_end);
+        tokio::spawn(backstop::mcp::serve_lines(b.clone(), read, write));
+        let (from, to) = tokio::io::split(client_end);
+        (to, tokio::io::BufReader::new(from))
+    });
     let http = rt.block_on(async {
         let t = StreamableHttpClientTransport::from_uri(format!("{base}/mcp"));
         ().serve_with_lifecycle(t, lifecycle()).await.unwrap()
@@ -235,6 +251,18 @@ pub fn measure(root: &Path, samples: usize, n: u64) -> Figures {
             }
         })
     });
+    let raw_lines = per_op(samples, n, || {
+        one.block_on(async {
+            use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
+            let mut line = String::new();
+            for _ in 0..n {
+                raw_to.write_all(RAW_CALL.as_bytes()).await.unwrap();
+                line.clear();
+                raw_from.read_line(&mut line).await.unwrap();
+                assert!(line.contains("\"isError\":false"), "{line}");
+            }
+        })
+    });
     let stdio_t = over(&stdio);
     let pipe = rt.block_on(async {
         use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
@@ -276,6 +304,27 @@ pub fn measure(root: &Path, samples: usize, n: u64) -> Figures {
             }
         })
     });
+    let mcp_url = format!("{base}/mcp");
+    let raw_http = per_op(samples, n, || {
+        rt.block_on(async {
+            for _ in 0..n {
+                let res = client
+                    .post(&mcp_url)
+                    .header("content-type", "application/json")
+                    .header("accept", "application/json, text/event-stream")
+                    .header("mcp-protocol-version", "2026-07-28")
+                    .header("mcp-method", "tools/call")
+                    .header("mcp-name", "echo")
+                    .body(RAW_CALL.trim_end())
+                    .send()
+                    .await
+                    .unwrap();
+                assert_eq!(res.status(), 200);
+                let text = res.text().await.unwrap();
+                assert!(text.contains("\"isError\":false"), "{text}");
+            }
+        })
+    });
     rt.block_on(async {
         let _ = stdio.cancel().await;
         let _ = direct_remote.cancel().await;
@@ -292,10 +341,69 @@ pub fn measure(root: &Path, samples: usize, n: u64) -> Figures {
         remote_target,
         direct,
         lines: lines_t,
+        raw_lines,
         direct_one,
         pipe,
         stdio: stdio_t,
         http: http_t,
+        raw_http,
         api,
+        counted: (
+            crate::stats::instructions("call-one", 200, 600),
+            crate::stats::instructions("mcp-raw", 200, 600),
+        ),
     }
 }
+
+/// Paths `BENCH_CALLGRIND` can name here.
+pub const PATHS: [&str; 2] = ["mcp-raw", "call-one"];
+
+/// Runs one path `n` times on one thread, for callgrind or perf: `mcp-raw`
+/// (a prepared `tools/call` line through Backstop's MCP server on an
+/// in-memory pipe, the answer's line read back) or `call-one` (the same
+/// call through `Backstop::call`).
+pub fn spin(root: &Path, path: &str, n: u64) {
+    let one = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let text = format!(
+        "version = 1\ncache_dir = \"{}\"\nstate = \"sqlite:{}\"\n[tools.echo]\ncomponent = \
+            \"{}\"\n",
+        root.join("target/bench-cache").display(),
+        dir.path().join("state.db").display(),
+        root.join("plugins/dist/echo_rs.wasm").display()
+    );
+    let path_toml = dir.path().join("bench.toml");
+    std::fs::write(&path_toml, &text).unwrap();
+    let config = Config::from_file(&path_toml).unwrap();
+    let b = Arc::new(one.block_on(Backstop::from_config(config)).unwrap());
+    let input = serde_json::json!({"say": "hi"});
+    one.block_on(async {
+        use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
+        let (client_end, server_end) = tokio::io::duplex(1 << 20);
+        let (read, write) = tokio::io::split(server_end);
+        tokio::spawn(backstop::mcp::serve_lines(b.clone(), read, write));
+        let (from, mut to) = tokio::io::split(client_end);
+        let mut from = tokio::io::BufReader::new(from);
+        let mut line = String::new();
+        for _ in 0..n {
+            if path == "mcp-raw" {
+                to.write_all(RAW_CALL.as_bytes()).await.unwrap();
+                line.clear();
+                from.read_line(&mut line).await.unwrap();
+                assert!(line.contains("\"isError\":false"), "{line}");
+            } else {
+                assert!(b.call("echo", input.clone()).await.unwrap().ok);
+            }
+        }
+    });
+}
+
+/// What the official Python SDK sends for a call in 2026-07-28.
+const RAW_CALL: &str =
+    "{\"jsonrpc\":\"2.0\",\"id\":7,\"method\":\"tools/call\",\"params\":{\"name\":\
+    \"echo\",\"arguments\":{\"say\":\"hi\"},\"_meta\":{\"io.modelcontextprotocol/\
+    protocolVersion\":\"2026-07-28\",\"io.modelcontextprotocol/clientInfo\":{\"name\":\
+    \"bench\",\"version\":\"1\"},\"io.modelcontextprotocol/clientCapabilities\":{}}}}\n";

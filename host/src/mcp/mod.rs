@@ -199,22 +199,20 @@ impl ServerHandler for McpServer {
         };
         let named = person::named(&request, &context);
         if named.is_some() || Host::needs_approval(&*self.backstop, &entry.chain) {
-            return self
-                .with_person(&entry.chain, input, named, &request, &context)
+            // Boxed, here and below: rmcp spawns each request's future, so
+            // its size is copied on every call; the rare paths must not
+            // make the common one large.
+            return Box::pin(self.with_person(&entry.chain, input, named, &request, &context))
                 .await;
         }
         let key = client_key(&context).unwrap_or_else(Backstop::new_key);
-        let outcome = self
-            .call_reporting(&entry.chain, input, key, &context)
-            .await?;
+        let outcome = Box::pin(self.call_reporting(&entry.chain, input, key, &context)).await?;
         if let Some(reason) = person::stops_for_person(&outcome) {
             // The input again (checked once already), not a copy kept on
             // every call's way.
             let args = serde_json::Value::Object(request.arguments.clone().unwrap_or_default());
             if let Ok(input) = entry.input(args) {
-                return self
-                    .stopped(&outcome, reason, input, &request, &context)
-                    .await;
+                return Box::pin(self.stopped(&outcome, reason, input, &request, &context)).await;
             }
         }
         Ok(result::from_outcome(&outcome).into())

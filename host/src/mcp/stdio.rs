@@ -156,8 +156,13 @@ where
     ) -> impl std::future::Future<Output = Result<(), Self::Error>> + Send + 'static {
         let out = self.out.clone();
         async move {
-            let text = serde_json::to_string(&item).map_err(std::io::Error::other)?;
-            write_line(&out, &text).await
+            // One write for the message and its newline: each write wakes
+            // the reader.
+            let mut text = serde_json::to_vec(&item).map_err(std::io::Error::other)?;
+            text.push(b'\n');
+            let mut out = out.lock().await;
+            out.write_all(&text).await?;
+            out.flush().await
         }
     }
 
