@@ -977,3 +977,143 @@ async fn bad_bodies_over_http_are_refused_and_serving_goes_on() {
     assert_eq!(r.is_error, Some(false));
     c.cancel().await.unwrap();
 }
+
+/// The HTTP path that answers a plain stateless `tools/call` in the
+/// request's own task takes exactly that request and hands everything else
+/// to the SDK; what it answers is what the SDK answers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_fast_http_path_takes_only_plain_stateless_calls() {
+    let (_dir, config) = setup(&self::config());
+    let b = std::sync::Arc::new(backstop::Backstop::load(&config).await.unwrap());
+    let fast = backstop::mcp::fast_path(b.clone(), true);
+    let meta = json!({
+        "io.modelcontextprotocol/protocolVersion": "2026-07-28",
+        "io.modelcontextprotocol/clientInfo": {"name": "t", "version": "1"},
+        "io.modelcontextprotocol/clientCapabilities": {}
+    });
+    let body = |name: &str, extra: Value| {
+        let mut params = json!({"name": name, "arguments": {"say": "hi"}, "_meta": meta});
+        for (k, v) in extra.as_object().unwrap() {
+            if k == "_meta" {
+                for (mk, mv) in v.as_object().unwrap() {
+                    params["_meta"][mk] = mv.clone();
+                }
+            } else {
+                params[k] = v.clone();
+            }
+        }
+        json!({"jsonrpc": "2.0", "id": 7, "method": "tools/call", "params": params}).to_string()
+    };
+    let parts = |edit: &dyn Fn(&mut http::request::Builder)| {
+        let mut b = http::Request::builder()
+            .method("POST")
+            .uri("/mcp")
+            .header("host", "127.0.0.1:7878")
+            .header("content-type", "application/json")
+            .header("accept", "application/json, text/event-stream")
+            .header("mcp-protocol-version", "2026-07-28")
+            .header("mcp-method", "tools/call")
+            .header("mcp-name", "echo_rs");
+        edit(&mut b);
+        b.body(()).unwrap().into_parts().0
+    };
+    let plain = body("echo_rs", json!({}));
+    let (status, out) = fast
+        .answer(&parts(&|_| {}), plain.as_bytes())
+        .await
+        .unwrap();
+    assert_eq!(status, 200);
+    let fast_answer: Value = serde_json::from_slice(&out).unwrap();
+    assert_eq!(fast_answer["result"]["structuredContent"]["said"], "hi");
+    assert_eq!(fast_answer["result"]["resultType"], "complete");
+
+    // Left to the SDK: each of these differs from the plain call in one way.
+    let replace = |name: &'static str, value: &'static str| {
+        move |b: &mut http::request::Builder| {
+            let h = b.headers_mut().unwrap();
+            h.insert(name, http::HeaderValue::from_static(value));
+        }
+    };
+    let cases: Vec<(&str, http::request::Parts, String)> = vec![
+        (
+            "a session",
+            parts(&replace("mcp-session-id", "s1")),
+            plain.clone(),
+        ),
+        (
+            "2025-11-25",
+            parts(&replace("mcp-protocol-version", "2025-11-25")),
+            plain.clone(),
+        ),
+        (
+            "another method",
+            parts(&replace("mcp-method", "tools/list")),
+            plain.clone(),
+        ),
+        (
+            "a mismatched name",
+            parts(&replace("mcp-name", "other")),
+            plain.clone(),
+        ),
+        (
+            "a foreign Host",
+            parts(&replace("host", "evil.example:7878")),
+            plain.clone(),
+        ),
+        (
+            "no SSE in Accept",
+            parts(&replace("accept", "application/json")),
+            plain.clone(),
+        ),
+        (
+            "a param header",
+            parts(&replace("mcp-param-say", "hi")),
+            plain.clone(),
+        ),
+        (
+            "progress",
+            parts(&|_| {}),
+            body("echo_rs", json!({"_meta": {"progressToken": 1}})),
+        ),
+        (
+            "an input-required round",
+            parts(&|_| {}),
+            body(
+                "echo_rs",
+                json!({"requestState": "e1", "inputResponses": {}}),
+            ),
+        ),
+        ("not JSON", parts(&|_| {}), "{nope".into()),
+    ];
+    for (what, p, text) in cases {
+        assert!(fast.answer(&p, text.as_bytes()).await.is_none(), "{what}");
+    }
+
+    // The SDK's own answer to the same request: the same but for the key
+    // and the timings.
+    let server = serve(&config, None);
+    let res = crate::common::http()
+        .post(format!("{}/mcp", server.base))
+        .header("content-type", "application/json")
+        .header("accept", "application/json, text/event-stream")
+        .header("mcp-protocol-version", "2026-07-28")
+        .header("mcp-method", "tools/call")
+        .header("mcp-name", "echo_rs")
+        .header("mcp-param-x", "forces the SDK's path")
+        .body(plain)
+        .send()
+        .await
+        .unwrap();
+    let status = res.status();
+    let sdk: Value = res.json().await.unwrap();
+    let strip = |mut v: Value| {
+        for k in ["key", "elapsed_ms", "deadline_ms"] {
+            v["result"]["structuredContent"][k] = Value::Null;
+            v["result"]["_meta"][k] = Value::Null;
+        }
+        v["result"]["_meta"]["attempts"][0]["elapsed_ms"] = Value::Null;
+        v["result"]["content"] = Value::Null;
+        v
+    };
+    assert_eq!(strip(sdk.clone()), strip(fast_answer), "{status} {sdk}");
+}

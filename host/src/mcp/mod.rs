@@ -16,6 +16,7 @@
 //! result's `_meta`.
 
 mod catalog;
+mod fast;
 mod person;
 mod result;
 mod sessions;
@@ -35,6 +36,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 pub use crate::journal::MCP_AGENT;
+pub use fast::FastPath;
 
 /// Longest a progress notification may take to send: a client that does
 /// not read its notifications must not hold up its own call.
@@ -147,6 +149,13 @@ pub fn http_service(backstop: Arc<Backstop>, loopback_only: bool, max_body: usiz
     }
     let sessions = sessions::CappedSessions::new(max_sessions);
     HttpService::new(move || Ok(server.clone()), Arc::new(sessions), config)
+}
+
+/// The path that answers a plain stateless `tools/call` without the SDK's
+/// per-request service (see [`FastPath`]); what it does not take goes to
+/// [`http_service`]'s.
+pub fn fast_path(backstop: Arc<Backstop>, loopback_only: bool) -> FastPath {
+    FastPath::new(McpServer::new(backstop), loopback_only)
 }
 
 impl ServerHandler for McpServer {

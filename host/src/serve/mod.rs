@@ -351,7 +351,11 @@ const MAX_MCP_BODY: usize = crate::mcp::MAX_MESSAGE;
 /// Reads a request's body within the body timeout before the MCP
 /// transport sees it: a body that never ends must not hold the
 /// connection (the SDK caps its size, not its time).
-async fn bounded_body(req: Request, next: Next) -> Response {
+async fn bounded_body(
+    State(fast): State<Arc<crate::mcp::FastPath>>,
+    req: Request,
+    next: Next,
+) -> Response {
     let within = req
         .extensions()
         .get::<ServeOptions>()
@@ -378,6 +382,13 @@ async fn bounded_body(req: Request, next: Next) -> Response {
             .into_response()
         }
     };
+    if let Some((status, body)) = fast.answer(&parts, &bytes).await {
+        return Response::builder()
+            .status(status)
+            .header(header::CONTENT_TYPE, "application/json")
+            .body(axum::body::Body::from(body))
+            .expect("a valid response");
+    }
     next.run(Request::from_parts(parts, axum::body::Body::from(bytes)))
         .await
 }
@@ -392,7 +403,10 @@ pub fn router(backstop: Arc<Backstop>, token: Option<String>) -> Router {
             "/mcp",
             crate::mcp::http_service(backstop.clone(), token.is_none(), MAX_MCP_BODY),
         )
-        .layer(middleware::from_fn(bounded_body));
+        .layer(middleware::from_fn_with_state(
+            Arc::new(crate::mcp::fast_path(backstop.clone(), token.is_none())),
+            bounded_body,
+        ));
     let token: Option<Arc<str>> = token.map(Into::into);
     Router::new()
         .merge(mcp)
