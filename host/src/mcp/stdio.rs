@@ -4,16 +4,20 @@
 //! JSON-RPC error (`-32700` for text that is not JSON, `-32600` for JSON
 //! that is not a message, or a line over the size cap) and reads on.
 
+use super::fast::{plain_call, FastPath, PlainCall};
 use futures_util::StreamExt;
+use rmcp::model::RequestId;
 use rmcp::service::{RxJsonRpcMessage, TxJsonRpcMessage};
 use rmcp::transport::Transport;
 use rmcp::RoleServer;
 use serde_json::{json, Value};
+use std::collections::HashMap;
 use std::sync::Arc;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::sync::Mutex;
 use tokio_util::bytes::BytesMut;
 use tokio_util::codec::{Decoder, FramedRead};
+use tokio_util::sync::CancellationToken;
 
 /// What a line of input was.
 enum Frame {
@@ -75,14 +79,21 @@ impl Decoder for Lines {
     }
 }
 
+/// The plain calls running on the fast path, by request id, so a client's
+/// cancellation reaches them.
+type Flights = Arc<std::sync::Mutex<HashMap<RequestId, CancellationToken>>>;
+
 pub(super) struct LineTransport<R, W> {
     lines: FramedRead<R, Lines>,
     out: Arc<Mutex<W>>,
     max_line: usize,
+    /// Plain stateless calls are answered here, not by the SDK's loop.
+    fast: Arc<FastPath>,
+    flights: Flights,
 }
 
 impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> LineTransport<R, W> {
-    pub fn new(read: R, write: W, max_line: usize) -> Self {
+    pub fn new(read: R, write: W, max_line: usize, fast: Arc<FastPath>) -> Self {
         let lines = Lines {
             max: max_line,
             scanned: 0,
@@ -92,7 +103,52 @@ impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> LineTransport<R, W> {
             lines: FramedRead::new(read, lines),
             out: Arc::new(Mutex::new(write)),
             max_line,
+            fast,
+            flights: Flights::default(),
         }
+    }
+}
+
+impl<R, W: AsyncWrite + Unpin + Send + 'static> LineTransport<R, W> {
+    /// Starts a plain call on its own task; its answer is written when it
+    /// ends, unless the client cancels it first.
+    fn fly(&self, call: PlainCall) {
+        let id = call.id.clone();
+        let stop = CancellationToken::new();
+        self.flights
+            .lock()
+            .expect("not poisoned")
+            .insert(id.clone(), stop.clone());
+        let (fast, out, flights) = (self.fast.clone(), self.out.clone(), self.flights.clone());
+        tokio::spawn(async move {
+            let answer = tokio::select! {
+                answer = fast.run(call) => Some(answer),
+                () = stop.cancelled() => None,
+            };
+            flights.lock().expect("not poisoned").remove(&id);
+            if let Some(mut answer) = answer {
+                answer.push(b'\n');
+                let mut out = out.lock().await;
+                if out.write_all(&answer).await.is_ok() {
+                    let _ = out.flush().await;
+                }
+            }
+        });
+    }
+
+    /// Whether `line` cancels a plain call in flight (then it is stopped).
+    fn cancels(&self, line: &str) -> bool {
+        if !line.contains("notifications/cancelled") {
+            return false;
+        }
+        let Ok(v) = serde_json::from_str::<Value>(line) else {
+            return false;
+        };
+        let Ok(id) = serde_json::from_value::<RequestId>(v["params"]["requestId"].clone()) else {
+            return false;
+        };
+        let stop = self.flights.lock().expect("not poisoned").remove(&id);
+        stop.map(|s| s.cancel()).is_some()
     }
 }
 
@@ -190,6 +246,13 @@ where
             };
             let line = line.trim();
             if line.is_empty() {
+                continue;
+            }
+            if let Some(call) = plain_call(line.as_bytes(), None) {
+                self.fly(call);
+                continue;
+            }
+            if self.cancels(line) {
                 continue;
             }
             match serde_json::from_str::<RxJsonRpcMessage<RoleServer>>(line) {

@@ -398,15 +398,10 @@ pub fn router(backstop: Arc<Backstop>, token: Option<String>) -> Router {
     // Without a token the server listens only on loopback, and the MCP
     // transport checks that `Host` names it (a page's DNS rebinding must
     // not reach a local server); with one, the token guards it.
+    let (service, fast) = crate::mcp::http_service(backstop.clone(), token.is_none(), MAX_MCP_BODY);
     let mcp = Router::new()
-        .route_service(
-            "/mcp",
-            crate::mcp::http_service(backstop.clone(), token.is_none(), MAX_MCP_BODY),
-        )
-        .layer(middleware::from_fn_with_state(
-            Arc::new(crate::mcp::fast_path(backstop.clone(), token.is_none())),
-            bounded_body,
-        ));
+        .route_service("/mcp", service)
+        .layer(middleware::from_fn_with_state(Arc::new(fast), bounded_body));
     let token: Option<Arc<str>> = token.map(Into::into);
     Router::new()
         .merge(mcp)
