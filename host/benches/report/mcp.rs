@@ -90,13 +90,7 @@ pub fn measure(root: &Path, samples: usize, n: u64) -> Figures {
         .build()
         .unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let text = format!(
-        "version = 1\ncache_dir = \"{}\"\nstate = \"sqlite:{}\"\n[tools.echo]\ncomponent = \
-            \"{}\"\n",
-        root.join("target/bench-cache").display(),
-        dir.path().join("state.db").display(),
-        root.join("plugins/dist/echo_rs.wasm").display()
-    );
+    let text = one_tool(root, dir.path());
     let path = dir.path().join("bench.toml");
     std::fs::write(&path, &text).unwrap();
     // The remote MCP server, on this runtime.
@@ -358,6 +352,17 @@ pub fn measure(root: &Path, samples: usize, n: u64) -> Figures {
 /// Paths `BENCH_CALLGRIND` can name here.
 pub const PATHS: [&str; 2] = ["mcp-raw", "call-one"];
 
+/// A config of one tool, `echo` (`echo_rs`), its state in `dir`.
+fn one_tool(root: &Path, dir: &Path) -> String {
+    format!(
+        "version = 1\ncache_dir = \"{}\"\nstate = \"sqlite:{}\"\n[tools.echo]\ncomponent = \
+            \"{}\"\n",
+        root.join("target/bench-cache").display(),
+        dir.join("state.db").display(),
+        root.join("plugins/dist/echo_rs.wasm").display()
+    )
+}
+
 /// Runs one path `n` times on one thread, for callgrind or perf: `mcp-raw`
 /// (a prepared `tools/call` line through Backstop's MCP server on an
 /// in-memory pipe, the answer's line read back) or `call-one` (the same
@@ -368,13 +373,7 @@ pub fn spin(root: &Path, path: &str, n: u64) {
         .build()
         .unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let text = format!(
-        "version = 1\ncache_dir = \"{}\"\nstate = \"sqlite:{}\"\n[tools.echo]\ncomponent = \
-            \"{}\"\n",
-        root.join("target/bench-cache").display(),
-        dir.path().join("state.db").display(),
-        root.join("plugins/dist/echo_rs.wasm").display()
-    );
+    let text = one_tool(root, dir.path());
     let path_toml = dir.path().join("bench.toml");
     std::fs::write(&path_toml, &text).unwrap();
     let config = Config::from_file(&path_toml).unwrap();
