@@ -480,8 +480,9 @@ fn the_python_sdk_as_client() {
     }
 }
 
-/// A config, a server on it, and the three Python SDK clients that ask a
-/// person: stdio in both revisions, HTTP in 2026-07-28.
+/// A config, a server on it, and the four Python SDK clients that ask a
+/// person: stdio and HTTP, each in both revisions (2025-11-25 over HTTP
+/// elicits inside its session).
 struct PeopleRig {
     dir: tempfile::TempDir,
     config: PathBuf,
@@ -507,10 +508,11 @@ impl PeopleRig {
         let url = format!("{}/mcp", self.server.base);
         let bin = env!("CARGO_BIN_EXE_backstop");
         let conf = self.config.to_str().unwrap();
-        let runs: [(&str, [&str; 3]); 3] = [
+        let runs: [(&str, [&str; 3]); 4] = [
             ("stdio", [bin, conf, "auto"]),
             ("stdio", [bin, conf, "legacy"]),
             ("http", [&url, self.token, "auto"]),
+            ("http", [&url, self.token, "legacy"]),
         ];
         for (n, (kind, args)) in runs.into_iter().enumerate() {
             let how = format!("{kind} {}", args[2]);
@@ -607,7 +609,7 @@ fn approvals_are_asked_of_the_client_and_run_once() {
         assert_eq!(rig.lines("reject-1"), 0, "{how}");
         assert_eq!(
             rig.lines("mrtr-1"),
-            [1, 1, 2][n],
+            [1, 1, 2, 2][n],
             "{how}: the answer sent twice ran once"
         );
         // The client's answer is the escalation's resolution.
