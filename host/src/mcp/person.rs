@@ -684,22 +684,17 @@ impl McpServer {
         turn: tokio::sync::MutexGuard<'_, ()>,
         context: &RequestContext<RoleServer>,
     ) -> Result<Ran, McpError> {
-        let flight = InFlight::new(&self.in_flight, &esc.run);
+        let _flight = InFlight::new(&self.in_flight, &esc.run);
         drop(turn);
+        // A cancelled call, or one that could not start, leaves the intent
+        // without a result: the next retry reconciles.
         let outcome = self
             .call_reporting(&esc.chain, input, esc.key.as_str().into(), context)
-            .await;
-        let outcome = match outcome {
-            Ok(o) => o,
-            // The client cancelled, or the call could not start: the intent
-            // stays without a result, and the next retry reconciles.
-            Err(e) => return Err(e),
-        };
+            .await?;
         // Recorded even when it stopped for a person again: the answer
         // was consent to this one run, and a retry naming this escalation
         // is asked anew instead of running the call again.
         let o = self.finish(store, esc, outcome).await?;
-        drop(flight);
         Ok(Ran::Done(Box::new(o)))
     }
 
