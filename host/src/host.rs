@@ -121,7 +121,7 @@ impl Backstop {
         // processes (or this one before a restart) left. A store that
         // cannot be opened leaves breakers per process; runs report it.
         let journal = std::sync::OnceLock::new();
-        let store = store::open(&config.state_path).and_then(|s| {
+        let store = store::open(&config.store).and_then(|s| {
             let breakers = s.breakers();
             let _ = journal.set(s);
             breakers
@@ -269,7 +269,7 @@ impl Backstop {
         if let Some(j) = self.journal.get() {
             return Ok(j.clone());
         }
-        let j = store::open(&self.config.state_path)?;
+        let j = store::open(&self.config.store)?;
         Ok(self.journal.get_or_init(|| j).clone())
     }
 

@@ -59,7 +59,7 @@ impl Status {
     /// Only reads: works on a read-only or full store, and while another
     /// process writes to it. No store yet is an empty status.
     pub async fn read(config: &Config, recent_runs: u32) -> Result<Status, StoreError> {
-        let store = match crate::store::open_read_only(&config.state_path) {
+        let store = match crate::store::open_read_only(&config.store) {
             Err(StoreError::Missing(_)) => {
                 return Ok(Status {
                     breakers: stored_breakers(config, Vec::new()),

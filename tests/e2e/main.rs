@@ -18,6 +18,7 @@ mod loading;
 mod mcp;
 mod models;
 mod operate;
+mod postgres;
 mod remote;
 mod runs;
 mod sandbox;

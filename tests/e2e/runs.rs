@@ -1,22 +1,27 @@
 //! Durable runs: a crash harness that SIGKILLs real processes, resume,
-//! ambiguous state, one writer per run, drift and damaged state.
+//! ambiguous state, one writer per run, drift and damaged state. Each case
+//! runs on both stores: `NAME::sqlite` and `NAME::postgres` (a schema of
+//! its own; skipped, and said so, off CI when no server answers).
 
 use crate::common::{tempdir, write_config, PRELUDE};
+use backstop::journal::{Entry, RunRecord};
 use backstop::journal::{EntryKind, RunStatus};
-use backstop::store::SqliteStore;
+use backstop::store::postgres::scratch::Scratch;
+use backstop::store::{SqliteStore, Store, StoreError};
 use rand::{rngs::StdRng, Rng, SeedableRng};
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// A pipeline alternating read-only steps and ledger writes (a side effect
 /// with `reconcile`), with pauses that give kills room to land anywhere:
 /// before, inside and after each effect.
-fn harness_config() -> String {
+fn harness_config(state: &str) -> String {
     format!(
-        r#"state = "sqlite:{{dir}}/state.db"
+        r#"state = "{state}"
 {PRELUDE}
 
 [tools.fault]
@@ -91,23 +96,103 @@ steps = [
     )
 }
 
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Backend {
+    Sqlite,
+    Postgres,
+}
+
 struct Env {
     _dir: tempfile::TempDir,
     root: PathBuf,
     config: PathBuf,
+    /// Dropped after the store's users: declared last.
+    pg: Option<Scratch>,
 }
 
-fn env() -> Env {
+/// `None` when PostgreSQL is wanted and not there (off CI; said on stderr).
+fn env(backend: Backend) -> Option<Env> {
     let dir = tempdir();
     let root = dir.path().to_owned();
     std::fs::create_dir_all(root.join("ledger")).unwrap();
-    let config = write_config(&root, &harness_config());
-    Env {
+    let pg = match backend {
+        Backend::Sqlite => None,
+        Backend::Postgres => Some(Scratch::new("runs")?),
+    };
+    let state = pg
+        .as_ref()
+        .map_or("sqlite:{dir}/state.db".to_owned(), |pg| pg.state());
+    let config = write_config(&root, &harness_config(&state));
+    Some(Env {
         _dir: dir,
         root,
         config,
+        pg,
+    })
+}
+
+impl Env {
+    /// The test's view of the store the processes under test write.
+    fn store(&self) -> Arc<dyn Store> {
+        match &self.pg {
+            Some(pg) => backstop::store::open(&pg.store_location()).unwrap(),
+            None => Arc::new(journal(&self.root)),
+        }
+    }
+
+    /// [`Env::store`] for tests that own their thread.
+    fn journal(&self) -> Journal {
+        Journal {
+            store: self.store(),
+            rt: tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap(),
+        }
     }
 }
+
+/// A store's reads, blocking, for tests that own their thread.
+pub struct Journal {
+    pub store: Arc<dyn Store>,
+    rt: tokio::runtime::Runtime,
+}
+
+impl Journal {
+    pub fn run(&self, id: &str) -> Result<RunRecord, StoreError> {
+        self.rt.block_on(self.store.run(id))
+    }
+    pub fn entries(&self, id: &str) -> Result<Vec<Entry>, StoreError> {
+        self.rt.block_on(self.store.entries(id))
+    }
+    pub fn find(&self, id: &str, step: u64, kind: EntryKind) -> Result<Option<Entry>, StoreError> {
+        self.rt.block_on(self.store.find(id, step, kind))
+    }
+}
+
+/// Each case once per backend: `NAME::sqlite` and `NAME::postgres`.
+macro_rules! on_every_backend {
+    ($($name:ident),* $(,)?) => {$(
+        mod $name {
+            #[test]
+            fn sqlite() {
+                super::$name(super::Backend::Sqlite)
+            }
+            #[test]
+            fn postgres() {
+                super::$name(super::Backend::Postgres)
+            }
+        }
+    )*};
+}
+
+on_every_backend!(
+    crash_harness_kill_anywhere_resume_never_repeats,
+    a_side_effect_without_reconcile_killed_mid_call_needs_attention,
+    an_irreversible_tool_is_never_rerun_on_resume,
+    two_concurrent_resumers_exactly_one_proceeds,
+    resume_refuses_drift_unless_allowed,
+);
 
 pub fn spawn(config: &Path, args: &[&str]) -> Child {
     Command::new(env!("CARGO_BIN_EXE_backstop"))
@@ -167,13 +252,14 @@ pub fn journal(root: &Path) -> SqliteStore {
     SqliteStore::open(root.join("state.db")).unwrap()
 }
 
-fn final_echo(root: &Path, run: &str) -> serde_json::Value {
-    journal(root).run(run).unwrap().output.unwrap_or_default()["echo"].clone()
+fn final_echo(j: &Journal, run: &str) -> serde_json::Value {
+    j.run(run).unwrap().output.unwrap_or_default()["echo"].clone()
 }
 
-#[test]
-fn crash_harness_kill_anywhere_resume_never_repeats() {
-    let e = env();
+fn crash_harness_kill_anywhere_resume_never_repeats(backend: Backend) {
+    let Some(e) = env(backend) else {
+        return;
+    };
     let kills: usize = std::env::var("BACKSTOP_CRASH_KILLS")
         .ok()
         .and_then(|k| k.parse().ok())
@@ -190,7 +276,8 @@ fn crash_harness_kill_anywhere_resume_never_repeats() {
     let (code, out) = finish(child);
     assert_eq!(code, 0, "{out}");
     let span = t0.elapsed();
-    let expected = final_echo(&e.root, &base_id);
+    let j = e.journal();
+    let expected = final_echo(&j, &base_id);
     assert_eq!(expected, "t-2-3-4-5-6-7");
 
     let mut done = 0;
@@ -218,12 +305,11 @@ fn crash_harness_kill_anywhere_resume_never_repeats() {
         runs.push(id);
     }
 
-    let j = journal(&e.root);
     let ledger = ledger_counts(&e.root);
     for id in &runs {
         assert_eq!(j.run(id).unwrap().status, RunStatus::Finished, "{id}");
         assert_eq!(
-            final_echo(&e.root, id),
+            final_echo(&j, id),
             expected,
             "run {id} ended differently from the uninterrupted run"
         );
@@ -254,12 +340,13 @@ fn crash_harness_kill_anywhere_resume_never_repeats() {
     );
 }
 
-#[test]
-fn a_side_effect_without_reconcile_killed_mid_call_needs_attention() {
-    let e = env();
+fn a_side_effect_without_reconcile_killed_mid_call_needs_attention(backend: Backend) {
+    let Some(e) = env(backend) else {
+        return;
+    };
     let (mut child, id) = start(&e.config, "unsure", "x");
     // Wait until the intent of step 2 is durable, then kill inside the tool.
-    let j = journal(&e.root);
+    let j = e.journal();
     wait_until("the intent of step 2", || {
         j.find(&id, 2, EntryKind::ToolIntent).unwrap().is_some()
     });
@@ -288,11 +375,12 @@ fn a_side_effect_without_reconcile_killed_mid_call_needs_attention() {
     assert_eq!(attentions, 1);
 }
 
-#[test]
-fn an_irreversible_tool_is_never_rerun_on_resume() {
-    let e = env();
+fn an_irreversible_tool_is_never_rerun_on_resume(backend: Backend) {
+    let Some(e) = env(backend) else {
+        return;
+    };
     let (mut child, id) = start(&e.config, "irreversible", "x");
-    let j = journal(&e.root);
+    let j = e.journal();
     wait_until("the publish intent", || {
         j.find(&id, 1, EntryKind::ToolIntent).unwrap().is_some()
     });
@@ -311,9 +399,10 @@ fn an_irreversible_tool_is_never_rerun_on_resume() {
     );
 }
 
-#[test]
-fn two_concurrent_resumers_exactly_one_proceeds() {
-    let e = env();
+fn two_concurrent_resumers_exactly_one_proceeds(backend: Backend) {
+    let Some(e) = env(backend) else {
+        return;
+    };
     let (mut child, id) = start(&e.config, "slow", "x");
     child.kill().unwrap();
     child.wait().unwrap();
@@ -338,14 +427,15 @@ fn two_concurrent_resumers_exactly_one_proceeds() {
     child.wait().unwrap();
 }
 
-#[test]
-fn resume_refuses_drift_unless_allowed() {
-    let e = env();
+fn resume_refuses_drift_unless_allowed(backend: Backend) {
+    let Some(e) = env(backend) else {
+        return;
+    };
     let (mut child, id) = start(&e.config, "slow", "x");
     // Drift is a change since the run started: wait for it to have.
+    let j = e.journal();
     wait_until("run-started", || {
-        journal(&e.root)
-            .find(&id, 0, backstop::journal::EntryKind::RunStarted)
+        j.find(&id, 0, backstop::journal::EntryKind::RunStarted)
             .ok()
             .flatten()
             .is_some()
@@ -386,7 +476,7 @@ fn resume_refuses_drift_unless_allowed() {
 
 #[test]
 fn damaged_state_is_named_and_nothing_is_overwritten() {
-    let e = env();
+    let e = env(Backend::Sqlite).unwrap();
     let mut ids = Vec::new();
     for task in ["a", "b"] {
         let (child, id) = start(&e.config, "pipe", task);
@@ -437,8 +527,19 @@ fn damaged_state_is_named_and_nothing_is_overwritten() {
     );
 }
 
-#[tokio::test]
-async fn a_tool_loop_runs_tools_for_the_model_and_survives_a_kill() {
+mod a_tool_loop_runs_tools_for_the_model_and_survives_a_kill {
+    use super::Backend;
+    #[tokio::test]
+    async fn sqlite() {
+        super::a_tool_loop_runs_tools_for_the_model_and_survives_a_kill(Backend::Sqlite).await
+    }
+    #[tokio::test]
+    async fn postgres() {
+        super::a_tool_loop_runs_tools_for_the_model_and_survives_a_kill(Backend::Postgres).await
+    }
+}
+
+async fn a_tool_loop_runs_tools_for_the_model_and_survives_a_kill(backend: Backend) {
     use backstop::testkit::model::*;
     use backstop::testkit::ScriptedServer;
     let server = ScriptedServer::start(anthropic_text("unused"))
@@ -452,7 +553,9 @@ async fn a_tool_loop_runs_tools_for_the_model_and_survives_a_kill() {
         ),
         anthropic_text("all recorded"),
     ]);
-    let e = env();
+    let Some(e) = env(backend) else {
+        return;
+    };
     let text = std::fs::read_to_string(&e.config).unwrap()
         + &format!(
             "\n[models.scripted]\nprovider = \"anthropic\"\nmodel = \"m\"\nbase_url = \
@@ -466,9 +569,14 @@ async fn a_tool_loop_runs_tools_for_the_model_and_survives_a_kill() {
         tokio::task::spawn_blocking(move || start(&config, "loop", "record a note"))
             .await
             .unwrap();
-    let j = journal(&e.root);
+    let j = e.store();
     let deadline = Instant::now() + Duration::from_secs(30);
-    while j.find(&id, 2, EntryKind::ToolIntent).unwrap().is_none() {
+    while j
+        .find(&id, 2, EntryKind::ToolIntent)
+        .await
+        .unwrap()
+        .is_none()
+    {
         assert!(
             Instant::now() < deadline,
             "timed out waiting for the ledger intent"

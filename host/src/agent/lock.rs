@@ -27,9 +27,7 @@ pub struct RunLock {
 impl RunLock {
     /// The directory holding the lock files of a state store.
     pub fn dir(config: &Config) -> PathBuf {
-        let mut p = config.state_path.clone().into_os_string();
-        p.push(".locks");
-        PathBuf::from(p)
+        config.locks_dir.clone()
     }
 
     pub async fn acquire(

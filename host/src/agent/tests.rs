@@ -1,5 +1,6 @@
 //! The agent wing without wasm: a fake host answers calls from a script,
-//! the journal is a real SQLite file in a temporary directory, and the
+//! the journal is a real store (each case runs twice: on a SQLite file in
+//! a temporary directory and on a PostgreSQL schema of its own), and the
 //! clock is tokio's paused one where a run waits.
 
 use super::*;
@@ -7,7 +8,8 @@ use crate::config::Config;
 use crate::escalation::{Escalation, Resolution};
 use crate::outcome::{CallError, Effect, EscalationReason, Failure, FailureClass};
 use crate::runtime::{Reconciled, ToolDescription};
-use crate::store::{SqliteStore, Store};
+use crate::store::postgres::scratch::Scratch;
+use crate::store::Store;
 use crate::target::TargetOutput;
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
@@ -39,7 +41,7 @@ steps = [{ name = "mint", tool = "mint", input = {} }]
 /// A host whose tools are answers queued per chain.
 struct Fake {
     config: Config,
-    journal: Arc<SqliteStore>,
+    journal: Arc<dyn Store>,
     effects: HashMap<&'static str, Effect>,
     answers: Mutex<HashMap<String, VecDeque<Outcome>>>,
     reconciled: Mutex<HashMap<String, Reconciled>>,
@@ -47,16 +49,34 @@ struct Fake {
     notified: Mutex<Vec<String>>,
     probe_in: Option<Duration>,
     _dir: tempfile::TempDir,
+    _pg: Option<Scratch>,
+}
+
+/// Which store a case runs on.
+#[derive(Clone, Copy)]
+enum Backend {
+    Sqlite,
+    Postgres,
 }
 
 impl Fake {
-    fn new(extra: &str) -> Fake {
+    /// `None` when the backend is PostgreSQL and no server answers (off
+    /// CI: a skip, said on stderr).
+    fn new(backend: Backend, extra: &str) -> Option<Fake> {
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join("t.wasm"), b"never loaded").unwrap();
-        let text = format!("{extra}\n{TOOLS}");
+        let pg = match backend {
+            Backend::Sqlite => None,
+            Backend::Postgres => Some(Scratch::new("agent::tests")?),
+        };
+        let state = match &pg {
+            Some(pg) => format!("state = \"{}\"\n", pg.state()),
+            None => String::new(),
+        };
+        let text = format!("{state}{extra}\n{TOOLS}");
         let config = Config::from_str(&text, "agents.toml", dir.path()).unwrap();
-        let journal = Arc::new(SqliteStore::open(&config.state_path).unwrap());
-        Fake {
+        let journal = crate::store::open(&config.store).unwrap();
+        Some(Fake {
             config,
             journal,
             effects: HashMap::from([
@@ -71,7 +91,8 @@ impl Fake {
             notified: Mutex::default(),
             probe_in: None,
             _dir: dir,
-        }
+            _pg: pg,
+        })
     }
 
     fn answer(&self, chain: &str, outcome: Outcome) {
@@ -202,6 +223,17 @@ impl Host for Fake {
     }
 }
 
+/// The fake host on `backend`, or a return from the case when PostgreSQL
+/// is not there to test (off CI).
+macro_rules! fake {
+    ($b:expr, $extra:expr) => {
+        match Fake::new($b, $extra) {
+            Some(host) => host,
+            None => return,
+        }
+    };
+}
+
 fn quiet() -> impl FnMut(Progress) + Send + Sync {
     |_| {}
 }
@@ -216,7 +248,7 @@ async fn again(host: &Fake, id: &str) -> RunReport {
         .unwrap()
 }
 
-fn resolve(host: &Fake, report: &RunReport, resolution: Resolution) {
+async fn resolve(host: &Fake, report: &RunReport, resolution: Resolution) {
     let id = report
         .attention
         .as_ref()
@@ -224,27 +256,32 @@ fn resolve(host: &Fake, report: &RunReport, resolution: Resolution) {
         .escalation
         .clone()
         .unwrap();
-    host.journal.resolve(&id, resolution, "ann").unwrap();
+    host.journal.resolve(&id, resolution, "ann").await.unwrap();
 }
 
 /// A run journaled up to an intent with no result: what a process killed
 /// while the tool ran leaves.
-fn interrupted_at_intent(host: &Fake, agent: &str, chain: &str, task: &str) -> String {
+async fn interrupted_at_intent(host: &Fake, agent: &str, chain: &str, task: &str) -> String {
     let id = "rkilled".to_owned();
     let j = &host.journal;
-    j.create_run(&id, agent, task).unwrap();
+    j.create_run(&id, agent, task).await.unwrap();
     let started = json!({"agent": agent, "task": task, "fingerprint": resume::fingerprint(host)});
-    j.append(&id, EntryKind::RunStarted, 0, &started).unwrap();
+    j.append(&id, EntryKind::RunStarted, 0, &started)
+        .await
+        .unwrap();
     let key = format!("{id}:1");
     let intent = json!({"chain": chain, "input": {}, "key": key, "effect": "side-effect"});
-    j.append(&id, EntryKind::ToolIntent, 1, &intent).unwrap();
-    j.set_status(&id, RunStatus::Running, 1, None).unwrap();
+    j.append(&id, EntryKind::ToolIntent, 1, &intent)
+        .await
+        .unwrap();
+    j.set_status(&id, RunStatus::Running, 1, None)
+        .await
+        .unwrap();
     id
 }
 
-#[tokio::test]
-async fn a_pipeline_renders_each_step_from_the_one_before() {
-    let host = Fake::new("");
+async fn a_pipeline_renders_each_step_from_the_one_before(b: Backend) {
+    let host = fake!(b, "");
     host.answer("look", ok(json!({"total": 12})));
     host.answer("pay", ok(json!({"paid": true})));
     let report = start(&host, "flow", "invoice 7").await;
@@ -257,9 +294,8 @@ async fn a_pipeline_renders_each_step_from_the_one_before() {
     assert_eq!(calls[1].2, format!("{}:2", report.run));
 }
 
-#[tokio::test]
-async fn resume_replays_done_steps_without_calling_them() {
-    let host = Fake::new("");
+async fn resume_replays_done_steps_without_calling_them(b: Backend) {
+    let host = fake!(b, "");
     host.answer("look", ok(json!({"total": 3})));
     host.answer("pay", failed(FailureClass::Transient, None));
     let first = start(&host, "flow", "t").await;
@@ -267,7 +303,7 @@ async fn resume_replays_done_steps_without_calling_them() {
     let att = first.attention.as_ref().unwrap();
     assert_eq!(att.reason, EscalationReason::RetriesExhausted);
     assert_eq!(host.notified.lock().unwrap().len(), 1);
-    resolve(&host, &first, Resolution::Retry);
+    resolve(&host, &first, Resolution::Retry).await;
     host.answer("pay", ok(json!({"paid": 3})));
     let second = again(&host, &first.run).await;
     assert_eq!(second.status, RunStatus::Finished, "{second:?}");
@@ -280,9 +316,8 @@ async fn resume_replays_done_steps_without_calling_them() {
     assert_eq!(host.called().len(), 3);
 }
 
-#[tokio::test]
-async fn a_side_effect_interrupted_and_reconciled_as_done_is_not_repeated() {
-    let mut host = Fake::new("");
+async fn a_side_effect_interrupted_and_reconciled_as_done_is_not_repeated(b: Backend) {
+    let mut host = fake!(b, "");
     host.reconciled.lock().unwrap().insert(
         "mint".into(),
         Reconciled::Done(TargetOutput {
@@ -292,7 +327,7 @@ async fn a_side_effect_interrupted_and_reconciled_as_done_is_not_repeated() {
     );
     // `mint` is idempotent and would be re-run; make it a side effect.
     host.effects.insert("mint", Effect::SideEffect);
-    let id = interrupted_at_intent(&host, "token", "mint", "x");
+    let id = interrupted_at_intent(&host, "token", "mint", "x").await;
     let report = again(&host, &id).await;
     assert_eq!(report.status, RunStatus::Finished, "{report:?}");
     assert_eq!(report.output, Some(json!({"token": "t1"})));
@@ -300,6 +335,7 @@ async fn a_side_effect_interrupted_and_reconciled_as_done_is_not_repeated() {
     let result = host
         .journal
         .find(&id, 1, EntryKind::ToolResult)
+        .await
         .unwrap()
         .unwrap();
     assert_eq!(result.payload["reconciled"], true);
@@ -309,10 +345,9 @@ async fn a_side_effect_interrupted_and_reconciled_as_done_is_not_repeated() {
     );
 }
 
-#[tokio::test]
-async fn a_side_effect_that_cannot_say_stops_as_ambiguous_once() {
-    let host = Fake::new("");
-    let id = interrupted_at_intent(&host, "flow", "look", "x");
+async fn a_side_effect_that_cannot_say_stops_as_ambiguous_once(b: Backend) {
+    let host = fake!(b, "");
+    let id = interrupted_at_intent(&host, "flow", "look", "x").await;
     // Step 1 of `flow` is read-only: re-run with the same key.
     host.answer("look", ok(json!({"total": 1})));
     host.answer("pay", ok(json!({})));
@@ -320,9 +355,9 @@ async fn a_side_effect_that_cannot_say_stops_as_ambiguous_once() {
     assert_eq!(report.status, RunStatus::Finished);
     assert_eq!(host.calls()[0].2, format!("{id}:1"), "the same key");
 
-    let mut host = Fake::new("");
+    let mut host = fake!(b, "");
     host.effects.insert("mint", Effect::SideEffect);
-    let id = interrupted_at_intent(&host, "token", "mint", "x");
+    let id = interrupted_at_intent(&host, "token", "mint", "x").await;
     let report = again(&host, &id).await;
     assert_eq!(report.status, RunStatus::NeedsAttention);
     let att = report.attention.unwrap();
@@ -334,14 +369,13 @@ async fn a_side_effect_that_cannot_say_stops_as_ambiguous_once() {
     assert_eq!(host.notified.lock().unwrap().len(), 1);
 }
 
-#[tokio::test]
-async fn an_irreversible_step_reconciled_as_not_done_still_needs_a_person() {
-    let host = Fake::new("");
+async fn an_irreversible_step_reconciled_as_not_done_still_needs_a_person(b: Backend) {
+    let host = fake!(b, "");
     host.reconciled
         .lock()
         .unwrap()
         .insert("wire".into(), Reconciled::NotDone);
-    let id = interrupted_at_intent(&host, "send", "wire", "bob");
+    let id = interrupted_at_intent(&host, "send", "wire", "bob").await;
     let report = again(&host, &id).await;
     assert_eq!(report.status, RunStatus::NeedsAttention);
     let att = report.attention.as_ref().unwrap();
@@ -350,9 +384,8 @@ async fn an_irreversible_step_reconciled_as_not_done_still_needs_a_person() {
     assert!(host.called().is_empty());
 }
 
-#[tokio::test]
-async fn an_irreversible_tool_runs_once_after_approval() {
-    let host = Fake::new("");
+async fn an_irreversible_tool_runs_once_after_approval(b: Backend) {
+    let host = fake!(b, "");
     let first = start(&host, "send", "bob").await;
     assert_eq!(first.status, RunStatus::NeedsAttention);
     assert_eq!(
@@ -364,7 +397,7 @@ async fn an_irreversible_tool_runs_once_after_approval() {
     let waiting = again(&host, &first.run).await;
     assert_eq!(waiting.status, RunStatus::NeedsAttention);
     assert!(host.called().is_empty());
-    resolve(&host, &first, Resolution::Approve);
+    resolve(&host, &first, Resolution::Approve).await;
     host.answer("wire", ok(json!({"sent": true})));
     let done = again(&host, &first.run).await;
     assert_eq!(done.status, RunStatus::Finished);
@@ -375,17 +408,17 @@ async fn an_irreversible_tool_runs_once_after_approval() {
     let res = host
         .journal
         .find(&first.run, 1, EntryKind::Resolution)
+        .await
         .unwrap()
         .unwrap();
     assert_eq!(res.payload["by"], "ann");
 }
 
-#[tokio::test]
-async fn a_rejected_step_fails_the_run_with_the_comment() {
-    let host = Fake::new("");
+async fn a_rejected_step_fails_the_run_with_the_comment(b: Backend) {
+    let host = fake!(b, "");
     let first = start(&host, "send", "bob").await;
     let comment = "not to bob".to_owned();
-    resolve(&host, &first, Resolution::Reject { comment });
+    resolve(&host, &first, Resolution::Reject { comment }).await;
     let report = again(&host, &first.run).await;
     assert_eq!(report.status, RunStatus::Failed);
     let error = report.output.unwrap()["error"].as_str().unwrap().to_owned();
@@ -393,9 +426,8 @@ async fn a_rejected_step_fails_the_run_with_the_comment() {
     assert!(host.called().is_empty());
 }
 
-#[tokio::test]
-async fn a_supplied_result_stands_in_for_the_call() {
-    let host = Fake::new("");
+async fn a_supplied_result_stands_in_for_the_call(b: Backend) {
+    let host = fake!(b, "");
     host.answer("look", ok(json!({"total": 5})));
     host.answer(
         "pay",
@@ -413,16 +445,16 @@ async fn a_supplied_result_stands_in_for_the_call() {
         Resolution::Result {
             value: value.clone(),
         },
-    );
+    )
+    .await;
     let report = again(&host, &first.run).await;
     assert_eq!(report.status, RunStatus::Finished);
     assert_eq!(report.output, Some(value));
     assert_eq!(host.called(), ["look", "pay"]);
 }
 
-#[tokio::test(start_paused = true)]
-async fn with_on_circuit_open_wait_the_run_sleeps_until_the_probe() {
-    let mut host = Fake::new("[escalation]\non_circuit_open = \"wait\"\n");
+async fn with_on_circuit_open_wait_the_run_sleeps_until_the_probe(b: Backend) {
+    let mut host = fake!(b, "[escalation]\non_circuit_open = \"wait\"\n");
     host.probe_in = Some(Duration::from_secs(30));
     let open = || {
         failed(
@@ -441,9 +473,8 @@ async fn with_on_circuit_open_wait_the_run_sleeps_until_the_probe() {
     assert_eq!(host.called(), ["look", "look", "pay"]);
 }
 
-#[tokio::test(start_paused = true)]
-async fn without_wait_an_open_circuit_escalates_at_once() {
-    let mut host = Fake::new("");
+async fn without_wait_an_open_circuit_escalates_at_once(b: Backend) {
+    let mut host = fake!(b, "");
     host.probe_in = Some(Duration::from_secs(30));
     host.answer(
         "look",
@@ -462,16 +493,16 @@ async fn without_wait_an_open_circuit_escalates_at_once() {
     assert_eq!(before.elapsed(), Duration::ZERO);
 }
 
-#[tokio::test]
-async fn a_changed_component_refuses_the_resume_unless_allowed() {
-    let host = Fake::new("");
+async fn a_changed_component_refuses_the_resume_unless_allowed(b: Backend) {
+    let host = fake!(b, "");
     let id = "rolder";
     let mut fingerprint = resume::fingerprint(&host);
     fingerprint["components"]["pay"] = json!("older");
-    host.journal.create_run(id, "flow", "t").unwrap();
+    host.journal.create_run(id, "flow", "t").await.unwrap();
     let started = json!({"agent": "flow", "task": "t", "fingerprint": fingerprint});
     host.journal
         .append(id, EntryKind::RunStarted, 0, &started)
+        .await
         .unwrap();
     let e = resume(&host, id, &ResumeOptions::default(), &mut quiet())
         .await
@@ -490,12 +521,46 @@ async fn a_changed_component_refuses_the_resume_unless_allowed() {
     assert_eq!(report.status, RunStatus::Finished);
 }
 
-#[tokio::test]
-async fn an_unknown_agent_names_the_known_ones() {
-    let host = Fake::new("");
+async fn an_unknown_agent_names_the_known_ones(b: Backend) {
+    let host = fake!(b, "");
     let e = run(&host, "nope", "t", &mut quiet()).await.unwrap_err();
     assert_eq!(
         e.to_string(),
         "unknown agent `nope` (known: flow, send, token)"
     );
 }
+
+/// Each case once per backend: `NAME::sqlite` and `NAME::postgres`.
+macro_rules! on_every_backend {
+    ($attr:meta: $($name:ident),* $(,)?) => {$(
+        mod $name {
+            #[$attr]
+            async fn sqlite() {
+                super::$name(super::Backend::Sqlite).await
+            }
+            #[$attr]
+            async fn postgres() {
+                super::$name(super::Backend::Postgres).await
+            }
+        }
+    )*};
+}
+
+on_every_backend!(
+    tokio::test:
+    a_pipeline_renders_each_step_from_the_one_before,
+    resume_replays_done_steps_without_calling_them,
+    a_side_effect_interrupted_and_reconciled_as_done_is_not_repeated,
+    a_side_effect_that_cannot_say_stops_as_ambiguous_once,
+    an_irreversible_step_reconciled_as_not_done_still_needs_a_person,
+    an_irreversible_tool_runs_once_after_approval,
+    a_rejected_step_fails_the_run_with_the_comment,
+    a_supplied_result_stands_in_for_the_call,
+    a_changed_component_refuses_the_resume_unless_allowed,
+    an_unknown_agent_names_the_known_ones,
+);
+on_every_backend!(
+    tokio::test(start_paused = true):
+    with_on_circuit_open_wait_the_run_sleeps_until_the_probe,
+    without_wait_an_open_circuit_escalates_at_once,
+);

@@ -196,8 +196,10 @@ pub struct Config {
     /// SHA-256 of the file's text: a resumed run refuses a changed config.
     pub digest: String,
     pub state: Option<String>,
-    /// The SQLite file runs are journaled in.
-    pub state_path: PathBuf,
+    /// Where runs, escalations and breaker states are kept (`state`).
+    pub store: crate::store::Location,
+    /// This machine's run lock files (one writer per run).
+    pub locks_dir: PathBuf,
     pub cache_dir: PathBuf,
     pub seed: Option<u64>,
     pub engine: EngineConfig,

@@ -87,15 +87,11 @@ impl Loader<'_> {
                 ));
             }
         }
-        if let Some(state) = &file.state {
-            if !state.get_ref().starts_with("sqlite:") || state.get_ref().len() <= "sqlite:".len() {
-                return Err(self.err(
-                    state.span().start,
-                    "state",
-                    "expected `sqlite:PATH`, such as \"sqlite:.backstop/state.db\"",
-                ));
-            }
-        }
+        let store = match &file.state {
+            Some(state) => crate::store::Location::parse(state.get_ref(), |p| self.path(p))
+                .map_err(|m| self.err(state.span().start, "state", m))?,
+            None => crate::store::Location::Sqlite(self.path(".backstop/state.db")),
+        };
         let defaults = &file.defaults;
         let default_retry = defaults.retry.clone();
         resolve_retry(&default_retry).map_err(|m| self.err(0, "defaults.retry", m))?;
@@ -179,9 +175,14 @@ impl Loader<'_> {
             w => w.as_ref().map(|w| w.get_ref().clone()),
         };
         let mcp = self.mcp(&file, &tools, &models, &chains)?;
-        let state_path = match &file.state {
-            Some(s) => self.path(&s.get_ref()["sqlite:".len()..]),
-            None => self.path(".backstop/state.db"),
+        // Run locks are files on this machine, beside a SQLite store.
+        let locks_dir = match &store {
+            crate::store::Location::Sqlite(p) => {
+                let mut l = p.clone().into_os_string();
+                l.push(".locks");
+                l.into()
+            }
+            crate::store::Location::Postgres(_) => self.path(".backstop/postgres.locks"),
         };
         let digest = {
             use sha2::Digest;
@@ -191,7 +192,8 @@ impl Loader<'_> {
             path: self.file.clone(),
             digest,
             state: file.state.map(|s| s.into_inner()),
-            state_path,
+            store,
+            locks_dir,
             cache_dir: self.path(file.cache_dir.as_deref().unwrap_or(".backstop/cache")),
             seed: file.seed,
             engine: EngineConfig {

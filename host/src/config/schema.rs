@@ -12,7 +12,8 @@ use std::collections::BTreeMap;
 #[serde(deny_unknown_fields)]
 pub struct File {
     pub version: Option<Spanned<i64>>,
-    /// Where runs, breakers and escalations are kept: `sqlite:PATH`.
+    /// Where runs, breakers and escalations are kept: `sqlite:PATH` or a
+    /// PostgreSQL URL (`postgres://...`, with `schema` and `pool_size`).
     pub state: Option<Spanned<String>>,
     /// Where compiled components are cached across starts.
     pub cache_dir: Option<String>,

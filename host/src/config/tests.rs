@@ -147,7 +147,10 @@ fn bad_values() {
     assert!(err(&format!("{TOOL}[chains.a]\ntargets = [\"a\"]\n"))
         .message
         .contains("namespace"));
-    assert!(err("state = \"postgres://x\"\n")
-        .message
-        .contains("sqlite:"));
+    assert!(err("state = \"mysql://x\"\n").message.contains("sqlite:"));
+    let e = err("state = \"postgres://h/d?schema=No-Way\"\n");
+    assert!(
+        e.message.contains("schema `No-Way`") && e.key == "state",
+        "{e:?}"
+    );
 }

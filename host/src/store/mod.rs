@@ -2,7 +2,8 @@
 //! breakers' shared states, behind one interface ([`Store`]), so a backend
 //! is one more implementation of it. [`SqliteStore`] is the default
 //! (`state = "sqlite:PATH"`): one file per config, shared by every process
-//! on the machine.
+//! on the machine. [`PgStore`] (`state = "postgres://..."`) is one
+//! PostgreSQL schema shared by hosts on many machines.
 //!
 //! [`Journal`] and [`Queue`] are async: a backend across the network
 //! awaits its round trips, and SQLite's blocking writes are [`offload`]ed
@@ -12,7 +13,12 @@
 //! local file, a short busy timeout) or fails, and a failure only leaves the
 //! breaker as this process sees it.
 
+mod codec;
+pub mod location;
+pub mod postgres;
 pub mod sqlite;
+#[cfg(test)]
+mod tests;
 
 use crate::escalation::{Escalation, Filter, Resolution, Resolved, Stats};
 use crate::journal::{Entry, EntryKind, Loaded, RunRecord, RunStatus, Snapshot};
@@ -20,9 +26,10 @@ use crate::outcome::EscalationReason;
 use async_trait::async_trait;
 use serde::Serialize;
 use serde_json::Value;
-use std::path::Path;
 use std::sync::Arc;
 
+pub use location::{Location, PgLocation};
+pub use postgres::PgStore;
 pub use sqlite::SqliteStore;
 
 /// Why the store failed; names the run and entry when damage is found.
@@ -45,6 +52,20 @@ pub enum StoreError {
     Missing(String),
     #[error("state store: {}", sql_message(.0))]
     Sql(#[from] rusqlite::Error),
+    /// PostgreSQL refused, failed or could not be reached; `location` has
+    /// no password in it.
+    #[error("state store {location}: {message}")]
+    Postgres { location: String, message: String },
+    /// The store holds a schema a later backstop wrote.
+    #[error(
+        "state store {location}: its schema is at version {found}, newer than this backstop \
+        knows ({known}): run a backstop at least as new as the one that migrated it"
+    )]
+    Newer {
+        location: String,
+        found: i64,
+        known: i64,
+    },
 }
 
 /// SQLite's words, with what "database is locked" means here.
@@ -151,6 +172,17 @@ pub enum RowState {
 }
 
 impl RowState {
+    /// Anything unknown reads as closed: a damaged row must not hold a
+    /// breaker open.
+    pub fn parse(s: &str) -> RowState {
+        match s {
+            "open" => RowState::Open,
+            "forced-open" => RowState::ForcedOpen,
+            "forced-closed" => RowState::ForcedClosed,
+            _ => RowState::Closed,
+        }
+    }
+
     pub fn as_str(self) -> &'static str {
         match self {
             RowState::Open => "open",
@@ -205,16 +237,39 @@ pub trait Store: Journal + Queue {
     fn breakers(&self) -> Result<Box<dyn BreakerStore>, StoreError>;
 }
 
-/// Opens (creating and migrating when needed) the store at `path`.
-pub fn open(path: &Path) -> Result<Arc<dyn Store>, StoreError> {
-    Ok(Arc::new(SqliteStore::open(path)?))
+/// Opens (creating and migrating when needed) the store at `at`.
+pub fn open(at: &Location) -> Result<Arc<dyn Store>, StoreError> {
+    Ok(match at {
+        Location::Sqlite(path) => Arc::new(SqliteStore::open(path)?),
+        Location::Postgres(pg) => Arc::new(PgStore::open(pg)?),
+    })
 }
 
-/// Opens the store at `path` for reading only: commands that only read
+/// Opens the store at `at` for reading only: commands that only read
 /// work on a read-only file, a full disk and beside another process's
 /// write, and never create, migrate or change anything.
-pub fn open_read_only(path: &Path) -> Result<Arc<dyn Store>, StoreError> {
-    Ok(Arc::new(SqliteStore::open_read_only(path)?))
+pub fn open_read_only(at: &Location) -> Result<Arc<dyn Store>, StoreError> {
+    Ok(match at {
+        Location::Sqlite(path) => Arc::new(SqliteStore::open_read_only(path)?),
+        Location::Postgres(pg) => Arc::new(PgStore::open_read_only(pg)?),
+    })
+}
+
+/// What [`migrate`] did: the schema version before and after.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+pub struct Migrated {
+    pub from: i64,
+    pub to: i64,
+}
+
+/// Brings the store at `at` to this backstop's schema (creating it when
+/// nothing is there), as opening it to write does, and says from which
+/// version. A schema newer than this backstop knows is refused, unchanged.
+pub fn migrate(at: &Location) -> Result<Migrated, StoreError> {
+    match at {
+        Location::Sqlite(path) => SqliteStore::migrate_at(path),
+        Location::Postgres(pg) => PgStore::migrate_at(pg),
+    }
 }
 
 pub(crate) fn now_ms() -> i64 {

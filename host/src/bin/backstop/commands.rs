@@ -18,6 +18,7 @@ macro_rules! say {
 pub async fn run(command: Command, config: &Path) -> anyhow::Result<ExitCode> {
     match command {
         Command::Check => check(config).await,
+        Command::Migrate => migrate(config).await,
         Command::Mcp => mcp(config).await,
         Command::Status { json, runs } => status(config, json, runs).await,
         Command::Breakers { action, json } => breakers(config, action, json).await,
@@ -125,6 +126,23 @@ pub async fn run(command: Command, config: &Path) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
     }
+}
+
+async fn migrate(config: &Path) -> anyhow::Result<ExitCode> {
+    let config = backstop::Config::from_file(config)?;
+    let at = config.store.clone();
+    let m = tokio::task::spawn_blocking(move || backstop::store::migrate(&at)).await??;
+    if m.from == m.to {
+        say!("{}: schema at version {}, up to date", config.store, m.to);
+    } else {
+        say!(
+            "{}: schema migrated from version {} to {}",
+            config.store,
+            m.from,
+            m.to
+        );
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 async fn check(config: &Path) -> anyhow::Result<ExitCode> {
@@ -424,16 +442,16 @@ fn when(ms: i64) -> String {
 
 async fn runs(config: &Path) -> anyhow::Result<ExitCode> {
     let config = backstop::Config::from_file(config)?;
-    let journal = match backstop::store::open_read_only(&config.state_path) {
+    let journal = match backstop::store::open_read_only(&config.store) {
         Err(backstop::store::StoreError::Missing(_)) => {
-            say!("no runs in {}", config.state_path.display());
+            say!("no runs in {}", config.store);
             return Ok(ExitCode::SUCCESS);
         }
         j => j?,
     };
     let runs = journal.runs().await?;
     if runs.is_empty() {
-        say!("no runs in {}", config.state_path.display());
+        say!("no runs in {}", config.store);
         return Ok(ExitCode::SUCCESS);
     }
     say!(
@@ -458,7 +476,7 @@ async fn runs(config: &Path) -> anyhow::Result<ExitCode> {
 
 async fn show_run(config: &Path, run: &str, json: bool) -> anyhow::Result<ExitCode> {
     let config = backstop::Config::from_file(config)?;
-    let journal = backstop::store::open_read_only(&config.state_path)?;
+    let journal = backstop::store::open_read_only(&config.store)?;
     let record = journal.run(run).await?;
     let entries = journal.entries(run).await?;
     if json {
@@ -526,7 +544,7 @@ fn queue(
     config: &Path,
 ) -> anyhow::Result<(backstop::Config, std::sync::Arc<dyn backstop::store::Store>)> {
     let config = backstop::Config::from_file(config)?;
-    let journal = backstop::store::open(&config.state_path)?;
+    let journal = backstop::store::open(&config.store)?;
     Ok((config, journal))
 }
 
@@ -535,7 +553,7 @@ fn queue_read(
     config: &Path,
 ) -> anyhow::Result<(backstop::Config, std::sync::Arc<dyn backstop::store::Store>)> {
     let config = backstop::Config::from_file(config)?;
-    let journal = backstop::store::open_read_only(&config.state_path)?;
+    let journal = backstop::store::open_read_only(&config.store)?;
     Ok((config, journal))
 }
 
@@ -780,7 +798,7 @@ async fn breakers(
             ));
             return Ok(ExitCode::from(1));
         }
-        let store = backstop::store::open(&config.state_path)?;
+        let store = backstop::store::open(&config.store)?;
         let by = backstop::clean_actor(&by);
         backstop::guard::shared::set_in_store(store.breakers()?.as_ref(), &target, action, &by)?;
         crate::out::err_line(&format!(

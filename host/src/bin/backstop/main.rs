@@ -82,6 +82,10 @@ enum Command {
     Mcp,
     /// Validate the config and load every tool; exit 1 on any error.
     Check,
+    /// Create the state store, or bring its schema up to this backstop's
+    /// version (opening it to write does too; this says what it did).
+    /// A schema newer than this backstop is refused, unchanged.
+    Migrate,
     /// List tools: what they say about themselves and what they may touch.
     Tools {
         #[arg(long)]

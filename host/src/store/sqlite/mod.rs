@@ -6,12 +6,12 @@ mod queue;
 
 pub use breakers::SqliteBreakers;
 
+use super::codec::{self, checksum};
 use super::{now_ms, offload, BreakerStore, Journal, Store, StoreError};
 use crate::journal::{Entry, EntryKind, Loaded, RunRecord, RunStatus, Snapshot};
 use async_trait::async_trait;
 use rusqlite::{params, Connection, OptionalExtension};
 use serde_json::Value;
-use sha2::{Digest, Sha256};
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
@@ -134,24 +134,11 @@ pub struct SqliteStore {
     conn: Mutex<Connection>,
     /// Opened by [`SqliteStore::open_read_only`].
     read_only: bool,
+    /// The schema version the file had before this open migrated it (0
+    /// for a file this open made).
+    migrated_from: usize,
     /// Declared after `conn`, so it is dropped after the connection closes.
     _open: Registered,
-}
-
-/// First 8 bytes of SHA-256 over everything an entry says.
-fn checksum(run: &str, seq: u64, kind: &str, step: u64, payload: &str) -> i64 {
-    let mut h = Sha256::new();
-    for part in [
-        run.as_bytes(),
-        &seq.to_le_bytes(),
-        kind.as_bytes(),
-        &step.to_le_bytes(),
-        payload.as_bytes(),
-    ] {
-        h.update((part.len() as u64).to_le_bytes());
-        h.update(part);
-    }
-    i64::from_le_bytes(h.finalize()[..8].try_into().expect("8 bytes"))
 }
 
 /// How long a write waits for another process's write to finish.
@@ -305,14 +292,18 @@ impl SqliteStore {
             Ok(())
         };
         setup().map_err(|e| open_err(format!("{e}; the file was left as it is")))?;
-        let j = SqliteStore {
+        let mut j = SqliteStore {
             path: path.clone(),
             conn: Mutex::new(conn),
             read_only: false,
+            migrated_from: MIGRATIONS.len(),
             _open: registered,
         };
-        j.migrate()
-            .map_err(|e| open_err(format!("migration failed: {}", StoreError::from(e))))?;
+        match j.migrate() {
+            Ok(from) => j.migrated_from = from,
+            Err(e @ StoreError::Newer { .. }) => return Err(e),
+            Err(e) => return Err(open_err(format!("migration failed: {e}"))),
+        }
         Ok(j)
     }
 
@@ -327,13 +318,14 @@ impl SqliteStore {
         let mut tmp = path.as_os_str().to_owned();
         tmp.push(format!(".new-{}", std::process::id()));
         let tmp = PathBuf::from(tmp);
-        let made = (|| -> rusqlite::Result<()> {
+        let made = (|| -> Result<(), StoreError> {
             let conn = Connection::open(&tmp)?;
             conn.pragma_update(None, "journal_mode", "WAL")?;
             let j = SqliteStore {
                 path: tmp.clone(),
                 conn: Mutex::new(conn),
                 read_only: false,
+                migrated_from: 0,
                 _open: Registered(None),
             };
             j.migrate()?;
@@ -381,10 +373,17 @@ impl SqliteStore {
         let version: usize = conn
             .query_row("PRAGMA user_version", [], |r| r.get(0))
             .map_err(|e| open_err(e.to_string()))?;
+        if version > MIGRATIONS.len() {
+            return Err(StoreError::Newer {
+                location: path.display().to_string(),
+                found: version as i64,
+                known: MIGRATIONS.len() as i64,
+            });
+        }
         if version < MIGRATIONS.len() {
             return Err(open_err(format!(
-                "the store is at schema version {version} of {}: a command that writes (such as \
-                    `backstop run`) brings it up to date",
+                "the store is at schema version {version} of {}: `backstop migrate` (or any \
+                    command that writes, such as `backstop run`) brings it up to date",
                 MIGRATIONS.len()
             )));
         }
@@ -392,6 +391,7 @@ impl SqliteStore {
             path,
             conn: Mutex::new(conn),
             read_only: true,
+            migrated_from: version,
             _open: registered,
         })
     }
@@ -400,21 +400,54 @@ impl SqliteStore {
         &self.path
     }
 
-    fn migrate(&self) -> rusqlite::Result<()> {
+    /// Brings the file to this backstop's schema; the version it was at.
+    /// A newer schema (a later backstop's) is refused, unchanged.
+    fn migrate(&self) -> Result<usize, StoreError> {
+        let newer = |found: usize| StoreError::Newer {
+            location: self.path.display().to_string(),
+            found: found as i64,
+            known: MIGRATIONS.len() as i64,
+        };
         let mut conn = self.lock();
         // Read first: a store that needs nothing takes no write lock (a
         // reader must not wait behind another process's write).
         let current: usize = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
-        if current >= MIGRATIONS.len() {
-            return Ok(());
+        if current > MIGRATIONS.len() {
+            return Err(newer(current));
+        }
+        if current == MIGRATIONS.len() {
+            return Ok(current);
         }
         let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
         let version: usize = tx.query_row("PRAGMA user_version", [], |r| r.get(0))?;
+        if version > MIGRATIONS.len() {
+            return Err(newer(version));
+        }
         for sql in MIGRATIONS.iter().skip(version) {
             tx.execute_batch(sql)?;
         }
         tx.pragma_update(None, "user_version", MIGRATIONS.len())?;
-        tx.commit()
+        tx.commit()?;
+        Ok(version)
+    }
+
+    /// This backstop's schema version.
+    pub fn schema_version() -> i64 {
+        MIGRATIONS.len() as i64
+    }
+
+    /// [`crate::store::migrate`] for SQLite.
+    pub fn migrate_at(path: &Path) -> Result<crate::store::Migrated, StoreError> {
+        let existed = path.exists();
+        let store = SqliteStore::open(path)?;
+        Ok(crate::store::Migrated {
+            from: if existed {
+                store.migrated_from as i64
+            } else {
+                0
+            },
+            to: MIGRATIONS.len() as i64,
+        })
     }
 
     pub(crate) fn lock(&self) -> std::sync::MutexGuard<'_, Connection> {
@@ -425,38 +458,6 @@ impl SqliteStore {
         conn.query_row("SELECT rid FROM runs WHERE id = ?1", [run], |r| r.get(0))
             .optional()?
             .ok_or_else(|| StoreError::NoSuchRun(run.to_owned()))
-    }
-
-    fn decode(
-        run: &str,
-        seq: u64,
-        kind: String,
-        step: u64,
-        payload: String,
-        sum: i64,
-        at: i64,
-    ) -> Result<Entry, StoreError> {
-        let damaged = |message: String| StoreError::Damaged {
-            run: run.to_owned(),
-            seq,
-            message,
-        };
-        if checksum(run, seq, &kind, step, &payload) != sum {
-            return Err(damaged(
-                "checksum mismatch (the entry was altered after it was written)".into(),
-            ));
-        }
-        let kind = EntryKind::parse(&kind)
-            .ok_or_else(|| damaged(format!("unknown entry kind `{kind}`")))?;
-        let payload: Value = serde_json::from_str(&payload)
-            .map_err(|e| damaged(format!("payload is not JSON: {e}")))?;
-        Ok(Entry {
-            seq,
-            kind,
-            step,
-            payload,
-            at,
-        })
     }
 
     fn query_entries(
@@ -479,19 +480,7 @@ impl SqliteStore {
                 r.get(5)?,
             ))
         })?;
-        let mut out = Vec::new();
-        for (expected, row) in (after + 1..).zip(rows) {
-            let (seq, kind, step, payload, sum, at) = row?;
-            if seq != expected {
-                return Err(StoreError::Damaged {
-                    run: run.to_owned(),
-                    seq: expected,
-                    message: "entry is missing".into(),
-                });
-            }
-            out.push(Self::decode(run, seq, kind, step, payload, sum, at)?);
-        }
-        Ok(out)
+        codec::decode_entries(run, after, rows)
     }
 
     fn record(r: &rusqlite::Row<'_>) -> rusqlite::Result<(RunRecord, String)> {
@@ -513,13 +502,8 @@ impl SqliteStore {
         ))
     }
 
-    fn finish_record((mut rec, status): (RunRecord, String)) -> Result<RunRecord, StoreError> {
-        rec.status = RunStatus::parse(&status).ok_or_else(|| StoreError::Damaged {
-            run: rec.id.clone(),
-            seq: 0,
-            message: format!("run status `{status}` is unknown"),
-        })?;
-        Ok(rec)
+    fn finish_record((rec, status): (RunRecord, String)) -> Result<RunRecord, StoreError> {
+        codec::finish_record(rec, &status)
     }
 
     /// Bytes the database file holds (after a WAL checkpoint).
@@ -609,20 +593,7 @@ impl SqliteStore {
             )
             .optional()?;
         let snapshot = match snap {
-            Some((seq, text, sum)) => {
-                let damaged = |message: &str| StoreError::Damaged {
-                    run: run.to_owned(),
-                    seq: seq as u64,
-                    message: format!("snapshot: {message}"),
-                };
-                if checksum(run, seq as u64, "snapshot", 0, &text) != sum {
-                    return Err(damaged("checksum mismatch"));
-                }
-                Some(Snapshot {
-                    seq: seq as u64,
-                    state: serde_json::from_str(&text).map_err(|_| damaged("not JSON"))?,
-                })
-            }
+            Some((seq, text, sum)) => Some(codec::decode_snapshot(run, seq, &text, sum)?),
             None => None,
         };
         let after = snapshot.as_ref().map_or(0, |s| s.seq);
@@ -664,8 +635,10 @@ impl SqliteStore {
                 ))
             })
             .optional()?;
-        row.map(|(seq, k, st, p, sum, at)| Self::decode(run, seq as u64, k, st as u64, p, sum, at))
-            .transpose()
+        row.map(|(seq, k, st, p, sum, at)| {
+            codec::decode_entry(run, (seq as u64, k, st as u64, p, sum, at))
+        })
+        .transpose()
     }
 
     pub fn set_status(
@@ -812,39 +785,6 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let j = SqliteStore::open(dir.path().join("state.db")).unwrap();
         (dir, j)
-    }
-
-    #[test]
-    fn appends_loads_and_snapshots() {
-        let (_d, j) = store();
-        j.create_run("r1", "agent", "task").unwrap();
-        for step in 1..=5 {
-            assert_eq!(
-                j.append("r1", EntryKind::ToolIntent, step, &json!({"n": step}))
-                    .unwrap(),
-                step
-            );
-        }
-        j.write_snapshot(
-            "r1",
-            &Snapshot {
-                seq: 3,
-                state: json!({"next": 4}),
-            },
-        )
-        .unwrap();
-        let l = j.load("r1").unwrap();
-        assert_eq!(l.snapshot.unwrap().state["next"], 4);
-        assert_eq!(l.tail.iter().map(|e| e.seq).collect::<Vec<_>>(), [4, 5]);
-        assert_eq!(
-            j.find("r1", 2, EntryKind::ToolIntent)
-                .unwrap()
-                .unwrap()
-                .payload["n"],
-            2
-        );
-        assert_eq!(l.run.step, 5);
-        assert!(matches!(j.load("nope"), Err(StoreError::NoSuchRun(_))));
     }
 
     #[test]

@@ -2,7 +2,7 @@
 
 use super::SqliteStore;
 use crate::escalation::{redact, Escalation, Filter, Resolution, ResolutionKind, Resolved, Stats};
-use crate::store::{now_ms, offload, Queue, QueueError, StoreError};
+use crate::store::{codec, now_ms, offload, Queue, QueueError};
 use async_trait::async_trait;
 use rusqlite::{params, OptionalExtension};
 
@@ -12,26 +12,7 @@ fn decode(
     resolved_by: Option<String>,
     resolution: Option<String>,
 ) -> Result<Escalation, QueueError> {
-    let mut e: Escalation = serde_json::from_str(&record).map_err(|err| {
-        QueueError::Store(StoreError::Damaged {
-            run: "(escalation queue)".into(),
-            seq: 0,
-            message: format!("escalation record is not valid: {err}"),
-        })
-    })?;
-    e.resolved_at = resolved_at;
-    e.resolved_by = resolved_by;
-    e.resolution = resolution
-        .map(|r| serde_json::from_str(&r))
-        .transpose()
-        .map_err(|err| {
-            QueueError::Store(StoreError::Damaged {
-                run: e.run.clone(),
-                seq: 0,
-                message: format!("resolution of {} is not valid: {err}", e.id),
-            })
-        })?;
-    Ok(e)
+    codec::decode_escalation(&record, resolved_at, resolved_by, resolution)
 }
 
 const COLUMNS: &str = "record, resolved_at, resolved_by, resolution";
@@ -97,19 +78,7 @@ impl SqliteStore {
         by: &str,
     ) -> Result<Resolved, QueueError> {
         let current = self.escalation(id)?;
-        if current.resolution.is_none() && !current.allowed.contains(&resolution.kind()) {
-            return Err(QueueError::NotAllowed {
-                id: id.to_owned(),
-                reason: current.reason,
-                kind: resolution.kind().as_str(),
-                allowed: current
-                    .allowed
-                    .iter()
-                    .map(|k| k.as_str())
-                    .collect::<Vec<_>>()
-                    .join(", "),
-            });
-        }
+        codec::check_allowed(&current, &resolution)?;
         let n = self.lock().execute(
             "UPDATE escalations SET resolution = ?2, resolved_by = ?3, resolved_at = ?4 WHERE id = \
                 ?1 AND resolved_at IS NULL",
@@ -225,78 +194,7 @@ impl Queue for SqliteStore {
 mod tests {
     use super::*;
     use crate::outcome::EscalationReason;
-    use serde_json::json;
-
-    fn esc(id: &str, reason: EscalationReason) -> Escalation {
-        Escalation {
-            id: id.into(),
-            run: "r1".into(),
-            step: 2,
-            reason,
-            chain: "publish".into(),
-            input: json!({"entry": "x", "api_key": "sk-1", "nested": {"auth_token": "t"}}),
-            key: "r1:2".into(),
-            message: "needs approval".into(),
-            attempts: Vec::new(),
-            allowed: Vec::new(),
-            created_at: 0,
-            resolved_at: None,
-            resolved_by: None,
-            resolution: None,
-        }
-    }
-
-    #[test]
-    fn first_resolution_wins_and_secrets_are_redacted() {
-        let d = tempfile::tempdir().unwrap();
-        let j = SqliteStore::open(d.path().join("s.db")).unwrap();
-        let (e, new) = j
-            .escalate(esc("e1", EscalationReason::ApprovalRequired))
-            .unwrap();
-        assert!(new);
-        assert_eq!(e.input["api_key"], "[redacted]");
-        assert_eq!(e.input["nested"]["auth_token"], "[redacted]");
-        assert_eq!(e.input["entry"], "x");
-        // The same run, step and reason while open: the same escalation.
-        let (again, new) = j
-            .escalate(esc("e2", EscalationReason::ApprovalRequired))
-            .unwrap();
-        assert!(!new);
-        assert_eq!(again.id, "e1");
-        let bad = j
-            .resolve("e1", Resolution::Retry, "ann")
-            .unwrap_err()
-            .to_string();
-        assert!(
-            bad.contains("does not allow `retry`; allowed: approve, reject, abort"),
-            "{bad}"
-        );
-        let r = j.resolve("e1", Resolution::Approve, "ann").unwrap();
-        assert!(r.first);
-        let r2 = j
-            .resolve(
-                "e1",
-                Resolution::Reject {
-                    comment: "no".into(),
-                },
-                "bob",
-            )
-            .unwrap();
-        assert!(!r2.first);
-        assert_eq!(r2.escalation.resolution, Some(Resolution::Approve));
-        assert_eq!(r2.escalation.resolved_by.as_deref(), Some("ann"));
-        assert_eq!(j.escalation_stats().unwrap().open, 0);
-        assert_eq!(j.escalations(&Filter::default()).unwrap().len(), 0);
-        assert_eq!(
-            j.escalations(&Filter {
-                all: true,
-                ..Filter::default()
-            })
-            .unwrap()
-            .len(),
-            1
-        );
-    }
+    use crate::store::tests::esc;
 
     #[test]
     fn a_damaged_record_is_reported_not_guessed() {

@@ -453,7 +453,10 @@ async fn agent(
     )?;
     let asked = llm.arrivals().len();
     // Read between polls of the child, on the store's blocking interface.
-    let watch = backstop::store::SqliteStore::open(&b.config().state_path)?;
+    let backstop::store::Location::Sqlite(state) = &b.config().store else {
+        anyhow::bail!("the demo's config keeps its state in SQLite");
+    };
+    let watch = backstop::store::SqliteStore::open(state)?;
     let (_, killed) = child(out, exe, config_path, &["resume", &id], |_| {
         Ok(watch
             .entries(&id)?

@@ -1,0 +1,163 @@
+//! The PostgreSQL store through the real binary: `backstop migrate`, the
+//! commands that only read, damage named through the CLI, and breakers
+//! shared by two processes. Each test makes a schema of its own and drops
+//! it (see `backstop::store::postgres::scratch`).
+
+use crate::common::{tempdir, write_config, PRELUDE};
+use crate::runs::{finish, spawn, start};
+use backstop::store::postgres::scratch::Scratch;
+
+fn config(dir: &std::path::Path, pg: &Scratch) -> std::path::PathBuf {
+    write_config(
+        dir,
+        &format!(
+            r#"state = "{}"
+{PRELUDE}
+[tools.fault]
+component = "{{plugins}}/fault.wasm"
+
+[agents.pipe]
+steps = [
+  {{ name = "a", tool = "fault", input = {{ mode = "echo", value = "{{{{task}}}}" }} }},
+  {{ name = "b", tool = "fault",
+     input = {{ mode = "echo", value = "{{{{steps.a.output.echo}}}}!" }} }},
+]
+"#,
+            pg.state()
+        ),
+    )
+}
+
+#[test]
+fn migrate_says_what_it_did_and_a_newer_schema_is_refused_unchanged() {
+    let Some(pg) = Scratch::new("postgres::migrate") else {
+        return;
+    };
+    let dir = tempdir();
+    // A schema nobody made yet: `migrate` makes it.
+    let fresh = pg
+        .location()
+        .with_schema(&format!("{}_m", pg.location().schema))
+        .unwrap();
+    let text = std::fs::read_to_string(config(dir.path(), &pg))
+        .unwrap()
+        .replace(&pg.state(), &fresh.url());
+    let path = dir.path().join("fresh.toml");
+    std::fs::write(&path, text).unwrap();
+    let (code, out) = finish(spawn(&path, &["runs"]));
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("no runs in postgres://"), "{out}");
+    // ... and a command that only reads created nothing.
+    let (code, out) = finish(spawn(&path, &["migrate"]));
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("schema migrated from version 0 to 1"), "{out}");
+    assert!(!out.contains("password"), "{out}");
+    let (code, out) = finish(spawn(&path, &["migrate"]));
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("schema at version 1, up to date"), "{out}");
+    let (code, out) = finish(spawn(&path, &["runs"]));
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("no runs in postgres://"), "{out}");
+    // A later backstop migrated it.
+    pg.execute(&format!(
+        "INSERT INTO \"{}\".backstop_schema VALUES (99, 0)",
+        fresh.schema
+    ))
+    .unwrap();
+    for args in [&["migrate"][..], &["runs"], &["run", "pipe", "--task", "x"]] {
+        let (code, out) = finish(spawn(&path, args));
+        assert_eq!(code, 1, "{args:?}: {out}");
+        assert!(
+            out.contains("its schema is at version 99, newer than this backstop knows (1)"),
+            "{args:?}: {out}"
+        );
+        assert!(!out.contains("panicked"), "{out}");
+    }
+    pg.execute(&format!("DROP SCHEMA \"{}\" CASCADE", fresh.schema))
+        .unwrap();
+}
+
+#[test]
+fn runs_are_listed_shown_and_damage_is_named_through_the_cli() {
+    let Some(pg) = Scratch::new("postgres::runs") else {
+        return;
+    };
+    let dir = tempdir();
+    let path = config(dir.path(), &pg);
+    let mut ids = Vec::new();
+    for task in ["one", "two"] {
+        let (child, id) = start(&path, "pipe", task);
+        let (code, out) = finish(child);
+        assert_eq!(code, 0, "{out}");
+        assert!(out.contains(&format!("{task}!")), "{out}");
+        ids.push(id);
+    }
+    let (code, out) = finish(spawn(&path, &["runs"]));
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains(&ids[0]) && out.contains(&ids[1]), "{out}");
+    let (code, out) = finish(spawn(&path, &["runs", "show", &ids[0], "--json"]));
+    assert_eq!(code, 0, "{out}");
+    let shown: serde_json::Value = serde_json::from_str(out.lines().next().unwrap()).unwrap();
+    assert_eq!(shown["run"]["status"], "finished");
+    assert_eq!(shown["entries"].as_array().unwrap().len(), 6, "{shown}");
+    let (code, out) = finish(spawn(&path, &["status", "--json"]));
+    assert_eq!(code, 0, "{out}");
+    pg.execute(&format!(
+        "UPDATE entries SET payload = 'garbage' WHERE seq = 3 \
+         AND rid = (SELECT rid FROM runs WHERE id = '{}')",
+        ids[0]
+    ))
+    .unwrap();
+    let (code, out) = finish(spawn(&path, &["runs", "show", &ids[0]]));
+    assert_eq!(code, 1, "{out}");
+    assert!(
+        out.contains(&format!(
+            "run {}: journal entry 3 is damaged: checksum mismatch",
+            ids[0]
+        )),
+        "{out}"
+    );
+    let (code, out) = finish(spawn(&path, &["resume", &ids[0]]));
+    assert_eq!(code, 1, "a damaged run is not resumed: {out}");
+    let (code, out) = finish(spawn(&path, &["runs", "show", &ids[1]]));
+    assert_eq!(code, 0, "other runs stay readable: {out}");
+}
+
+#[test]
+fn a_breaker_forced_open_from_one_process_holds_in_another() {
+    let Some(pg) = Scratch::new("postgres::breakers") else {
+        return;
+    };
+    let dir = tempdir();
+    let path = config(dir.path(), &pg);
+    let (code, out) = finish(spawn(
+        &path,
+        &["breakers", "force-open", "fault", "--by", "ops"],
+    ));
+    assert_eq!(code, 0, "{out}");
+    let (code, out) = finish(spawn(
+        &path,
+        &[
+            "call",
+            "fault",
+            "--input",
+            r#"{"mode":"echo","value":"x"}"#,
+            "--json",
+        ],
+    ));
+    assert_eq!(code, 2, "{out}");
+    assert!(out.contains("circuit-open"), "{out}");
+    let (code, out) = finish(spawn(&path, &["breakers", "--json"]));
+    assert_eq!(code, 0, "{out}");
+    assert!(
+        out.contains(r#""forced": "open""#) && out.contains("ops"),
+        "{out}"
+    );
+    let (code, out) = finish(spawn(&path, &["breakers", "reset", "fault"]));
+    assert_eq!(code, 0, "{out}");
+    let (code, out) = finish(spawn(
+        &path,
+        &["call", "fault", "--input", r#"{"mode":"echo","value":"x"}"#],
+    ));
+    assert_eq!(code, 0, "{out}");
+}
