@@ -50,11 +50,18 @@ fn migrate_says_what_it_did_and_a_newer_schema_is_refused_unchanged() {
     // ... and a command that only reads created nothing.
     let (code, out) = finish(spawn(&path, &["migrate"]));
     assert_eq!(code, 0, "{out}");
-    assert!(out.contains("schema migrated from version 0 to 1"), "{out}");
+    let known = backstop::store::postgres::schema_version();
+    assert!(
+        out.contains(&format!("schema migrated from version 0 to {known}")),
+        "{out}"
+    );
     assert!(!out.contains("password"), "{out}");
     let (code, out) = finish(spawn(&path, &["migrate"]));
     assert_eq!(code, 0, "{out}");
-    assert!(out.contains("schema at version 1, up to date"), "{out}");
+    assert!(
+        out.contains(&format!("schema at version {known}, up to date")),
+        "{out}"
+    );
     let (code, out) = finish(spawn(&path, &["runs"]));
     assert_eq!(code, 0, "{out}");
     assert!(out.contains("no runs in postgres://"), "{out}");
@@ -68,7 +75,9 @@ fn migrate_says_what_it_did_and_a_newer_schema_is_refused_unchanged() {
         let (code, out) = finish(spawn(&path, args));
         assert_eq!(code, 1, "{args:?}: {out}");
         assert!(
-            out.contains("its schema is at version 99, newer than this backstop knows (1)"),
+            out.contains(&format!(
+                "its schema is at version 99, newer than this backstop knows ({known})"
+            )),
             "{args:?}: {out}"
         );
         assert!(!out.contains("panicked"), "{out}");
@@ -160,4 +169,87 @@ fn a_breaker_forced_open_from_one_process_holds_in_another() {
         &["call", "fault", "--input", r#"{"mode":"echo","value":"x"}"#],
     ));
     assert_eq!(code, 0, "{out}");
+}
+
+/// A host paused past its lease (SIGSTOP) while its tool runs: another
+/// takes the run over and finishes it; the paused one, woken, writes
+/// nothing more for it and says why. No entry lands out of its holder's
+/// turn (the entries' fencing tokens never go down).
+#[test]
+fn a_zombie_owner_woken_after_a_takeover_writes_nothing() {
+    let Some(pg) = Scratch::new("postgres::zombie") else {
+        return;
+    };
+    let dir = tempdir();
+    let mut at = pg.location().clone();
+    at.lease = std::time::Duration::from_secs(1);
+    let text = std::fs::read_to_string(config(dir.path(), &pg))
+        .unwrap()
+        .replace(&pg.state(), &at.url())
+        + r#"
+[agents.slow]
+steps = [
+  { name = "a", tool = "fault", input = { mode = "sleep", ms = 2500, value = "s" } },
+  { name = "b", tool = "fault", input = { mode = "echo", value = "done" } },
+]
+"#;
+    let path = dir.path().join("zombie.toml");
+    std::fs::write(&path, text).unwrap();
+    let store = backstop::store::open(&pg.store_location()).unwrap();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let (zombie, id) = start(&path, "slow", "t");
+    crate::runs::wait_until("the intent of step 1", || {
+        rt.block_on(store.find(&id, 1, backstop::journal::EntryKind::ToolIntent))
+            .unwrap()
+            .is_some()
+    });
+    let signal = |sig: &str| {
+        let ok = std::process::Command::new("kill")
+            .args([sig, &zombie.id().to_string()])
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok, "kill {sig}");
+    };
+    signal("-STOP");
+    // Refused while the paused owner's lease lasts; taken once it ends.
+    let mut refused = 0;
+    let taken = loop {
+        let (code, out) = finish(spawn(&path, &["resume", &id]));
+        if code == 0 {
+            break out;
+        }
+        assert!(out.contains("is active in another process ("), "{out}");
+        refused += 1;
+        assert!(refused < 200, "never taken over: {out}");
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    };
+    assert!(taken.contains("done"), "{taken}");
+    signal("-CONT");
+    let (code, out) = finish(zombie);
+    assert_ne!(code, 0, "{out}");
+    assert!(out.contains("lease on it was taken over by"), "{out}");
+    let entries = rt.block_on(store.entries(&id)).unwrap();
+    for step in [1, 2] {
+        let results = entries
+            .iter()
+            .filter(|e| e.step == step && e.kind == backstop::journal::EntryKind::ToolResult)
+            .count();
+        assert_eq!(results, 1, "step {step}: {entries:#?}");
+    }
+    let run = rt.block_on(store.run(&id)).unwrap();
+    assert_eq!(run.status, backstop::journal::RunStatus::Finished);
+    // Each entry carries the token of the lease it was written under: a
+    // lower one after a higher one would be a write out of turn.
+    pg.execute(
+        "DO $$ BEGIN
+           IF EXISTS (SELECT 1 FROM (
+               SELECT token, lag(token) OVER (PARTITION BY rid ORDER BY seq) AS before
+               FROM entries) t WHERE token < before)
+           THEN RAISE EXCEPTION 'an entry was written without the lease'; END IF;
+         END $$",
+    )
+    .unwrap();
+    drop(store);
+    drop(rt);
 }

@@ -1,7 +1,10 @@
 //! One writer per run: an OS file lock held while a process drives the run.
 //! The OS drops it when the process dies, however it dies, so a run whose
 //! owner was killed can be taken over at once, and two resumers racing for
-//! the same run cannot both win.
+//! the same run cannot both win. A store shared by many hosts (PostgreSQL)
+//! holds a lease on the run instead (`Journal::take_lease`), which fences
+//! every write of the run: no file lock is taken then, since a process
+//! paused on this machine must not keep its run from a host elsewhere.
 //!
 //! The lock file holds its owner's pid (so a refusal names the process
 //! really holding the run, never a dead earlier owner) and is removed
@@ -13,15 +16,22 @@
 
 use super::RunError;
 use crate::config::Config;
-use crate::store::Journal;
+use crate::store::{Journal, Store, StoreError};
 use std::fs::{File, OpenOptions, TryLockError};
 use std::io::{Read, Seek, Write};
 use std::os::unix::fs::MetadataExt;
 use std::path::PathBuf;
 
-pub struct RunLock {
-    file: File,
-    path: PathBuf,
+pub enum RunLock {
+    File {
+        file: File,
+        path: PathBuf,
+    },
+    /// The store's lease, given back on drop.
+    Lease {
+        store: std::sync::Arc<dyn Store>,
+        run: String,
+    },
 }
 
 impl RunLock {
@@ -33,8 +43,31 @@ impl RunLock {
     pub async fn acquire(
         config: &Config,
         run: &str,
-        journal: &dyn Journal,
+        store: &std::sync::Arc<dyn Store>,
     ) -> Result<RunLock, RunError> {
+        match store.take_lease(run).await {
+            Ok(true) => {
+                return Ok(RunLock::Lease {
+                    store: store.clone(),
+                    run: run.to_owned(),
+                })
+            }
+            Ok(false) => {}
+            Err(StoreError::Held {
+                run, holder, pid, ..
+            }) => {
+                return Err(RunError::Busy {
+                    run,
+                    pid,
+                    holder: Some(holder),
+                })
+            }
+            Err(e) => return Err(e.into()),
+        }
+        Self::file(config, run, store.as_ref()).await
+    }
+
+    async fn file(config: &Config, run: &str, journal: &dyn Journal) -> Result<RunLock, RunError> {
         let dir = Self::dir(config);
         let fail = |message: String| RunError::Lock {
             run: run.to_owned(),
@@ -66,6 +99,7 @@ impl RunLock {
                     return Err(RunError::Busy {
                         run: run.to_owned(),
                         pid,
+                        holder: None,
                     });
                 }
                 Err(TryLockError::Error(e)) => {
@@ -88,7 +122,7 @@ impl RunLock {
             if let Err(e) = written {
                 return Err(fail(format!("cannot write {}: {e}", path.display())));
             }
-            return Ok(RunLock { file, path });
+            return Ok(RunLock::File { file, path });
         }
         Err(fail(format!(
             "{} kept changing under us (another process taking and releasing the run?)",
@@ -111,10 +145,16 @@ fn alive(pid: u32) -> bool {
 
 impl Drop for RunLock {
     fn drop(&mut self) {
-        // Removed while still held, so nobody can lock it between the
-        // removal and the release; a process that opened it before finds,
-        // once it holds it, that the path no longer names it.
-        let _ = std::fs::remove_file(&self.path);
-        let _ = self.file.unlock();
+        match self {
+            RunLock::File { file, path } => {
+                // Removed while still held, so nobody can lock it between
+                // the removal and the release; a process that opened it
+                // before finds, once it holds it, that the path no longer
+                // names it.
+                let _ = std::fs::remove_file(path);
+                let _ = file.unlock();
+            }
+            RunLock::Lease { store, run } => store.drop_lease(run),
+        }
     }
 }

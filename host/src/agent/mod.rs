@@ -51,8 +51,17 @@ pub enum RunError {
         escalation: Option<String>,
     },
     #[error("run {run} is active in another process{}; wait for it or stop it \
-        first", pid.map(|p| format!(" (pid {p})")).unwrap_or_default())]
-    Busy { run: String, pid: Option<u32> },
+        first", match (holder, pid) {
+            (Some(h), _) => format!(" ({h})"),
+            (None, Some(p)) => format!(" (pid {p})"),
+            (None, None) => String::new(),
+        })]
+    Busy {
+        run: String,
+        pid: Option<u32>,
+        /// Who holds its lease, on a store shared by many hosts.
+        holder: Option<String>,
+    },
     #[error(
         "run {run} was started with a different configuration: {changes}; pass --allow-drift \
         to resume anyway"
@@ -185,7 +194,7 @@ pub async fn run(
     let journal = host.journal()?;
     let id = new_run_id();
     journal.create_run(&id, &agent.name, task).await?;
-    let _lock = RunLock::acquire(host.config(), &id, journal.as_ref()).await?;
+    let _lock = RunLock::acquire(host.config(), &id, &journal).await?;
     journal.set_owner(&id, Some(std::process::id())).await?;
     let name = agent.name.clone();
     let mut run = Run::new(host, journal.as_ref(), &id, agent, task, progress);
@@ -225,7 +234,7 @@ pub async fn resume(
             escalation,
         });
     }
-    let _lock = RunLock::acquire(host.config(), id, journal.as_ref()).await?;
+    let _lock = RunLock::acquire(host.config(), id, &journal).await?;
     match resume::reload(host, journal.as_ref(), record, options, progress).await? {
         resume::Reloaded::Ended(report) => Ok(report),
         resume::Reloaded::NotStarted(mut run) => run.start().await,

@@ -147,6 +147,10 @@ impl From<&StoreError> for ApiError {
             // Nothing was ever run with this config: whatever the caller
             // names is not there.
             StoreError::NoSuchRun(_) | StoreError::Missing(_) => StatusCode::NOT_FOUND,
+            // Another host drives the run (or took it over from this one).
+            StoreError::Held { .. } | StoreError::LeaseLost { .. } => StatusCode::CONFLICT,
+            // The database is down or unreachable: try again later.
+            StoreError::Postgres { .. } => StatusCode::SERVICE_UNAVAILABLE,
             _ => StatusCode::INTERNAL_SERVER_ERROR,
         };
         ApiError::new(status, e.to_string())
@@ -778,6 +782,7 @@ mod tests {
                 RunError::Busy {
                     run: run(),
                     pid: Some(1),
+                    holder: None,
                 },
                 409,
             ),

@@ -11,6 +11,10 @@ pub const DEFAULT_SCHEMA: &str = "backstop";
 /// Connections a host keeps to PostgreSQL when the URL does not say.
 pub const DEFAULT_POOL: usize = 16;
 
+/// How long a host's hold on a run lasts unless renewed, when the URL
+/// does not say (`lease=10s`).
+pub const DEFAULT_LEASE: std::time::Duration = std::time::Duration::from_secs(10);
+
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Location {
     /// `sqlite:PATH`, resolved against the config's directory.
@@ -51,14 +55,17 @@ impl fmt::Display for Location {
 }
 
 /// A PostgreSQL store: the server's URL (as libpq reads it) and the schema
-/// holding Backstop's tables. Two keys of the query are Backstop's, not
-/// libpq's: `schema` (default `backstop`) and `pool_size` (default 16).
+/// holding Backstop's tables. Three keys of the query are Backstop's, not
+/// libpq's: `schema` (default `backstop`), `pool_size` (default 16) and
+/// `lease` (how long a host's hold on a run lasts unless renewed, default
+/// 10s; renewed every third of it while the run goes on).
 #[derive(Clone, PartialEq, Eq)]
 pub struct PgLocation {
     /// The URL without Backstop's own keys.
     url: String,
     pub schema: String,
     pub pool_size: usize,
+    pub lease: std::time::Duration,
 }
 
 impl PgLocation {
@@ -81,7 +88,8 @@ impl PgLocation {
         let mut u = url::Url::parse(&self.url).expect("checked when parsed");
         u.query_pairs_mut()
             .append_pair("schema", &self.schema)
-            .append_pair("pool_size", &self.pool_size.to_string());
+            .append_pair("pool_size", &self.pool_size.to_string())
+            .append_pair("lease", &humantime::format_duration(self.lease).to_string());
         u.to_string()
     }
 }
@@ -109,6 +117,7 @@ impl FromStr for PgLocation {
     fn from_str(text: &str) -> Result<PgLocation, String> {
         let mut u = url::Url::parse(text).map_err(|e| format!("not a URL: {e}"))?;
         let (mut schema, mut pool_size) = (DEFAULT_SCHEMA.to_owned(), DEFAULT_POOL);
+        let mut lease = DEFAULT_LEASE;
         let mut rest = Vec::new();
         for (k, v) in u.query_pairs() {
             match &*k {
@@ -119,6 +128,14 @@ impl FromStr for PgLocation {
                         .ok()
                         .filter(|n| (1..=1024).contains(n))
                         .ok_or_else(|| format!("pool_size `{v}` is not a number from 1 to 1024"))?
+                }
+                "lease" => {
+                    lease = humantime::parse_duration(&v)
+                        .ok()
+                        .filter(|d| *d >= std::time::Duration::from_millis(300))
+                        .ok_or_else(|| {
+                            format!("lease `{v}` is not a duration of at least 300ms (such as 10s)")
+                        })?
                 }
                 _ => rest.push((k.into_owned(), v.into_owned())),
             }
@@ -135,6 +152,7 @@ impl FromStr for PgLocation {
                 url: url.clone(),
                 schema: schema.clone(),
                 pool_size,
+                lease,
             };
             format!("{shown}: {e}")
         })?;
@@ -142,6 +160,7 @@ impl FromStr for PgLocation {
             url,
             schema,
             pool_size,
+            lease,
         })
     }
 }
@@ -209,6 +228,11 @@ mod tests {
         assert!(e.contains("not a plain PostgreSQL name"), "{e}");
         let e = PgLocation::from_str("postgres://h/d?pool_size=0").unwrap_err();
         assert!(e.contains("pool_size `0`"), "{e}");
+        let e = PgLocation::from_str("postgres://h/d?lease=1ms").unwrap_err();
+        assert!(e.contains("lease `1ms`"), "{e}");
+        let l = PgLocation::from_str("postgres://h/d?lease=2s").unwrap();
+        assert_eq!(l.lease, std::time::Duration::from_secs(2));
+        assert_eq!(l.url().parse::<PgLocation>().unwrap(), l);
         let e = PgLocation::from_str("postgres://h/d?nonsense=1").unwrap_err();
         assert!(e.contains("nonsense"), "{e}");
         assert!(matches!(

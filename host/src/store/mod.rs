@@ -56,6 +56,24 @@ pub enum StoreError {
     /// no password in it.
     #[error("state store {location}: {message}")]
     Postgres { location: String, message: String },
+    /// Another host (or process) holds the run's lease.
+    #[error(
+        "run {run} is held by {holder} (its lease ends in {} unless renewed)",
+        humantime::format_duration(std::time::Duration::from_millis(*ends_in_ms as u64))
+    )]
+    Held {
+        run: String,
+        holder: String,
+        pid: Option<u32>,
+        ends_in_ms: i64,
+    },
+    /// This host held the run's lease and no longer does: it was paused,
+    /// cut off or slow past the lease, and another took the run over.
+    #[error(
+        "run {run}: this host's lease on it was taken over by {holder} (this host was paused, \
+        cut off or slow past its lease); nothing more was written for it here"
+    )]
+    LeaseLost { run: String, holder: String },
     /// The store holds a schema a later backstop wrote.
     #[error(
         "state store {location}: its schema is at version {found}, newer than this backstop \
@@ -132,6 +150,18 @@ pub trait Journal: Send + Sync {
         output: Option<&Value>,
     ) -> Result<(), StoreError>;
     async fn set_owner(&self, run: &str, pid: Option<u32>) -> Result<(), StoreError>;
+    /// Takes `run`'s lease for this process, on a store shared by many
+    /// hosts: until [`Journal::drop_lease`], every write of the run through
+    /// this handle is fenced by it (refused once another took the run
+    /// over), and it is renewed in the background. [`StoreError::Held`]
+    /// while another holds it. `Ok(false)` when the store has no leases
+    /// (SQLite: one machine, where an OS file lock decides).
+    async fn take_lease(&self, _run: &str) -> Result<bool, StoreError> {
+        Ok(false)
+    }
+    /// Gives `run`'s lease back (called from a guard's drop: bounded, and
+    /// a failure only leaves the lease to expire).
+    fn drop_lease(&self, _run: &str) {}
     async fn run(&self, run: &str) -> Result<RunRecord, StoreError>;
     async fn runs(&self) -> Result<Vec<RunRecord>, StoreError>;
     /// The `limit` most recently updated runs, newest first.

@@ -401,3 +401,128 @@ fn postgres_unreachable_is_named_without_the_password() {
     let e = open(&Location::Postgres(at)).err().unwrap().to_string();
     assert!(e.contains("127.0.0.1:1") && !e.contains("hunter2"), "{e}");
 }
+
+/// Two hosts on one schema, with leases of `lease`.
+fn two_hosts(test: &str, lease: std::time::Duration) -> Option<(Scratch, PgStore, PgStore)> {
+    let pg = Scratch::new(test)?;
+    let mut at = pg.location().clone();
+    at.lease = lease;
+    let a = PgStore::open(&at).unwrap();
+    let b = PgStore::open(&at).unwrap();
+    Some((pg, a, b))
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn postgres_a_host_that_lost_its_lease_writes_nothing_more() {
+    let test = "store::postgres_a_host_that_lost_its_lease_writes_nothing_more";
+    let Some((pg, a, b)) = two_hosts(test, std::time::Duration::from_secs(30)) else {
+        return;
+    };
+    a.create_run("r", "agent", "t").await.unwrap();
+    assert!(a.take_lease("r").await.unwrap());
+    a.append("r", EntryKind::RunStarted, 0, &json!({}))
+        .await
+        .unwrap();
+    // While A holds it, B can neither take it nor write to it.
+    let held = b.take_lease("r").await.unwrap_err();
+    assert!(
+        matches!(&held, StoreError::Held { pid: Some(p), .. } if *p == std::process::id()),
+        "{held}"
+    );
+    let e = b
+        .append("r", EntryKind::Resumed, 1, &json!({}))
+        .await
+        .unwrap_err();
+    assert!(matches!(e, StoreError::Held { .. }), "{e}");
+    // A is paused past its lease (no renewal reached the database).
+    pg.execute("UPDATE runs SET lease_until = 0").unwrap();
+    assert!(
+        b.take_lease("r").await.unwrap(),
+        "an expired lease is taken over"
+    );
+    b.load("r").await.unwrap();
+    b.append("r", EntryKind::Resumed, 1, &json!({"by": "b"}))
+        .await
+        .unwrap();
+    // A wakes up mid-step: every write of the run is refused, and says why.
+    for e in [
+        a.append("r", EntryKind::ToolResult, 1, &json!({"by": "a"}))
+            .await
+            .unwrap_err(),
+        a.set_status("r", RunStatus::Finished, 1, None)
+            .await
+            .unwrap_err(),
+        a.write_snapshot("r", &Snapshot::default())
+            .await
+            .unwrap_err(),
+    ] {
+        let text = e.to_string();
+        assert!(matches!(e, StoreError::LeaseLost { .. }), "{text}");
+        assert!(text.contains("taken over by"), "{text}");
+    }
+    // Giving back a lease it no longer holds leaves B's alone.
+    a.drop_lease("r");
+    b.append("r", EntryKind::RunFinished, 1, &json!({}))
+        .await
+        .unwrap();
+    let entries = b.entries("r").await.unwrap();
+    assert_eq!(entries.len(), 3, "A's late writes never landed");
+    assert!(entries.iter().all(|e| e.payload["by"] != "a"));
+    b.drop_lease("r");
+    assert!(a.take_lease("r").await.unwrap(), "given back: free again");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn postgres_a_lease_is_renewed_while_held_and_free_once_given_back() {
+    let test = "store::postgres_a_lease_is_renewed_while_held_and_free_once_given_back";
+    let Some((_pg, a, b)) = two_hosts(test, std::time::Duration::from_millis(300)) else {
+        return;
+    };
+    a.create_run("r", "agent", "t").await.unwrap();
+    assert!(a.take_lease("r").await.unwrap());
+    // Several lease lengths later, still A's: it renews in the background.
+    tokio::time::sleep(std::time::Duration::from_millis(1_000)).await;
+    assert!(matches!(
+        b.take_lease("r").await,
+        Err(StoreError::Held { .. })
+    ));
+    a.drop_lease("r");
+    assert!(b.take_lease("r").await.unwrap());
+    // The same process cannot hold one run twice either.
+    assert!(matches!(
+        b.take_lease("r").await,
+        Err(StoreError::Held { .. })
+    ));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn postgres_a_lease_whose_holder_died_on_this_machine_is_taken_at_once() {
+    let test = "store::postgres_a_lease_whose_holder_died_on_this_machine_is_taken_at_once";
+    let Some((pg, a, b)) = two_hosts(test, std::time::Duration::from_secs(60)) else {
+        return;
+    };
+    a.create_run("r", "agent", "t").await.unwrap();
+    assert!(a.take_lease("r").await.unwrap());
+    // The row as a process of this machine that has since died left it.
+    let mut gone = std::process::Command::new("true").spawn().unwrap();
+    let dead = gone.id();
+    gone.wait().unwrap();
+    pg.execute(&format!("UPDATE runs SET owner_pid = {dead}"))
+        .unwrap();
+    assert!(
+        b.take_lease("r").await.unwrap(),
+        "taken before the lease ends"
+    );
+    // On another machine it would have to wait for the lease to end.
+    b.drop_lease("r");
+    a.drop_lease("r");
+    assert!(a.take_lease("r").await.unwrap());
+    pg.execute(&format!(
+        "UPDATE runs SET owner_pid = {dead}, lease_node = 'elsewhere'"
+    ))
+    .unwrap();
+    assert!(matches!(
+        b.take_lease("r").await,
+        Err(StoreError::Held { .. })
+    ));
+}

@@ -14,6 +14,7 @@
 //! gone.
 
 mod breakers;
+mod lease;
 mod queue;
 #[cfg(any(test, feature = "testkit"))]
 pub mod scratch;
@@ -42,7 +43,8 @@ pub const BREAKER_BACKOFF: Duration = Duration::from_secs(1);
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Append-only list of migrations; `backstop_schema` records each applied.
-const MIGRATIONS: &[&str] = &["
+const MIGRATIONS: &[&str] = &[
+    "
     CREATE TABLE runs (
         rid BIGSERIAL PRIMARY KEY,
         id TEXT NOT NULL UNIQUE,
@@ -101,7 +103,30 @@ const MIGRATIONS: &[&str] = &["
         probe_until BIGINT NOT NULL DEFAULT 0,
         set_by TEXT NOT NULL DEFAULT ''
     );
-"];
+",
+    "
+    -- Who drives each run (see lease.rs), and which holder wrote each entry.
+    ALTER TABLE runs
+        ADD COLUMN lease_owner TEXT,
+        ADD COLUMN lease_node TEXT,
+        ADD COLUMN lease_token BIGINT NOT NULL DEFAULT 0,
+        ADD COLUMN lease_until BIGINT NOT NULL DEFAULT 0;
+    ALTER TABLE entries ADD COLUMN token BIGINT NOT NULL DEFAULT 0;
+",
+];
+
+/// The database's clock in Unix ms: leases are timed by it alone, so hosts
+/// whose clocks disagree still agree on who holds a run.
+pub(crate) const NOW_MS: &str = "(extract(epoch from clock_timestamp()) * 1000)::BIGINT";
+
+/// The condition a write of a run must meet, `$T` being the writer's
+/// token: it holds the run's lease, or (with no token) nobody does.
+fn fenced(t: &str) -> String {
+    format!(
+        "(CASE WHEN {t}::BIGINT IS NULL THEN (lease_owner IS NULL OR lease_until < {NOW_MS}) \
+        ELSE lease_token = {t}::BIGINT END)"
+    )
+}
 
 /// This backstop's schema version.
 pub fn schema_version() -> i64 {
@@ -207,6 +232,10 @@ pub(crate) struct Inner {
     next_seq: Mutex<HashMap<String, u64>>,
     /// Unix ms until which breaker operations fail at once.
     breakers_down_until: std::sync::atomic::AtomicI64,
+    /// The runs this store holds (or held and lost), by id.
+    leases: Mutex<HashMap<String, lease::Lease>>,
+    me: lease::Holder,
+    lease_ttl: Duration,
 }
 
 impl Inner {
@@ -310,6 +339,9 @@ impl PgStore {
                 shown: at.to_string(),
                 next_seq: Mutex::default(),
                 breakers_down_until: 0.into(),
+                leases: Mutex::default(),
+                me: lease::Holder::this_process(),
+                lease_ttl: at.lease,
             }),
             read_only,
         })
@@ -518,15 +550,20 @@ impl Inner {
         let now = super::now_ms();
         // One statement, so one round trip and one commit: the entry and
         // the run's row move together.
+        let token = self.fence(&run)?;
         let stmt = c
-            .prepare_cached(
+            .prepare_cached(&format!(
                 "WITH r AS (
-                    UPDATE runs SET updated_at = $6, step = GREATEST(step, $4)
-                    WHERE id = $1 RETURNING rid
+                    UPDATE runs SET updated_at = $6, step = GREATEST(step, $4),
+                        lease_until = CASE WHEN $8::BIGINT IS NULL THEN lease_until
+                            ELSE GREATEST(lease_until, {NOW_MS} + $9) END
+                    WHERE id = $1 AND {}
+                    RETURNING rid, lease_token
                  )
-                 INSERT INTO entries (rid, seq, kind, step, payload, checksum, at)
-                 SELECT rid, $2, $3, $4, $5, $7, $6 FROM r RETURNING seq",
-            )
+                 INSERT INTO entries (rid, seq, kind, step, payload, checksum, at, token)
+                 SELECT rid, $2, $3, $4, $5, $7, $6, lease_token FROM r RETURNING seq",
+                fenced("$8")
+            ))
             .await
             .map_err(|e| self.err(e))?;
         let written = c
@@ -540,6 +577,8 @@ impl Inner {
                     &text,
                     &now,
                     &sum,
+                    &token,
+                    &(self.lease_ttl.as_millis() as i64),
                 ],
             )
             .await;
@@ -550,7 +589,7 @@ impl Inner {
             }
             Ok(None) => {
                 self.forget(&run);
-                Err(StoreError::NoSuchRun(run))
+                Err(self.refused(&c, &run, token).await)
             }
             Err(e) => {
                 self.forget(&run);
@@ -671,18 +710,23 @@ impl Journal for PgStore {
         self.with(|s| async move {
             let c = s.client().await?;
             let sum = checksum(&run, seq, "snapshot", 0, &text);
+            let token = s.fence(&run)?;
             let n = c
                 .execute(
-                    "INSERT INTO snapshots (rid, seq, state, checksum)
-                     SELECT rid, $2, $3, $4 FROM runs WHERE id = $1
-                     ON CONFLICT (rid) DO UPDATE SET
-                        seq = excluded.seq, state = excluded.state, checksum = excluded.checksum",
-                    &[&run, &(seq as i64), &text, &sum],
+                    &format!(
+                        "INSERT INTO snapshots (rid, seq, state, checksum)
+                         SELECT rid, $2, $3, $4 FROM runs WHERE id = $1 AND {}
+                         ON CONFLICT (rid) DO UPDATE SET
+                            seq = excluded.seq, state = excluded.state,
+                            checksum = excluded.checksum",
+                        fenced("$5")
+                    ),
+                    &[&run, &(seq as i64), &text, &sum, &token],
                 )
                 .await
                 .map_err(|e| s.err(e))?;
             if n == 0 {
-                return Err(StoreError::NoSuchRun(run));
+                return Err(s.refused(&c, &run, token).await);
             }
             Ok(())
         })
@@ -749,12 +793,14 @@ impl Journal for PgStore {
         let output = output.map(|o| o.to_string());
         self.with(|s| async move {
             let c = s.client().await?;
+            let token = s.fence(&run)?;
             let stmt = c
-                .prepare_cached(
+                .prepare_cached(&format!(
                     "UPDATE runs SET status = $2, step = GREATEST(step, $3),
                         output = COALESCE($4, output), updated_at = $5
-                     WHERE id = $1",
-                )
+                     WHERE id = $1 AND {}",
+                    fenced("$6")
+                ))
                 .await
                 .map_err(|e| s.err(e))?;
             let n = c
@@ -766,12 +812,13 @@ impl Journal for PgStore {
                         &(step as i64),
                         &output,
                         &super::now_ms(),
+                        &token,
                     ],
                 )
                 .await
                 .map_err(|e| s.err(e))?;
             if n == 0 {
-                return Err(StoreError::NoSuchRun(run));
+                return Err(s.refused(&c, &run, token).await);
             }
             Ok(())
         })
@@ -786,15 +833,39 @@ impl Journal for PgStore {
         }
         self.with(|s| async move {
             let c = s.client().await?;
-            c.execute(
-                "UPDATE runs SET owner_pid = $2 WHERE id = $1",
-                &[&run, &pid.map(i64::from)],
-            )
-            .await
-            .map_err(|e| s.err(e))?;
+            let token = s.fence(&run)?;
+            let n = c
+                .execute(
+                    &format!(
+                        "UPDATE runs SET owner_pid = $2 WHERE id = $1 AND {}",
+                        fenced("$3")
+                    ),
+                    &[&run, &pid.map(i64::from), &token],
+                )
+                .await
+                .map_err(|e| s.err(e))?;
+            if n == 0 {
+                return Err(s.refused(&c, &run, token).await);
+            }
             Ok(())
         })
         .await
+    }
+
+    async fn take_lease(&self, run: &str) -> Result<bool, StoreError> {
+        let run = run.to_owned();
+        self.with(|s| s.take_lease(run)).await
+    }
+
+    fn drop_lease(&self, run: &str) {
+        let inner = self.inner.clone();
+        let run = run.to_owned();
+        // Bounded: a lease that could not be given back expires instead.
+        let _ = block_on_pg(
+            &self.inner.shown,
+            Duration::from_secs(2),
+            inner.drop_lease(run),
+        );
     }
 
     async fn run(&self, run: &str) -> Result<RunRecord, StoreError> {
