@@ -39,6 +39,8 @@ pub struct Backstop {
     http: reqwest::Client,
     notifications: Mutex<Vec<tokio::task::JoinHandle<()>>>,
     metrics: metrics::Metrics,
+    /// Wakes this host's run-queue workers when it queued a run.
+    queue_wake: Arc<tokio::sync::Notify>,
 }
 
 impl Backstop {
@@ -213,6 +215,7 @@ impl Backstop {
             http: client,
             notifications: Mutex::new(Vec::new()),
             metrics,
+            queue_wake: Arc::default(),
         })
     }
 
@@ -471,6 +474,38 @@ impl Backstop {
         progress: &mut (dyn FnMut(Progress) + Send + Sync),
     ) -> Result<RunReport, RunError> {
         agent::run(self, agent, task, progress).await
+    }
+
+    /// Queues a run of `agent` on `task` for any host's workers (see
+    /// [`Backstop::work`]) and returns its id at once.
+    pub async fn enqueue_run(&self, agent: &str, task: &str) -> Result<String, RunError> {
+        let id = agent::queue::enqueue(self, agent, task).await?;
+        self.queue_wake.notify_one();
+        Ok(id)
+    }
+
+    /// Queues run `id` to go on, for any host's workers (after a person
+    /// resolved its escalation).
+    pub async fn requeue_run(&self, id: &str) -> Result<(), RunError> {
+        agent::queue::requeue(self, id).await?;
+        self.queue_wake.notify_one();
+        Ok(())
+    }
+
+    /// What wakes this host's workers when it queued a run.
+    pub fn queue_wake(&self) -> Arc<tokio::sync::Notify> {
+        self.queue_wake.clone()
+    }
+
+    /// Drives the run queue with `workers` until `stop` (what `serve`
+    /// does beside the API; an app embedding the crate calls it itself).
+    pub async fn work(
+        self: Arc<Self>,
+        workers: agent::queue::Workers,
+        stop: impl std::future::Future<Output = ()>,
+    ) {
+        let wake = self.queue_wake();
+        agent::queue::work(self, workers, wake, stop).await
     }
 
     /// Resumes run `id` from its journal, in this process. Refused while

@@ -19,6 +19,7 @@ mod mcp;
 mod models;
 mod operate;
 mod postgres;
+mod queue;
 mod remote;
 mod runs;
 mod sandbox;

@@ -14,6 +14,7 @@ mod host;
 mod lock;
 mod memory;
 mod pipeline;
+pub mod queue;
 mod resume;
 mod step;
 mod tool_loop;

@@ -128,6 +128,18 @@ pub struct RunRecord {
     pub output: Option<Value>,
     /// The process that last owned the run.
     pub owner_pid: Option<u32>,
+    /// Waiting in the run queue for any host's worker (started with
+    /// `--detach` or `wait: false`, or resumed through the queue).
+    #[serde(default)]
+    pub queued: bool,
+}
+
+/// A queued run a worker of this host claimed: `gen` tells whether it was
+/// queued again since (a person resolving it while it ran).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Claimed {
+    pub run: String,
+    pub gen: i64,
 }
 
 /// The compact snapshot: counters, not data, so its size is constant.

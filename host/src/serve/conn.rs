@@ -26,6 +26,8 @@ pub struct ServeOptions {
     pub max_header_bytes: usize,
     /// After a stop is asked for: how long in-flight requests may run.
     pub grace: Duration,
+    /// This host's workers for the run queue.
+    pub workers: crate::agent::queue::Workers,
 }
 
 impl Default for ServeOptions {
@@ -36,6 +38,7 @@ impl Default for ServeOptions {
             max_connections: default_max_connections(),
             max_header_bytes: 64 << 10,
             grace: Duration::from_secs(10),
+            workers: Default::default(),
         }
     }
 }

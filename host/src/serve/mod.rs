@@ -7,7 +7,7 @@
 //! loopback. The routes are described in `openapi.json` (served at
 //! `/openapi.json`).
 
-use crate::agent::{Progress, ResumeOptions, RunError};
+use crate::agent::{ResumeOptions, RunError};
 use crate::escalation::{parse_age, parse_reason, Filter, Resolution};
 use crate::store::{QueueError, StoreError};
 use crate::{Backstop, Error};
@@ -101,6 +101,16 @@ pub async fn serve_with(
     options: ServeOptions,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServeError> {
+    // The run queue's workers stop claiming when serving stops (however
+    // it stops); runs they drive go on to their end or to the process's.
+    let stop = tokio_util::sync::CancellationToken::new();
+    let _stop = stop.clone().drop_guard();
+    tokio::spawn(crate::agent::queue::work(
+        backstop.clone(),
+        options.workers,
+        backstop.queue_wake(),
+        stop.cancelled_owned(),
+    ));
     let app = router(backstop, token).layer(axum::Extension(options));
     conn::run(listener, app, options, shutdown).await?;
     Ok(())
@@ -329,6 +339,10 @@ struct ResolveBody {
     by: String,
     #[serde(default)]
     resume: bool,
+    /// With `resume`: answer when the run stops (true), or queue it for
+    /// any host's worker and answer at once (false).
+    #[serde(default = "yes")]
+    wait: bool,
 }
 
 #[derive(Deserialize)]
@@ -522,33 +536,13 @@ async fn start_run(State(b): State<App>, JsonBody(req): JsonBody<RunBody>) -> Ap
         let report = b.run_agent(&req.agent, &req.task, &mut |_| {}).await?;
         return Ok(Json(json!(report)).into_response());
     }
-    // Answer with the run's id as soon as it is journaled; the run goes on
-    // in the background (a crash leaves it to `resume`, as ever).
-    let (tx, rx) = tokio::sync::oneshot::channel();
-    let task = tokio::spawn(async move {
-        let mut tx = Some(tx);
-        let mut progress = |p: Progress| {
-            if let (Progress::Started { run, .. }, Some(tx)) = (p, tx.take()) {
-                let _ = tx.send(run);
-            }
-        };
-        b.run_agent(&req.agent, &req.task, &mut progress).await
-    });
-    match rx.await {
-        Ok(run) => Ok((
-            StatusCode::ACCEPTED,
-            Json(json!({"run": run, "status": "running"})),
-        )
-            .into_response()),
-        Err(_) => match task.await {
-            Ok(Ok(report)) => Ok(Json(json!(report)).into_response()),
-            Ok(Err(e)) => Err(e.into()),
-            Err(e) => Err(ApiError::new(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                format!("the run's task failed: {e}"),
-            )),
-        },
-    }
+    // Queued in the store, for any host's worker: it survives this host.
+    let run = b.enqueue_run(&req.agent, &req.task).await?;
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(json!({"run": run, "status": "running", "queued": true})),
+    )
+        .into_response())
 }
 
 async fn show_run(State(b): State<App>, Path(id): Path<String>) -> Api<Json<Value>> {
@@ -630,6 +624,12 @@ async fn resolve(
             e.run
         );
         return Ok(Json(json!({"escalation": e, "note": note})));
+    }
+    if !req.wait {
+        b.requeue_run(&e.run).await?;
+        return Ok(Json(
+            json!({"escalation": e, "run": {"run": e.run, "status": "running", "queued": true}}),
+        ));
     }
     let report = b
         .resume_run(&e.run, &ResumeOptions::default(), &mut |_| {})

@@ -21,7 +21,7 @@ pub mod sqlite;
 mod tests;
 
 use crate::escalation::{Escalation, Filter, Resolution, Resolved, Stats};
-use crate::journal::{Entry, EntryKind, Loaded, RunRecord, RunStatus, Snapshot};
+use crate::journal::{Claimed, Entry, EntryKind, Loaded, RunRecord, RunStatus, Snapshot};
 use crate::outcome::EscalationReason;
 use async_trait::async_trait;
 use serde::Serialize;
@@ -163,6 +163,16 @@ pub trait Journal: Send + Sync {
     /// a failure only leaves the lease to expire).
     fn drop_lease(&self, _run: &str) {}
     async fn run(&self, run: &str) -> Result<RunRecord, StoreError>;
+    /// Puts `run` in the run queue, for any host's worker to drive (again).
+    async fn enqueue(&self, run: &str) -> Result<(), StoreError>;
+    /// Up to `max` queued runs for this host's workers: each is due (a run
+    /// claimed before and left queued waits longer each time) and, on a
+    /// store shared by many hosts, nobody holds its lease (this store then
+    /// holds it; [`Journal::take_lease`] takes it up).
+    async fn claim(&self, max: u32) -> Result<Vec<Claimed>, StoreError>;
+    /// Takes a claimed run out of the queue, unless it was queued again
+    /// since the claim.
+    async fn dequeue(&self, claimed: &Claimed) -> Result<(), StoreError>;
     async fn runs(&self) -> Result<Vec<RunRecord>, StoreError>;
     /// The `limit` most recently updated runs, newest first.
     async fn recent_runs(&self, limit: u32) -> Result<Vec<RunRecord>, StoreError>;

@@ -28,6 +28,7 @@ pub async fn run(command: Command, config: &Path) -> anyhow::Result<ExitCode> {
             body_timeout,
             max_connections,
             grace,
+            workers,
         } => {
             let defaults = backstop::serve::ServeOptions::default();
             let options = backstop::serve::ServeOptions {
@@ -35,6 +36,10 @@ pub async fn run(command: Command, config: &Path) -> anyhow::Result<ExitCode> {
                 body_timeout,
                 max_connections: max_connections.unwrap_or(defaults.max_connections),
                 grace,
+                workers: backstop::agent::queue::Workers {
+                    concurrency: workers,
+                    ..defaults.workers
+                },
                 ..defaults
             };
             serve(config, listen, options).await
@@ -52,7 +57,18 @@ pub async fn run(command: Command, config: &Path) -> anyhow::Result<ExitCode> {
             system,
             json,
         } => ask(config, &chain, &prompt, system, json).await,
-        Command::Run { agent, task } => {
+        Command::Run {
+            agent,
+            task,
+            detach: true,
+        } => {
+            let b = Backstop::load(config).await?;
+            let id = b.enqueue_run(&agent, &task).await?;
+            say!("run {id} queued: a `backstop serve` sharing the state store drives it");
+            say!("follow it with: backstop runs show {id}");
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Run { agent, task, .. } => {
             let b = Backstop::load(config).await?;
             let report = b.run_agent(&agent, &task, &mut print_progress).await?;
             b.flush_notifications(std::time::Duration::from_secs(5))

@@ -75,6 +75,10 @@ enum Command {
         /// connections still open are closed.
         #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
         grace: std::time::Duration,
+        /// Queued runs (`run --detach`, `wait: false`) this host drives at
+        /// once; 0 leaves them to other hosts.
+        #[arg(long, default_value_t = 4)]
+        workers: usize,
     },
     /// Serve MCP on stdin and stdout (what a desktop client launches):
     /// every chain and tool of the config (or those `[mcp] expose` names)
@@ -125,6 +129,10 @@ enum Command {
         agent: String,
         #[arg(long)]
         task: String,
+        /// Queue the run and print its id at once: a `backstop serve`
+        /// (on any host sharing the state store) drives it.
+        #[arg(long)]
+        detach: bool,
     },
     /// Resume a run from its journal without repeating completed steps.
     Resume {

@@ -11,6 +11,7 @@
 //! SQLite's file lock is; anywhere else it is taken over when it expires.
 
 use super::{Inner, NOW_MS};
+use crate::journal::Claimed;
 use crate::store::StoreError;
 use std::sync::{Arc, Weak};
 
@@ -49,6 +50,9 @@ pub(crate) enum Lease {
     Held {
         token: i64,
         renew: tokio::task::AbortHandle,
+        /// Taken by a claim of the run queue, for the worker's
+        /// [`Inner::take_lease`] to take up.
+        claimed: bool,
     },
     /// Taken over by `by`: every later write of the run is refused here.
     Lost { by: String },
@@ -81,7 +85,9 @@ impl Inner {
     pub(crate) fn lost(&self, run: &str, token: i64, by: String) {
         let mut leases = self.leases();
         match leases.get(run) {
-            Some(Lease::Held { token: t, renew }) if *t == token => renew.abort(),
+            Some(Lease::Held {
+                token: t, renew, ..
+            }) if *t == token => renew.abort(),
             _ => return,
         }
         leases.insert(run.to_owned(), Lease::Lost { by });
@@ -125,7 +131,10 @@ impl Inner {
     }
 
     pub(crate) async fn take_lease(self: Arc<Self>, run: String) -> Result<bool, StoreError> {
-        if let Some(Lease::Held { .. }) = self.leases().get(&run) {
+        if let Some(Lease::Held { claimed, .. }) = self.leases().get_mut(&run) {
+            if std::mem::take(claimed) {
+                return Ok(true);
+            }
             return Err(StoreError::Held {
                 run,
                 holder: self.me.shown.clone(),
@@ -170,10 +179,15 @@ impl Inner {
         let Some(row) = got else {
             return Err(self.refused(&c, &run, None).await);
         };
-        let token: i64 = row.get(0);
+        self.hold(run, row.get(0), false)?;
+        Ok(true)
+    }
+
+    /// Records that this store holds `run` under `token`, and keeps it.
+    fn hold(self: &Arc<Self>, run: String, token: i64, claimed: bool) -> Result<(), StoreError> {
         let renew = super::runtime()?
             .spawn(renew(
-                Arc::downgrade(&self),
+                Arc::downgrade(self),
                 run.clone(),
                 token,
                 self.lease_ttl,
@@ -181,8 +195,61 @@ impl Inner {
             .abort_handle();
         // Whoever wrote meanwhile moved the run's end: learn it anew.
         self.forget(&run);
-        self.leases().insert(run, Lease::Held { token, renew });
-        Ok(true)
+        let held = Lease::Held {
+            token,
+            renew,
+            claimed,
+        };
+        if let Some(Lease::Held { renew, .. }) = self.leases().insert(run, held) {
+            renew.abort();
+        }
+        Ok(())
+    }
+
+    /// Claims up to `max` due queued runs nobody holds, taking their
+    /// leases in the same statement; hosts claiming at once skip each
+    /// other's rows rather than wait on them.
+    pub(crate) async fn claim(self: Arc<Self>, max: u32) -> Result<Vec<Claimed>, StoreError> {
+        let c = self.client().await?;
+        let stmt = c
+            .prepare_cached(&format!(
+                "WITH c AS (
+                    SELECT rid FROM runs
+                    WHERE queued AND not_before <= {NOW_MS}
+                      AND (lease_owner IS NULL OR lease_until < {NOW_MS})
+                    ORDER BY not_before, rid LIMIT $1
+                    FOR UPDATE SKIP LOCKED
+                 )
+                 UPDATE runs r SET claims = r.claims + 1,
+                    not_before = {NOW_MS}
+                        + LEAST(60000, (1::BIGINT << LEAST(r.claims, 6)::INT) * 1000),
+                    lease_owner = $2, lease_node = $3, owner_pid = $4,
+                    lease_token = r.lease_token + 1, lease_until = {NOW_MS} + $5
+                 FROM c WHERE r.rid = c.rid
+                 RETURNING r.id, r.queue_gen, r.lease_token"
+            ))
+            .await
+            .map_err(|e| self.err(e))?;
+        let rows = c
+            .query(
+                &stmt,
+                &[
+                    &i64::from(max),
+                    &self.me.shown,
+                    &self.me.node,
+                    &i64::from(self.me.pid),
+                    &(self.lease_ttl.as_millis() as i64),
+                ],
+            )
+            .await
+            .map_err(|e| self.err(e))?;
+        let mut out = Vec::with_capacity(rows.len());
+        for r in rows {
+            let run: String = r.get(0);
+            self.hold(run.clone(), r.get(2), true)?;
+            out.push(Claimed { run, gen: r.get(1) });
+        }
+        Ok(out)
     }
 
     /// Gives the lease back, if held; the row keeps its token (the next
@@ -190,7 +257,7 @@ impl Inner {
     pub(crate) async fn drop_lease(self: Arc<Self>, run: String) -> Result<(), StoreError> {
         let held = self.leases().remove(&run);
         self.forget(&run);
-        let Some(Lease::Held { token, renew }) = held else {
+        let Some(Lease::Held { token, renew, .. }) = held else {
             return Ok(());
         };
         renew.abort();

@@ -23,7 +23,7 @@ pub use breakers::PgBreakers;
 
 use super::codec::{self, checksum, EntryRow};
 use super::{BreakerStore, Journal, Migrated, PgLocation, Store, StoreError};
-use crate::journal::{Entry, EntryKind, Loaded, RunRecord, RunStatus, Snapshot};
+use crate::journal::{Claimed, Entry, EntryKind, Loaded, RunRecord, RunStatus, Snapshot};
 use async_trait::async_trait;
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
 use serde_json::Value;
@@ -112,6 +112,15 @@ const MIGRATIONS: &[&str] = &[
         ADD COLUMN lease_token BIGINT NOT NULL DEFAULT 0,
         ADD COLUMN lease_until BIGINT NOT NULL DEFAULT 0;
     ALTER TABLE entries ADD COLUMN token BIGINT NOT NULL DEFAULT 0;
+",
+    "
+    -- The run queue: runs any host's worker may drive (see `claim`).
+    ALTER TABLE runs
+        ADD COLUMN queued BOOLEAN NOT NULL DEFAULT false,
+        ADD COLUMN queue_gen BIGINT NOT NULL DEFAULT 0,
+        ADD COLUMN claims BIGINT NOT NULL DEFAULT 0,
+        ADD COLUMN not_before BIGINT NOT NULL DEFAULT 0;
+    CREATE INDEX runs_queue ON runs (not_before, rid) WHERE queued;
 ",
 ];
 
@@ -463,7 +472,7 @@ impl PgStore {
 }
 
 const RUN_COLUMNS: &str =
-    "id, agent, task, status, step, started_at, updated_at, output, owner_pid";
+    "id, agent, task, status, step, started_at, updated_at, output, owner_pid, queued";
 
 fn record(r: &tokio_postgres::Row) -> Result<RunRecord, StoreError> {
     record_at(r, 0)
@@ -665,6 +674,7 @@ fn record_at(r: &tokio_postgres::Row, at: usize) -> Result<RunRecord, StoreError
         updated_at: r.get(at + 6),
         output: output.and_then(|o| serde_json::from_str(&o).ok()),
         owner_pid: r.get::<_, Option<i64>>(at + 8).map(|p| p as u32),
+        queued: r.get(at + 9),
     };
     codec::finish_record(rec, r.get::<_, &str>(at + 3))
 }
@@ -834,6 +844,11 @@ impl Journal for PgStore {
         self.with(|s| async move {
             let c = s.client().await?;
             let token = s.fence(&run)?;
+            if pid.is_none() && token.is_some() {
+                // Held: the lease names its holder's pid until it is given
+                // back (a holder killed in between is then known dead).
+                return Ok(());
+            }
             let n = c
                 .execute(
                     &format!(
@@ -887,6 +902,46 @@ impl Journal for PgStore {
 
     async fn runs(&self) -> Result<Vec<RunRecord>, StoreError> {
         self.recent_runs(u32::MAX).await
+    }
+
+    async fn enqueue(&self, run: &str) -> Result<(), StoreError> {
+        let run = run.to_owned();
+        self.with(|s| async move {
+            let c = s.client().await?;
+            let n = c
+                .execute(
+                    "UPDATE runs SET queued = true, queue_gen = queue_gen + 1, claims = 0,
+                        not_before = 0
+                     WHERE id = $1",
+                    &[&run],
+                )
+                .await
+                .map_err(|e| s.err(e))?;
+            if n == 0 {
+                return Err(StoreError::NoSuchRun(run));
+            }
+            Ok(())
+        })
+        .await
+    }
+
+    async fn claim(&self, max: u32) -> Result<Vec<Claimed>, StoreError> {
+        self.with(move |s| s.claim(max)).await
+    }
+
+    async fn dequeue(&self, claimed: &Claimed) -> Result<(), StoreError> {
+        let claimed = claimed.clone();
+        self.with(|s| async move {
+            let c = s.client().await?;
+            c.execute(
+                "UPDATE runs SET queued = false WHERE id = $1 AND queue_gen = $2",
+                &[&claimed.run, &claimed.gen],
+            )
+            .await
+            .map_err(|e| s.err(e))?;
+            Ok(())
+        })
+        .await
     }
 
     async fn recent_runs(&self, limit: u32) -> Result<Vec<RunRecord>, StoreError> {

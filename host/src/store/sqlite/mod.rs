@@ -8,7 +8,7 @@ pub use breakers::SqliteBreakers;
 
 use super::codec::{self, checksum};
 use super::{now_ms, offload, BreakerStore, Journal, Store, StoreError};
-use crate::journal::{Entry, EntryKind, Loaded, RunRecord, RunStatus, Snapshot};
+use crate::journal::{Claimed, Entry, EntryKind, Loaded, RunRecord, RunStatus, Snapshot};
 use async_trait::async_trait;
 use rusqlite::{params, Connection, OptionalExtension};
 use serde_json::Value;
@@ -84,6 +84,14 @@ const MIGRATIONS: &[&str] = &[
     // when the breaker itself made the last change.
     "
     ALTER TABLE breakers ADD COLUMN set_by TEXT NOT NULL DEFAULT '';
+",
+    // The run queue: runs any worker may drive (see `Journal::claim`).
+    "
+    ALTER TABLE runs ADD COLUMN queued INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE runs ADD COLUMN queue_gen INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE runs ADD COLUMN claims INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE runs ADD COLUMN not_before INTEGER NOT NULL DEFAULT 0;
+    CREATE INDEX runs_queue ON runs (queued, not_before);
 ",
 ];
 
@@ -497,6 +505,7 @@ impl SqliteStore {
                 updated_at: r.get(6)?,
                 output: output.and_then(|o| serde_json::from_str(&o).ok()),
                 owner_pid: r.get::<_, Option<i64>>(8)?.map(|p| p as u32),
+                queued: r.get::<_, i64>(9)? != 0,
             },
             status,
         ))
@@ -517,7 +526,7 @@ impl SqliteStore {
 }
 
 const RUN_COLUMNS: &str =
-    "id, agent, task, status, step, started_at, updated_at, output, owner_pid";
+    "id, agent, task, status, step, started_at, updated_at, output, owner_pid, queued";
 
 /// The blocking calls behind [`Journal`], for tools that own the thread
 /// (tests, benchmarks, fuzzers).
@@ -689,6 +698,46 @@ impl SqliteStore {
     pub fn runs(&self) -> Result<Vec<RunRecord>, StoreError> {
         self.recent_runs(u32::MAX)
     }
+
+    pub fn enqueue(&self, run: &str) -> Result<(), StoreError> {
+        let n = self.lock().execute(
+            "UPDATE runs SET queued = 1, queue_gen = queue_gen + 1, claims = 0, not_before = 0
+             WHERE id = ?1",
+            [run],
+        )?;
+        if n == 0 {
+            return Err(StoreError::NoSuchRun(run.to_owned()));
+        }
+        Ok(())
+    }
+
+    pub fn claim(&self, max: u32) -> Result<Vec<Claimed>, StoreError> {
+        let conn = self.lock();
+        let mut stmt = conn.prepare_cached(
+            "UPDATE runs SET claims = claims + 1,
+                not_before = ?1 + MIN(60000, 1000 << MIN(claims, 6))
+             WHERE rid IN (
+                SELECT rid FROM runs WHERE queued = 1 AND not_before <= ?1
+                ORDER BY not_before, rid LIMIT ?2
+             )
+             RETURNING id, queue_gen",
+        )?;
+        let rows = stmt.query_map(params![now_ms(), max], |r| {
+            Ok(Claimed {
+                run: r.get(0)?,
+                gen: r.get(1)?,
+            })
+        })?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    pub fn dequeue(&self, claimed: &Claimed) -> Result<(), StoreError> {
+        self.lock().execute(
+            "UPDATE runs SET queued = 0 WHERE id = ?1 AND queue_gen = ?2",
+            params![claimed.run, claimed.gen],
+        )?;
+        Ok(())
+    }
 }
 
 impl SqliteStore {
@@ -756,6 +805,15 @@ impl Journal for SqliteStore {
     }
     async fn runs(&self) -> Result<Vec<RunRecord>, StoreError> {
         offload(|| SqliteStore::runs(self))
+    }
+    async fn enqueue(&self, run: &str) -> Result<(), StoreError> {
+        offload(|| SqliteStore::enqueue(self, run))
+    }
+    async fn claim(&self, max: u32) -> Result<Vec<Claimed>, StoreError> {
+        offload(|| SqliteStore::claim(self, max))
+    }
+    async fn dequeue(&self, claimed: &Claimed) -> Result<(), StoreError> {
+        offload(|| SqliteStore::dequeue(self, claimed))
     }
     async fn recent_runs(&self, limit: u32) -> Result<Vec<RunRecord>, StoreError> {
         offload(|| SqliteStore::recent_runs(self, limit))
