@@ -276,6 +276,17 @@ impl Backstop {
         Ok(self.journal.get_or_init(|| j).clone())
     }
 
+    /// The state store, if it answers now (within a second): what
+    /// `/healthz` reports, and `backstop_store_up` counts.
+    pub async fn ready(&self) -> Result<Arc<dyn Store>, StoreError> {
+        let checked = match self.store() {
+            Ok(s) => s.ping().await.map(|()| s),
+            Err(e) => Err(e),
+        };
+        self.metrics.store_checked(checked.is_ok());
+        checked
+    }
+
     /// How long until some target of `chain` admits a call.
     pub fn next_probe_in(&self, chain: &str) -> Option<std::time::Duration> {
         let plan = self.config.chain(chain)?;
@@ -447,7 +458,8 @@ impl Backstop {
     /// The metrics in Prometheus's text format: counters since load, and
     /// breaker states and the escalation queue as they are now.
     pub async fn metrics_text(&self) -> String {
-        let queue = match self.store() {
+        // A store that does not answer is said so, not waited for.
+        let queue = match self.ready().await {
             Ok(s) => s
                 .escalation_stats()
                 .await

@@ -114,6 +114,8 @@ pub struct Metrics {
     escalation_oldest: Gauge<f64, AtomicU64>,
     http_requests: Family<HttpRequest, Counter>,
     http_seconds: Family<RouteLabel, Histogram>,
+    store_up: Gauge,
+    store_down: Counter,
     /// Breaker transitions already added to the counters, by target.
     exported: Mutex<HashMap<String, Transitions>>,
 }
@@ -146,6 +148,8 @@ impl Metrics {
             escalation_oldest: Gauge::default(),
             http_requests: Family::default(),
             http_seconds: Family::new_with_constructor(latency_buckets as fn() -> Histogram),
+            store_up: Gauge::default(),
+            store_down: Counter::default(),
             exported: Mutex::new(HashMap::new()),
             registry: Registry::default(),
         };
@@ -214,7 +218,25 @@ impl Metrics {
             "Time to answer a request to the HTTP API, by route",
             m.http_seconds.clone(),
         );
+        registry.register(
+            "store_up",
+            "1 while the state store answers (its last check succeeded), 0 while it does not",
+            m.store_up.clone(),
+        );
+        registry.register(
+            "store_unreachable",
+            "Checks of the state store (readiness, scrapes) that found it unreachable",
+            m.store_down.clone(),
+        );
         Metrics { registry, ..m }
+    }
+
+    /// Records a check of the state store.
+    pub(crate) fn store_checked(&self, up: bool) {
+        self.store_up.set(i64::from(up));
+        if !up {
+            self.store_down.inc();
+        }
     }
 
     fn target(&self, target: &str) -> TargetCounters {

@@ -253,3 +253,182 @@ steps = [
     drop(store);
     drop(rt);
 }
+
+/// A TCP forwarder between a host and PostgreSQL that the test can cut
+/// (every connection dropped, new ones refused at once) and restore: a
+/// host losing its database without touching the server other hosts use.
+struct Cut {
+    port: u16,
+    down: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    conns: std::sync::Arc<std::sync::Mutex<Vec<tokio::task::AbortHandle>>>,
+    _rt: tokio::runtime::Runtime,
+}
+
+impl Cut {
+    fn start(to: std::net::SocketAddr) -> Cut {
+        use std::sync::atomic::Ordering;
+        let rt = tokio::runtime::Runtime::new().unwrap();
+        let listener = rt
+            .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
+            .unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let down = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let conns = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let (d, c) = (down.clone(), conns.clone());
+        rt.spawn(async move {
+            while let Ok((mut inbound, _)) = listener.accept().await {
+                if d.load(Ordering::SeqCst) {
+                    continue; // dropped: refused
+                }
+                let task = tokio::spawn(async move {
+                    if let Ok(mut out) = tokio::net::TcpStream::connect(to).await {
+                        let _ = tokio::io::copy_bidirectional(&mut inbound, &mut out).await;
+                    }
+                });
+                c.lock().unwrap().push(task.abort_handle());
+            }
+        });
+        Cut {
+            port,
+            down,
+            conns,
+            _rt: rt,
+        }
+    }
+
+    fn cut(&self) {
+        self.down.store(true, std::sync::atomic::Ordering::SeqCst);
+        for c in self.conns.lock().unwrap().drain(..) {
+            c.abort();
+        }
+    }
+
+    fn restore(&self) {
+        self.down.store(false, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+/// A host cut off from the database while its run's side effect is under
+/// way: it says so in /healthz and /metrics, starts no step, and once the
+/// database is back the run goes on (here or on the next claim) with the
+/// side effect reconciled, not repeated.
+#[test]
+fn a_host_cut_off_from_the_database_stops_then_goes_on_with_nothing_twice() {
+    let Some(pg) = Scratch::new("postgres::cut") else {
+        return;
+    };
+    let dir = tempdir();
+    std::fs::create_dir_all(dir.path().join("ledger")).unwrap();
+    let server = match &pg.location().config().get_hosts()[0] {
+        tokio_postgres::config::Host::Tcp(h) => h.clone(),
+        other => panic!("the test server is not on TCP: {other:?}"),
+    };
+    let port = pg
+        .location()
+        .config()
+        .get_ports()
+        .first()
+        .copied()
+        .unwrap_or(5432);
+    let to = std::net::ToSocketAddrs::to_socket_addrs(&(server.as_str(), port))
+        .unwrap()
+        .next()
+        .unwrap();
+    let cut = Cut::start(to);
+    let mut at = pg.location().clone();
+    at.lease = std::time::Duration::from_secs(1);
+    let via = at
+        .url()
+        .replacen(&format!(":{port}/"), &format!(":{}/", cut.port), 1);
+    assert!(via.contains(&cut.port.to_string()), "{via}");
+    let text = std::fs::read_to_string(config(dir.path(), &pg))
+        .unwrap()
+        .replace(&pg.state(), &via)
+        + r#"
+[tools.ledger]
+component = "{plugins}/ledger.wasm"
+dirs = [{ host = "{dir}/ledger", guest = "/ledger", mode = "rw" }]
+
+[agents.paid]
+steps = [
+  { name = "a", tool = "fault", input = { mode = "echo", value = "x" } },
+  { name = "b", tool = "ledger", input = { entry = "pay", sleep_before_ms = 700 } },
+  { name = "c", tool = "fault", input = { mode = "echo", value = "done" } },
+]
+"#;
+    let path = write_config(dir.path(), &text);
+    let host = crate::common::serve_with(&path, None, &["--workers", "1"]);
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let api = crate::common::http();
+    let get = |p: &str| {
+        let req = api.get(format!("{}{p}", host.base));
+        rt.block_on(async {
+            let r = req.send().await.unwrap();
+            (r.status().as_u16(), r.text().await.unwrap())
+        })
+    };
+    assert_eq!(get("/healthz").0, 200);
+    // The test's own view of the store, not through the cut.
+    let store = backstop::store::open(&pg.store_location()).unwrap();
+    let id = rt
+        .block_on(async {
+            let req = api
+                .post(format!("{}/v1/runs", host.base))
+                .json(&serde_json::json!({"agent": "paid", "task": "t", "wait": false}));
+            req.send().await.unwrap().json::<serde_json::Value>().await
+        })
+        .unwrap()["run"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    crate::runs::wait_until("the ledger's intent", || {
+        rt.block_on(store.find(&id, 2, backstop::journal::EntryKind::ToolIntent))
+            .unwrap()
+            .is_some()
+    });
+    cut.cut();
+    let (code, body) = get("/healthz");
+    assert_eq!(code, 503, "{body}");
+    assert!(
+        body.contains("not ready") && body.contains("state store"),
+        "{body}"
+    );
+    let (_, metrics) = get("/metrics");
+    assert!(metrics.contains("backstop_store_up 0"), "{metrics}");
+    // The ledger's write happened; its result could not be journaled.
+    crate::runs::wait_until("the ledger's write", || {
+        crate::runs::ledger_counts(dir.path()).get(&format!("{id}:2")) == Some(&1)
+    });
+    std::thread::sleep(std::time::Duration::from_millis(1500));
+    let entries = rt.block_on(store.entries(&id)).unwrap();
+    assert!(
+        !entries
+            .iter()
+            .any(|e| e.step == 3 && e.kind == backstop::journal::EntryKind::ToolIntent),
+        "no step starts while the store is unreachable: {entries:#?}"
+    );
+    cut.restore();
+    crate::runs::wait_until("the run to finish once the store is back", || {
+        let r = rt.block_on(store.run(&id)).unwrap();
+        r.status == backstop::journal::RunStatus::Finished && !r.queued
+    });
+    assert_eq!(get("/healthz").0, 200);
+    let (_, metrics) = get("/metrics");
+    assert!(metrics.contains("backstop_store_up 1"), "{metrics}");
+    assert_eq!(
+        crate::runs::ledger_counts(dir.path()).get(&format!("{id}:2")),
+        Some(&1),
+        "the side effect was reconciled, not repeated"
+    );
+    let entries = rt.block_on(store.entries(&id)).unwrap();
+    for step in 1..=3 {
+        let n = entries
+            .iter()
+            .filter(|e| e.step == step && e.kind == backstop::journal::EntryKind::ToolResult)
+            .count();
+        assert_eq!(n, 1, "step {step}: {entries:#?}");
+    }
+    drop(host);
+    drop(store);
+    drop(rt);
+}

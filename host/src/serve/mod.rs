@@ -443,8 +443,17 @@ pub fn router(backstop: Arc<Backstop>, token: Option<String>) -> Router {
         .layer(middleware::from_fn_with_state(backstop, json_errors))
 }
 
-async fn healthz() -> Json<Value> {
-    Json(json!({"status": "ok"}))
+/// Ready while the state store answers: a host that lost its database
+/// starts no step, so a load balancer should send it nothing.
+async fn healthz(State(b): State<App>) -> Response {
+    match b.ready().await {
+        Ok(_) => Json(json!({"status": "ok"})).into_response(),
+        Err(e) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(json!({"status": "not ready", "store": e.to_string()})),
+        )
+            .into_response(),
+    }
 }
 
 async fn openapi() -> Response {

@@ -269,9 +269,15 @@ pub trait BreakerStore: Send + Sync {
 }
 
 /// Everything a host keeps in its state store.
+#[async_trait]
 pub trait Store: Journal + Queue {
     /// Where the store is, for messages.
     fn location(&self) -> String;
+    /// Whether the store answers now, within a second (readiness checks
+    /// and scrapes ask; a local file always answers).
+    async fn ping(&self) -> Result<(), StoreError> {
+        Ok(())
+    }
     /// The breaker states, on a connection of their own (a breaker's read
     /// must not wait behind a journal's fsync).
     fn breakers(&self) -> Result<Box<dyn BreakerStore>, StoreError>;

@@ -963,9 +963,20 @@ impl Journal for PgStore {
     }
 }
 
+#[async_trait]
 impl Store for PgStore {
     fn location(&self) -> String {
         self.inner.shown.clone()
+    }
+
+    async fn ping(&self) -> Result<(), StoreError> {
+        let inner = self.inner.clone();
+        on_pg(&self.inner.shown, Duration::from_secs(1), async move {
+            let c = inner.client().await?;
+            c.simple_query("SELECT 1").await.map_err(|e| inner.err(e))?;
+            Ok(())
+        })
+        .await
     }
 
     fn breakers(&self) -> Result<Box<dyn BreakerStore>, StoreError> {

@@ -820,6 +820,7 @@ impl Journal for SqliteStore {
     }
 }
 
+#[async_trait]
 impl Store for SqliteStore {
     fn location(&self) -> String {
         self.path.display().to_string()
