@@ -11,6 +11,7 @@ mod demo;
 mod escalations;
 mod guards;
 mod hostile;
+mod hosts;
 mod input;
 mod languages;
 mod layers;

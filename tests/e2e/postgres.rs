@@ -257,15 +257,15 @@ steps = [
 /// A TCP forwarder between a host and PostgreSQL that the test can cut
 /// (every connection dropped, new ones refused at once) and restore: a
 /// host losing its database without touching the server other hosts use.
-struct Cut {
-    port: u16,
+pub struct Cut {
+    pub port: u16,
     down: std::sync::Arc<std::sync::atomic::AtomicBool>,
     conns: std::sync::Arc<std::sync::Mutex<Vec<tokio::task::AbortHandle>>>,
     _rt: tokio::runtime::Runtime,
 }
 
 impl Cut {
-    fn start(to: std::net::SocketAddr) -> Cut {
+    pub fn start(to: std::net::SocketAddr) -> Cut {
         use std::sync::atomic::Ordering;
         let rt = tokio::runtime::Runtime::new().unwrap();
         let listener = rt
@@ -296,16 +296,39 @@ impl Cut {
         }
     }
 
-    fn cut(&self) {
+    pub fn cut(&self) {
         self.down.store(true, std::sync::atomic::Ordering::SeqCst);
         for c in self.conns.lock().unwrap().drain(..) {
             c.abort();
         }
     }
 
-    fn restore(&self) {
+    pub fn restore(&self) {
         self.down.store(false, std::sync::atomic::Ordering::SeqCst);
     }
+}
+
+/// A forwarder to `pg`'s server, and the `state` URL (with `lease`) that
+/// reaches the server through it.
+pub fn through_a_cut(pg: &Scratch, lease: std::time::Duration) -> (Cut, String) {
+    let config = pg.location().config();
+    let server = match &config.get_hosts()[0] {
+        tokio_postgres::config::Host::Tcp(h) => h.clone(),
+        other => panic!("the test server is not on TCP: {other:?}"),
+    };
+    let port = config.get_ports().first().copied().unwrap_or(5432);
+    let to = std::net::ToSocketAddrs::to_socket_addrs(&(server.as_str(), port))
+        .unwrap()
+        .next()
+        .unwrap();
+    let cut = Cut::start(to);
+    let mut at = pg.location().clone();
+    at.lease = lease;
+    let via = at
+        .url()
+        .replacen(&format!(":{port}/"), &format!(":{}/", cut.port), 1);
+    assert!(via.contains(&cut.port.to_string()), "{via}");
+    (cut, via)
 }
 
 /// A host cut off from the database while its run's side effect is under
@@ -319,28 +342,7 @@ fn a_host_cut_off_from_the_database_stops_then_goes_on_with_nothing_twice() {
     };
     let dir = tempdir();
     std::fs::create_dir_all(dir.path().join("ledger")).unwrap();
-    let server = match &pg.location().config().get_hosts()[0] {
-        tokio_postgres::config::Host::Tcp(h) => h.clone(),
-        other => panic!("the test server is not on TCP: {other:?}"),
-    };
-    let port = pg
-        .location()
-        .config()
-        .get_ports()
-        .first()
-        .copied()
-        .unwrap_or(5432);
-    let to = std::net::ToSocketAddrs::to_socket_addrs(&(server.as_str(), port))
-        .unwrap()
-        .next()
-        .unwrap();
-    let cut = Cut::start(to);
-    let mut at = pg.location().clone();
-    at.lease = std::time::Duration::from_secs(1);
-    let via = at
-        .url()
-        .replacen(&format!(":{port}/"), &format!(":{}/", cut.port), 1);
-    assert!(via.contains(&cut.port.to_string()), "{via}");
+    let (cut, via) = through_a_cut(&pg, std::time::Duration::from_secs(1));
     let text = std::fs::read_to_string(config(dir.path(), &pg))
         .unwrap()
         .replace(&pg.state(), &via)

@@ -23,6 +23,7 @@ mod load;
 mod mcp;
 mod startup;
 mod stats;
+mod stores;
 mod wasm;
 
 use stats::fmt;
@@ -181,6 +182,10 @@ fn main() {
         match only.to_str() {
             Some("load") => eprintln!("{}", load::run(if quick { 10 } else { 60 }, 200)),
             Some("journal") => eprintln!("{}", journal::run(if quick { 1_000 } else { 10_000 })),
+            Some("stores") => eprintln!(
+                "{}",
+                stores::section(&stores::measure(200, if quick { 5 } else { 15 }))
+            ),
             Some(path) if wasm::PATHS.contains(&path) => wasm::spin(
                 root,
                 path,
@@ -234,7 +239,9 @@ fn main() {
                 let m = mcp::measure(root, samples, 300);
                 eprintln!("{}", mcp_section(&m));
             }
-            _ => eprintln!("BENCH_ONLY: load, journal, wasm, guard, api, mcp or containment"),
+            _ => {
+                eprintln!("BENCH_ONLY: load, journal, stores, wasm, guard, api, mcp or containment")
+            }
         }
         return;
     }
@@ -264,6 +271,8 @@ fn main() {
     );
     eprintln!("report: journal");
     let journal = journal::run(if quick { 1_000 } else { 10_000 });
+    eprintln!("report: stores");
+    let stores = stores::measure(200, if quick { 5 } else { 15 });
     eprintln!("report: thundering herd");
     let herd_runs = if quick { 5 } else { 100 };
     eprintln!("report: deadline");
@@ -680,6 +689,7 @@ fn main() {
         stored / raw payload <= 2; resume of a 10,000-step run <= 100 ms.\n"
     );
     p!(page, "```\n{}```\n", journal);
+    p!(page, "{}", stores::section(&stores));
 
     p!(page, "## 5. Thundering herd\n");
     p!(

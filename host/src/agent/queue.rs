@@ -8,7 +8,10 @@
 //! ends (SQLite: by the next `serve` on the machine). A worker that stops
 //! with an error another attempt may cure (the store unreachable, the run
 //! held elsewhere) leaves the run queued; it is claimed again later, each
-//! time later still (1 s, doubling, at most a minute). One that no attempt
+//! time later still (1 s, doubling, at most a minute) while it makes no
+//! progress: a journal write starts the count again, so only a run that
+//! keeps failing (or keeps killing its host) before any progress waits
+//! long. One that no attempt
 //! can cure (the agent gone, the config drifted, damage) takes it out and
 //! says why in the log: a person resumes it by hand.
 
@@ -62,12 +65,26 @@ impl Default for Workers {
     }
 }
 
-/// Whether another attempt cannot change how `e` ends.
+/// Whether another attempt cannot change how `e` ends: the run's own
+/// records or the config say no. Anything about reaching the store, or
+/// who holds the run, may change by the next attempt.
 fn permanent(e: &RunError) -> bool {
+    use crate::store::QueueError;
+    let store = |s: &StoreError| matches!(s, StoreError::Damaged { .. } | StoreError::NoSuchRun(_));
     match e {
-        RunError::Store(s) => matches!(s, StoreError::Damaged { .. } | StoreError::NoSuchRun(_)),
-        RunError::Busy { .. } => false,
-        _ => true,
+        RunError::Store(s) => store(s),
+        RunError::Queue { source, .. } => match source {
+            QueueError::Store(s) => store(s),
+            QueueError::NoSuch(_) | QueueError::NotAllowed { .. } => true,
+        },
+        RunError::Busy { .. } | RunError::Lock { .. } => false,
+        RunError::UnknownAgent { .. }
+        | RunError::McpCall { .. }
+        | RunError::Drift { .. }
+        | RunError::AgentGone { .. }
+        | RunError::Template { .. }
+        | RunError::BadAnswer { .. }
+        | RunError::UnknownChain { .. } => true,
     }
 }
 

@@ -154,3 +154,17 @@ fn bad_values() {
         "{e:?}"
     );
 }
+
+#[test]
+fn where_the_state_is_kept_is_not_part_of_the_digest_runs_compare() {
+    let dir = tempfile::tempdir().unwrap();
+    let with = |state: &str, extra: &str| {
+        let text = format!("state = \"{state}\"\n{extra}");
+        Config::from_str(&text, "t.toml", dir.path())
+            .unwrap()
+            .digest
+    };
+    let a = with("postgres://h:5432/d?schema=s", "");
+    assert_eq!(a, with("postgres://h:6432/d?schema=s&pool_size=4", ""));
+    assert_ne!(a, with("postgres://h:5432/d?schema=s", "seed = 1\n"));
+}

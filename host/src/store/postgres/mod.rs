@@ -563,7 +563,7 @@ impl Inner {
         let stmt = c
             .prepare_cached(&format!(
                 "WITH r AS (
-                    UPDATE runs SET updated_at = $6, step = GREATEST(step, $4),
+                    UPDATE runs SET updated_at = $6, step = GREATEST(step, $4), claims = 0,
                         lease_until = CASE WHEN $8::BIGINT IS NULL THEN lease_until
                             ELSE GREATEST(lease_until, {NOW_MS} + $9) END
                     WHERE id = $1 AND {}
@@ -933,9 +933,14 @@ impl Journal for PgStore {
         let claimed = claimed.clone();
         self.with(|s| async move {
             let c = s.client().await?;
+            // Not while another host drives it: that host took it over
+            // from this one, and takes it out when it stops.
             c.execute(
-                "UPDATE runs SET queued = false WHERE id = $1 AND queue_gen = $2",
-                &[&claimed.run, &claimed.gen],
+                &format!(
+                    "UPDATE runs SET queued = false WHERE id = $1 AND queue_gen = $2
+                     AND (lease_owner IS NULL OR lease_until < {NOW_MS} OR lease_owner = $3)"
+                ),
+                &[&claimed.run, &claimed.gen, &s.me.shown],
             )
             .await
             .map_err(|e| s.err(e))?;

@@ -565,7 +565,7 @@ impl SqliteStore {
             params![rid, seq, kind.as_str(), step as i64, text, sum, now],
         )?;
         tx.execute(
-            "UPDATE runs SET updated_at = ?2, step = MAX(step, ?3) WHERE rid = ?1",
+            "UPDATE runs SET updated_at = ?2, step = MAX(step, ?3), claims = 0 WHERE rid = ?1",
             params![rid, now, step as i64],
         )?;
         tx.commit()?;
