@@ -216,3 +216,69 @@ async fn the_api_sets_breakers_and_a_server_takes_on_a_change_from_the_shell() {
     .await;
     assert_eq!(code, 400, "{e}");
 }
+
+/// `shared_failures`: failures counted by every process sharing the store.
+/// Four separate `backstop call` processes each fail once: each alone has
+/// one failure, yet the third failure anywhere opens the breaker, and the
+/// fourth process finds it open. A breaker without the setting counts per
+/// process and never opens this way.
+fn failures_from_many_processes_open_a_shared_breaker(backend: crate::runs::Backend) {
+    let dir = tempdir();
+    let pg = match backend {
+        crate::runs::Backend::Sqlite => None,
+        crate::runs::Backend::Postgres => {
+            match backstop::store::postgres::scratch::Scratch::new("breakers::shared") {
+                Some(pg) => Some(pg),
+                None => return,
+            }
+        }
+    };
+    let state = pg
+        .as_ref()
+        .map_or("sqlite:{dir}/state.db".to_owned(), |pg| pg.state());
+    let path = write_config(
+        dir.path(),
+        &format!(
+            r#"state = "{state}"
+{PRELUDE}
+[tools.flaky]
+component = "{{plugins}}/fault.wasm"
+retry = {{ attempts = 1 }}
+breaker = {{ consecutive_failures = 0, failure_rate = 0.0, shared_failures = 3, open_for = "1h" }}
+
+[tools.own]
+component = "{{plugins}}/fault.wasm"
+retry = {{ attempts = 1 }}
+breaker = {{ consecutive_failures = 2, failure_rate = 0.0, open_for = "1h" }}
+"#
+        ),
+    );
+    let class = |tool: &str| {
+        let (_, out, err) = backstop(
+            &path,
+            &["call", tool, "--input", &fail().to_string(), "--json"],
+        );
+        let o: Value = serde_json::from_str(&out).unwrap_or_else(|_| panic!("{out}{err}"));
+        o["attempts"][0]["class"].as_str().unwrap().to_owned()
+    };
+    let seen: Vec<String> = (0..4).map(|_| class("flaky")).collect();
+    assert_eq!(
+        seen,
+        ["unavailable", "unavailable", "unavailable", "circuit-open"],
+        "the third failure, in a third process, opened it for the fourth"
+    );
+    let own: Vec<String> = (0..4).map(|_| class("own")).collect();
+    assert_eq!(own, ["unavailable"; 4], "per-process counts never reach 2");
+    drop(pg);
+}
+
+mod failures_from_many_processes_open_a_shared_breaker {
+    #[test]
+    fn sqlite() {
+        super::failures_from_many_processes_open_a_shared_breaker(crate::runs::Backend::Sqlite)
+    }
+    #[test]
+    fn postgres() {
+        super::failures_from_many_processes_open_a_shared_breaker(crate::runs::Backend::Postgres)
+    }
+}

@@ -395,6 +395,10 @@ steps = [
         body.contains("not ready") && body.contains("state store"),
         "{body}"
     );
+    assert!(
+        !body.contains("postgres://") && !body.contains("127.0.0.1"),
+        "an answer without a token names no host: {body}"
+    );
     let (_, metrics) = get("/metrics");
     assert!(metrics.contains("backstop_store_up 0"), "{metrics}");
     // The ledger's write happened; its result could not be journaled.

@@ -50,6 +50,7 @@ fn policy(consecutive_failures: u32) -> BreakerPolicy {
         half_open_probes: 1,
         probe_timeout: Duration::from_secs(30),
         close_after: 1,
+        shared_failures: 0,
     }
 }
 

@@ -54,6 +54,7 @@ pub(super) fn resolve_breaker(defaults: &BreakerSpec, over: Option<&BreakerSpec>
         half_open_probes: o.half_open_probes.or(d.half_open_probes).unwrap_or(1),
         probe_timeout: dur(o.probe_timeout, d.probe_timeout, 30),
         close_after: o.close_after.or(d.close_after).unwrap_or(1),
+        shared_failures: o.shared_failures.or(d.shared_failures).unwrap_or(0),
     }
 }
 

@@ -234,6 +234,10 @@ pub struct BreakerSpec {
     /// Successful probes needed to close.
     #[serde(default, deserialize_with = "probes")]
     pub close_after: Option<u32>,
+    /// Open when this many failures, counted by every host sharing the
+    /// state store, land within `window` (0, the default, disables).
+    #[serde(default, deserialize_with = "count")]
+    pub shared_failures: Option<u32>,
 }
 
 #[derive(Deserialize, Debug)]

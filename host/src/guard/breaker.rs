@@ -24,6 +24,11 @@ pub struct BreakerPolicy {
     pub half_open_probes: u32,
     pub probe_timeout: Duration,
     pub close_after: u32,
+    /// Open when this many failures, counted by every host sharing the
+    /// state store, land within `window`; 0 disables the trigger (each
+    /// host then counts only its own). Each failed call then costs a write
+    /// to the store.
+    pub shared_failures: u32,
 }
 
 /// The breaker's state, as operators see it.
@@ -346,6 +351,16 @@ impl Breaker {
         self.buckets = [Bucket::default(); BUCKETS];
     }
 
+    /// Opens a closed breaker because failures counted elsewhere (by
+    /// every host) reached its shared trigger; an operator's hold, or a
+    /// breaker already open or probing, is left as it is.
+    pub fn trip(&mut self, now: Instant) {
+        self.expire(now);
+        if self.forced.is_none() && matches!(self.state, State::Closed) {
+            self.open(now);
+        }
+    }
+
     /// How long until the breaker admits a call (zero when it would now).
     pub fn retry_in(&mut self, now: Instant) -> Duration {
         self.expire(now);
@@ -540,6 +555,7 @@ mod tests {
             half_open_probes: 1,
             probe_timeout: Duration::from_secs(2),
             close_after: 2,
+            shared_failures: 0,
         }
     }
 

@@ -250,6 +250,20 @@ impl ChainTarget {
     ) {
         let mut guard = lock(b);
         guard.record(permit, failed, now);
+        let shared = guard.policy().shared_failures;
+        if failed && shared > 0 {
+            if let Some(sync) = &self.sync {
+                // Counted for every host, with the lock released: the
+                // failure path alone pays the store's round trip.
+                let window = guard.policy().window;
+                drop(guard);
+                let reached = sync.count_failure(&self.name, shared, window);
+                guard = lock(b);
+                if reached {
+                    guard.trip(now);
+                }
+            }
+        }
         if !span.is_disabled() {
             span.record("breaker", guard.state(now).as_str());
         }

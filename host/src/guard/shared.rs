@@ -86,6 +86,23 @@ impl BreakerSync {
         })
     }
 
+    /// Counts a failed call of `target` for every process and says whether
+    /// the count reached `trigger`. A store that cannot be asked counts
+    /// nothing: the breaker then stands on this process's own counts.
+    pub(crate) fn count_failure(&self, target: &str, trigger: u32, window: Duration) -> bool {
+        let ms = i64::try_from(window.as_millis()).unwrap_or(i64::MAX / 2);
+        match self.store.count_failure(target, ms) {
+            Ok(n) => n >= trigger,
+            Err(e) => {
+                tracing::warn!(
+                    target_name = target,
+                    "cannot count the failure for all: {e}"
+                );
+                false
+            }
+        }
+    }
+
     /// Writes an operator's `action` for the other processes (this one's
     /// breaker already has it).
     pub(crate) fn set(

@@ -445,14 +445,23 @@ pub fn router(backstop: Arc<Backstop>, token: Option<String>) -> Router {
 
 /// Ready while the state store answers: a host that lost its database
 /// starts no step, so a load balancer should send it nothing.
+///
+/// The route needs no token, so the answer names no host, user or path:
+/// the reason goes to the log.
 async fn healthz(State(b): State<App>) -> Response {
     match b.ready().await {
         Ok(_) => Json(json!({"status": "ok"})).into_response(),
-        Err(e) => (
-            StatusCode::SERVICE_UNAVAILABLE,
-            Json(json!({"status": "not ready", "store": e.to_string()})),
-        )
-            .into_response(),
+        Err(e) => {
+            tracing::warn!(error = %e, "not ready: the state store does not answer");
+            (
+                StatusCode::SERVICE_UNAVAILABLE,
+                Json(json!({
+                    "status": "not ready",
+                    "store": "the state store does not answer (the server's log says why)",
+                })),
+            )
+                .into_response()
+        }
     }
 }
 

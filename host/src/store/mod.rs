@@ -266,6 +266,10 @@ pub trait BreakerStore: Send + Sync {
     /// states hold until the next reset. `by` says who; returns the row's
     /// new version.
     fn set(&self, target: &str, state: RowState, by: &str, writer: i64) -> Result<i64, StoreError>;
+    /// Counts one failed call of `target` for every process sharing the
+    /// store; returns the failures counted since the count began, within
+    /// `window_ms` of its first (an open or close starts it again).
+    fn count_failure(&self, target: &str, window_ms: i64) -> Result<u32, StoreError>;
 }
 
 /// Everything a host keeps in its state store.

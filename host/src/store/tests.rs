@@ -254,6 +254,27 @@ async fn breaker_writes_are_versioned_and_forced_states_hold(f: Fixture) {
     assert_eq!(s.set("t", RowState::Closed, "bob", 1).unwrap(), 5);
     assert_eq!(s.write("t", Some(9_000), 2).unwrap(), 6);
     assert_eq!(s.read("t").unwrap().unwrap().set_by, "");
+    // Failures counted for every handle (host), within a window.
+    assert_eq!(s.count_failure("f", 60_000).unwrap(), 1);
+    assert_eq!(other.count_failure("f", 60_000).unwrap(), 2);
+    assert_eq!(s.count_failure("f", 60_000).unwrap(), 3);
+    s.write("f", Some(9_000), 1).unwrap();
+    assert_eq!(
+        other.count_failure("f", 60_000).unwrap(),
+        1,
+        "an open starts it again"
+    );
+    assert_eq!(s.count_failure("g", 1).unwrap(), 1);
+    std::thread::sleep(std::time::Duration::from_millis(5));
+    assert_eq!(s.count_failure("g", 1).unwrap(), 1, "the window ended");
+    s.set("f", RowState::Closed, "ops", 1).unwrap();
+    assert_eq!(
+        s.count_failure("f", 60_000).unwrap(),
+        1,
+        "a reset starts it again"
+    );
+    // A row the count made is closed and unversioned: no host adopts it.
+    assert_eq!(s.read("g").unwrap().unwrap().version, 0);
 }
 
 async fn migrating_again_is_a_no_op_and_a_newer_schema_is_refused(f: Fixture) {

@@ -146,7 +146,8 @@ impl BreakerStore for PgBreakers {
                         opened = breakers.opened + excluded.opened,
                         version = breakers.version + 1,
                         writer = excluded.writer, updated_at = excluded.updated_at,
-                        probes = 0, probe_until = 0, set_by = ''
+                        probes = 0, probe_until = 0, set_by = '',
+                        failures = 0, failures_until = 0
                      WHERE breakers.state NOT IN ('forced-open', 'forced-closed')
                      RETURNING version",
                 )
@@ -178,6 +179,32 @@ impl BreakerStore for PgBreakers {
         })
     }
 
+    fn count_failure(&self, target: &str, window_ms: i64) -> Result<u32, StoreError> {
+        let target = target.to_owned();
+        self.run(move |s| async move {
+            let c = s.client().await?;
+            let stmt = c
+                .prepare_cached(
+                    "INSERT INTO breakers (target, state, updated_at, failures, failures_until)
+                     VALUES ($1, 'closed', $2::BIGINT, 1, $2::BIGINT + $3::BIGINT)
+                     ON CONFLICT (target) DO UPDATE SET
+                        failures = CASE WHEN breakers.failures_until <= $2::BIGINT THEN 1
+                            ELSE breakers.failures + 1 END,
+                        failures_until = CASE WHEN breakers.failures_until <= $2::BIGINT
+                            THEN $2::BIGINT + $3::BIGINT ELSE breakers.failures_until END
+                     RETURNING failures",
+                )
+                .await
+                .map_err(|e| s.err(e))?;
+            let n: i64 = c
+                .query_one(&stmt, &[&target, &now_ms(), &window_ms])
+                .await
+                .map_err(|e| s.err(e))?
+                .get(0);
+            Ok(n.clamp(0, i64::from(u32::MAX)) as u32)
+        })
+    }
+
     fn set(&self, target: &str, state: RowState, by: &str, writer: i64) -> Result<i64, StoreError> {
         let (target, by) = (target.to_owned(), by.to_owned());
         // An operator's act: the longer bound, and never refused for the
@@ -198,7 +225,7 @@ impl BreakerStore for PgBreakers {
                             ELSE excluded.opened END,
                         version = breakers.version + 1, writer = excluded.writer,
                         updated_at = excluded.updated_at, probes = 0, probe_until = 0,
-                        set_by = excluded.set_by
+                        set_by = excluded.set_by, failures = 0, failures_until = 0
                      RETURNING version",
                     &[&target, &state.as_str(), &opened, &writer, &now_ms(), &by],
                 )

@@ -122,6 +122,12 @@ const MIGRATIONS: &[&str] = &[
         ADD COLUMN not_before BIGINT NOT NULL DEFAULT 0;
     CREATE INDEX runs_queue ON runs (not_before, rid) WHERE queued;
 ",
+    "
+    -- Failures counted by every host (a breaker's `shared_failures`).
+    ALTER TABLE breakers
+        ADD COLUMN failures BIGINT NOT NULL DEFAULT 0,
+        ADD COLUMN failures_until BIGINT NOT NULL DEFAULT 0;
+",
 ];
 
 /// The database's clock in Unix ms: leases are timed by it alone, so hosts

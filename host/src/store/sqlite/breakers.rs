@@ -152,7 +152,7 @@ impl BreakerStore for SqliteBreakers {
                 state = excluded.state, open_until = excluded.open_until,
                 opened = opened + excluded.opened, version = version + 1,
                 writer = excluded.writer, updated_at = excluded.updated_at,
-                probes = 0, probe_until = 0, set_by = ''
+                probes = 0, probe_until = 0, set_by = '', failures = 0, failures_until = 0
              WHERE breakers.state NOT IN ('forced-open', 'forced-closed')
              RETURNING version",
         )?;
@@ -177,6 +177,21 @@ impl BreakerStore for SqliteBreakers {
         }
     }
 
+    fn count_failure(&self, target: &str, window_ms: i64) -> Result<u32, StoreError> {
+        let conn = self.lock();
+        let mut stmt = conn.prepare_cached(
+            "INSERT INTO breakers (target, state, updated_at, failures, failures_until)
+             VALUES (?1, 'closed', ?2, 1, ?2 + ?3)
+             ON CONFLICT (target) DO UPDATE SET
+                failures = CASE WHEN failures_until <= ?2 THEN 1 ELSE failures + 1 END,
+                failures_until = CASE WHEN failures_until <= ?2 THEN ?2 + ?3
+                    ELSE failures_until END
+             RETURNING failures",
+        )?;
+        let n: i64 = stmt.query_row(params![target, now_ms(), window_ms], |r| r.get(0))?;
+        Ok(n.clamp(0, i64::from(u32::MAX)) as u32)
+    }
+
     fn set(&self, target: &str, state: RowState, by: &str, writer: i64) -> Result<i64, StoreError> {
         let conn = self.lock();
         let opened = i64::from(state == RowState::ForcedOpen);
@@ -190,7 +205,7 @@ impl BreakerStore for SqliteBreakers {
                     THEN 0 ELSE excluded.opened END,
                 version = version + 1, writer = excluded.writer,
                 updated_at = excluded.updated_at, probes = 0, probe_until = 0,
-                set_by = excluded.set_by
+                set_by = excluded.set_by, failures = 0, failures_until = 0
              RETURNING version",
             params![target, state, opened, writer, now_ms(), by],
             |r| r.get(0),

@@ -93,6 +93,11 @@ const MIGRATIONS: &[&str] = &[
     ALTER TABLE runs ADD COLUMN not_before INTEGER NOT NULL DEFAULT 0;
     CREATE INDEX runs_queue ON runs (queued, not_before);
 ",
+    // Failures counted by every process (a breaker's `shared_failures`).
+    "
+    ALTER TABLE breakers ADD COLUMN failures INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE breakers ADD COLUMN failures_until INTEGER NOT NULL DEFAULT 0;
+",
 ];
 
 /// A read-only connection. When even that cannot be had (SQLite must make
