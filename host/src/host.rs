@@ -138,7 +138,7 @@ impl Backstop {
         let breakers = match store {
             Ok(store) => breakers.shared(guard::shared::BreakerSync::new(
                 store,
-                guard::shared::SYNC_EVERY,
+                config.engine.breaker_sync,
             )),
             Err(e) => {
                 tracing::warn!("breaker states stay in this process: {e}");

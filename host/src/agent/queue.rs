@@ -28,8 +28,7 @@ pub async fn enqueue(host: &dyn Host, agent: &str, task: &str) -> Result<String,
     let agent = resume::agent(host, agent)?;
     let journal = host.journal()?;
     let id = new_run_id();
-    journal.create_run(&id, &agent.name, task).await?;
-    journal.enqueue(&id).await?;
+    journal.create_queued_run(&id, &agent.name, task).await?;
     Ok(id)
 }
 

@@ -179,6 +179,8 @@ pub struct EngineConfig {
     pub max_message: usize,
     pub max_description: usize,
     pub max_schema: usize,
+    /// How often a target's shared breaker row is read, at most.
+    pub breaker_sync: Duration,
 }
 
 /// The host-wide bulkhead when the config sets none: below the pooling

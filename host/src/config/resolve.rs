@@ -230,6 +230,10 @@ impl Loader<'_> {
                     .max_description
                     .map_or(16 << 10, |b| b.0 as usize),
                 max_schema: file.engine.max_schema.map_or(256 << 10, |b| b.0 as usize),
+                breaker_sync: file
+                    .engine
+                    .breaker_sync
+                    .map_or(crate::guard::shared::SYNC_EVERY, |d| d.0),
                 guest_threads: file.engine.guest_threads.map_or_else(
                     || std::thread::available_parallelism().map_or(2, |n| n.get()),
                     |n| n as usize,

@@ -172,6 +172,10 @@ pub struct EngineSpec {
     /// Largest schema a tool may declare; a larger one is a load error.
     #[serde(default, deserialize_with = "schema_size")]
     pub max_schema: Option<ByteSize>,
+    /// How stale this host's view of a breaker changed elsewhere may be
+    /// (another host, a `backstop breakers` command): it reads a target's
+    /// shared row at most this often, just before calling it.
+    pub breaker_sync: Option<PositiveDur>,
 }
 
 #[derive(Deserialize, Debug, Default)]

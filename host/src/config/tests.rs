@@ -168,3 +168,14 @@ fn where_the_state_is_kept_is_not_part_of_the_digest_runs_compare() {
     assert_eq!(a, with("postgres://h:6432/d?schema=s&pool_size=4", ""));
     assert_ne!(a, with("postgres://h:5432/d?schema=s", "seed = 1\n"));
 }
+
+#[test]
+fn the_breaker_sync_interval_is_a_setting() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = Config::from_str("", "t.toml", dir.path()).unwrap();
+    assert_eq!(c.engine.breaker_sync, crate::guard::shared::SYNC_EVERY);
+    let c = Config::from_str("[engine]\nbreaker_sync = \"2s\"\n", "t.toml", dir.path()).unwrap();
+    assert_eq!(c.engine.breaker_sync, Duration::from_secs(2));
+    let e = err("[engine]\nbreaker_sync = \"0s\"\n");
+    assert!(e.key.contains("breaker_sync"), "{e:?}");
+}

@@ -11,7 +11,8 @@ use crate::store::{BreakerRow, BreakerStore, RowState};
 use std::time::Duration;
 use tokio::time::Instant;
 
-/// How stale a process's view of another's breaker may be.
+/// How stale a process's view of another's breaker may be, unless the
+/// config's `[engine] breaker_sync` says otherwise.
 pub const SYNC_EVERY: Duration = Duration::from_millis(250);
 
 pub struct BreakerSync {

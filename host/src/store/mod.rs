@@ -122,6 +122,9 @@ impl From<rusqlite::Error> for QueueError {
 #[async_trait]
 pub trait Journal: Send + Sync {
     async fn create_run(&self, id: &str, agent: &str, task: &str) -> Result<(), StoreError>;
+    /// [`Journal::create_run`] and [`Journal::enqueue`] in one write, so no
+    /// crash between them leaves a run nobody will drive.
+    async fn create_queued_run(&self, id: &str, agent: &str, task: &str) -> Result<(), StoreError>;
     /// Appends an entry and returns its `seq`.
     async fn append(
         &self,

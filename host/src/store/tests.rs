@@ -62,7 +62,43 @@ on_every_backend!(
     first_resolution_wins_and_secrets_are_redacted,
     breaker_writes_are_versioned_and_forced_states_hold,
     migrating_again_is_a_no_op_and_a_newer_schema_is_refused,
+    the_run_queue_claims_due_runs_and_dequeues_by_generation,
 );
+
+async fn the_run_queue_claims_due_runs_and_dequeues_by_generation(f: Fixture) {
+    use crate::journal::Claimed;
+    let q = &f.store;
+    q.create_queued_run("r1", "a", "t").await.unwrap();
+    q.create_run("r2", "a", "t").await.unwrap();
+    assert!(q.run("r1").await.unwrap().queued);
+    assert!(!q.run("r2").await.unwrap().queued);
+    let claimed = q.claim(10).await.unwrap();
+    let first = Claimed {
+        run: "r1".into(),
+        gen: 1,
+    };
+    assert_eq!(claimed, std::slice::from_ref(&first));
+    assert!(
+        q.claim(10).await.unwrap().is_empty(),
+        "claimed: not due again yet"
+    );
+    // Queued again meanwhile (a person resolved it): the old claim cannot
+    // take it out of the queue.
+    q.enqueue("r1").await.unwrap();
+    q.dequeue(&first).await.unwrap();
+    assert!(q.run("r1").await.unwrap().queued);
+    q.drop_lease("r1");
+    let again = q.claim(10).await.unwrap();
+    assert_eq!(again.len(), 1);
+    assert_eq!(again[0].gen, 2);
+    q.dequeue(&again[0]).await.unwrap();
+    assert!(!q.run("r1").await.unwrap().queued);
+    q.drop_lease("r1");
+    assert!(matches!(
+        q.enqueue("nope").await,
+        Err(StoreError::NoSuchRun(_))
+    ));
+}
 
 async fn appends_loads_and_snapshots(f: Fixture) {
     let j = &f.store;

@@ -688,24 +688,11 @@ fn record_at(r: &tokio_postgres::Row, at: usize) -> Result<RunRecord, StoreError
 #[async_trait]
 impl Journal for PgStore {
     async fn create_run(&self, id: &str, agent: &str, task: &str) -> Result<(), StoreError> {
-        let (id, agent, task) = (id.to_owned(), agent.to_owned(), task.to_owned());
-        self.with(|s| async move {
-            let c = s.client().await?;
-            let now = super::now_ms();
-            let stmt = c
-                .prepare_cached(
-                    "INSERT INTO runs (id, agent, task, status, step, started_at, updated_at)
-                     VALUES ($1, $2, $3, 'running', 0, $4, $4)",
-                )
-                .await
-                .map_err(|e| s.err(e))?;
-            c.execute(&stmt, &[&id, &agent, &task, &now])
-                .await
-                .map_err(|e| s.err(e))?;
-            s.seqs().insert(id, 1);
-            Ok(())
-        })
-        .await
+        self.insert_run(id, agent, task, false).await
+    }
+
+    async fn create_queued_run(&self, id: &str, agent: &str, task: &str) -> Result<(), StoreError> {
+        self.insert_run(id, agent, task, true).await
     }
 
     async fn append(
@@ -996,6 +983,37 @@ impl Store for PgStore {
 }
 
 impl PgStore {
+    async fn insert_run(
+        &self,
+        id: &str,
+        agent: &str,
+        task: &str,
+        queued: bool,
+    ) -> Result<(), StoreError> {
+        let (id, agent, task) = (id.to_owned(), agent.to_owned(), task.to_owned());
+        self.with(|s| async move {
+            let c = s.client().await?;
+            let now = super::now_ms();
+            let stmt = c
+                .prepare_cached(
+                    "INSERT INTO runs
+                        (id, agent, task, status, step, started_at, updated_at, queued, queue_gen)
+                     VALUES ($1, $2, $3, 'running', 0, $4, $4, $5, $6)",
+                )
+                .await
+                .map_err(|e| s.err(e))?;
+            c.execute(
+                &stmt,
+                &[&id, &agent, &task, &now, &queued, &i64::from(queued)],
+            )
+            .await
+            .map_err(|e| s.err(e))?;
+            s.seqs().insert(id, 1);
+            Ok(())
+        })
+        .await
+    }
+
     /// Whether this store was opened for reading only.
     pub fn is_read_only(&self) -> bool {
         self.read_only

@@ -537,11 +537,26 @@ const RUN_COLUMNS: &str =
 /// (tests, benchmarks, fuzzers).
 impl SqliteStore {
     pub fn create_run(&self, id: &str, agent: &str, task: &str) -> Result<(), StoreError> {
+        self.insert_run(id, agent, task, false)
+    }
+
+    pub fn create_queued_run(&self, id: &str, agent: &str, task: &str) -> Result<(), StoreError> {
+        self.insert_run(id, agent, task, true)
+    }
+
+    fn insert_run(
+        &self,
+        id: &str,
+        agent: &str,
+        task: &str,
+        queued: bool,
+    ) -> Result<(), StoreError> {
         let now = now_ms();
+        let q = i64::from(queued);
         self.lock().execute(
-            "INSERT INTO runs (id, agent, task, status, step, started_at, updated_at) VALUES (?1, \
-                ?2, ?3, 'running', 0, ?4, ?4)",
-            params![id, agent, task, now],
+            "INSERT INTO runs (id, agent, task, status, step, started_at, updated_at, queued, \
+                queue_gen) VALUES (?1, ?2, ?3, 'running', 0, ?4, ?4, ?5, ?5)",
+            params![id, agent, task, now, q],
         )?;
         Ok(())
     }
@@ -766,6 +781,9 @@ impl SqliteStore {
 impl Journal for SqliteStore {
     async fn create_run(&self, id: &str, agent: &str, task: &str) -> Result<(), StoreError> {
         offload(|| SqliteStore::create_run(self, id, agent, task))
+    }
+    async fn create_queued_run(&self, id: &str, agent: &str, task: &str) -> Result<(), StoreError> {
+        offload(|| SqliteStore::create_queued_run(self, id, agent, task))
     }
     async fn append(
         &self,
