@@ -250,8 +250,13 @@ impl ChainTarget {
     ) {
         let mut guard = lock(b);
         guard.record(permit, failed, now);
-        let shared = guard.policy().shared_failures;
-        if failed && shared > 0 {
+        // Read only on a failure: a success's path stays as it was.
+        let shared = if failed {
+            guard.policy().shared_failures
+        } else {
+            0
+        };
+        if shared > 0 {
             if let Some(sync) = &self.sync {
                 // Counted for every host, with the lock released: the
                 // failure path alone pays the store's round trip.

@@ -4,7 +4,7 @@
 //! columns.
 
 use super::{QueueError, StoreError};
-use crate::escalation::{Escalation, Resolution};
+use crate::escalation::{Escalation, Resolution, Stats};
 use crate::journal::{Entry, EntryKind, RunRecord, RunStatus, Snapshot};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
@@ -159,4 +159,21 @@ pub(crate) fn check_allowed(
             .collect::<Vec<_>>()
             .join(", "),
     })
+}
+
+/// The queue's figures from its open escalations counted by reason
+/// (reason, count, oldest `created_at`) and the resolved count.
+pub(crate) fn stats(open_by_reason: Vec<(String, i64, i64)>, resolved: i64) -> Stats {
+    let (mut open, mut oldest, mut by_reason) = (0u64, None::<i64>, Vec::new());
+    for (reason, n, first) in open_by_reason {
+        open += n.max(0) as u64;
+        oldest = Some(oldest.map_or(first, |o| o.min(first)));
+        by_reason.push((reason, n.max(0) as u64));
+    }
+    Stats {
+        open,
+        oldest_open_age_ms: oldest.map(|o| (super::now_ms() - o).max(0)),
+        by_reason,
+        resolved: resolved.max(0) as u64,
+    }
 }

@@ -145,13 +145,10 @@ impl Inner {
             )
             .await
             .map_err(|e| self.err(e))?;
-        let (mut open, mut oldest, mut by_reason) = (0u64, None::<i64>, Vec::new());
-        for row in rows {
-            let (reason, n, first): (String, i64, i64) = (row.get(0), row.get(1), row.get(2));
-            open += n.max(0) as u64;
-            oldest = Some(oldest.map_or(first, |o| o.min(first)));
-            by_reason.push((reason, n.max(0) as u64));
-        }
+        let open = rows
+            .iter()
+            .map(|r| (r.get(0), r.get(1), r.get(2)))
+            .collect();
         let resolved: i64 = c
             .query_one(
                 "SELECT COUNT(*) FROM escalations WHERE resolved_at IS NOT NULL",
@@ -160,12 +157,7 @@ impl Inner {
             .await
             .map_err(|e| self.err(e))?
             .get(0);
-        Ok(Stats {
-            open,
-            oldest_open_age_ms: oldest.map(|o| (now_ms() - o).max(0)),
-            by_reason,
-            resolved: resolved.max(0) as u64,
-        })
+        Ok(codec::stats(open, resolved))
     }
 }
 

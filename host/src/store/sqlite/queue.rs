@@ -145,24 +145,13 @@ impl SqliteStore {
                 r.get::<_, i64>(2)?,
             ))
         })?;
-        let (mut open, mut oldest, mut by_reason) = (0u64, None::<i64>, Vec::new());
-        for row in rows {
-            let (reason, n, first) = row?;
-            open += n.max(0) as u64;
-            oldest = Some(oldest.map_or(first, |o| o.min(first)));
-            by_reason.push((reason, n.max(0) as u64));
-        }
+        let open = rows.collect::<Result<Vec<_>, _>>()?;
         let resolved: i64 = conn.query_row(
             "SELECT COUNT(*) FROM escalations WHERE resolved_at IS NOT NULL",
             [],
             |r| r.get(0),
         )?;
-        Ok(Stats {
-            open,
-            oldest_open_age_ms: oldest.map(|o| (now_ms() - o).max(0)),
-            by_reason,
-            resolved: resolved.max(0) as u64,
-        })
+        Ok(codec::stats(open, resolved))
     }
 }
 
